@@ -1,0 +1,3 @@
+from webhook_worker.cli import main
+
+main()

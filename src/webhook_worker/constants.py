@@ -1,0 +1,54 @@
+"""Every name that leaves the process: Redis keys, stream and group names, table names.
+
+Changing one of these is a wire change: running processes and stored data depend on it.
+"""
+
+from typing import Final
+
+# Redis. Every key starts with the configurable prefix (REDIS_KEY_PREFIX) and a colon.
+REDIS_STREAM_SUFFIX: Final = "events"
+"""The stream that carries accepted events from the API to the workers."""
+REDIS_GROUP: Final = "workers"
+"""The consumer group every worker reads the stream through."""
+REDIS_DEDUPE_SUFFIX: Final = "delivery"
+"""``{prefix}:delivery:{tool_id}:{delivery_id}`` -> event id, for WORKER_IDEMPOTENCY_TTL."""
+REDIS_TOOLS_CHANNEL_SUFFIX: Final = "tools-changed"
+"""Pub/sub channel announcing a tool change, so processes reload at once instead of polling."""
+
+# Stream entry fields.
+FIELD_EVENT_ID: Final = b"id"
+FIELD_TOOL_ID: Final = b"tool"
+FIELD_EVENT_TYPE: Final = b"type"
+FIELD_DELIVERY_ID: Final = b"delivery"
+FIELD_RECEIVED_AT: Final = b"ts"
+FIELD_HEADERS: Final = b"headers"
+FIELD_BODY: Final = b"body"
+FIELD_TRACEPARENT: Final = b"traceparent"
+
+# Tables.
+TABLE_TOOLS: Final = "tools"
+TABLE_EVENTS: Final = "events"
+TABLE_ATTEMPTS: Final = "event_attempts"
+TABLE_DEAD_LETTERS: Final = "dead_letters"
+TABLE_QUEUE: Final = "queue_messages"
+TABLE_DELIVERIES: Final = "delivery_ids"
+TABLE_METADATA: Final = "metadata"
+
+METADATA_TOOLS_REVISION: Final = "tools_revision"
+"""Row in the metadata table bumped by every tool change; processes poll it to reload tools."""
+
+# Event statuses (SPEC).
+STATUS_PENDING: Final = "pending"
+STATUS_PROCESSED: Final = "processed"
+STATUS_IGNORED: Final = "ignored"
+STATUS_RETRYING: Final = "retrying"
+STATUS_DEAD: Final = "dead"
+EVENT_STATUSES: Final = (
+    STATUS_PENDING,
+    STATUS_PROCESSED,
+    STATUS_IGNORED,
+    STATUS_RETRYING,
+    STATUS_DEAD,
+)
+
+EMBEDDED_DB_FILENAME: Final = "webhook-worker.db"

@@ -1,0 +1,1 @@
+"""The queue between ingest and workers: one Protocol, Redis Streams and database versions."""

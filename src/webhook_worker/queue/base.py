@@ -1,0 +1,87 @@
+"""The queue Protocol and the message that travels through it.
+
+Delivery is at least once: a message handed to a worker stays in the queue until that worker
+acknowledges it, and comes back (to any worker) if it is never acknowledged. Consumers make
+processing idempotent (the events table is unique on event id and on tool + delivery id).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import NamedTuple, Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """An accepted webhook on its way to a worker. Built by ingest from the raw request."""
+
+    event_id: str
+    tool_id: str
+    event_type: str | None
+    delivery_id: str
+    received_at: float
+    """Epoch seconds at which the API accepted the request."""
+    headers: bytes
+    """The request headers as a JSON object, lower-cased, signature headers removed."""
+    body: bytes
+    """The request body exactly as received."""
+    traceparent: str | None = None
+    """W3C trace context of the ingest request, continued by the worker."""
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """A message handed to a worker, with what the queue needs to acknowledge it."""
+
+    message: Message
+    receipt: str
+    """Queue-specific handle: the stream entry id (Redis) or the row id (database)."""
+    deliveries: int
+    """How many times the message has been handed out, this time included (1 the first time)."""
+
+
+class EnqueueResult(NamedTuple):
+    event_id: str
+    """The new event's id, or for a duplicate the id of the event first accepted."""
+    duplicate: bool
+
+
+class Queue(Protocol):
+    """Carries messages from the API to the workers.
+
+    ``enqueue`` de-duplicates on (tool id, delivery id) atomically with the write: of two
+    concurrent requests with the same delivery id exactly one is enqueued.
+    """
+
+    async def enqueue(self, messages: Sequence[Message]) -> list[EnqueueResult]:
+        """Durably add ``messages`` (one round trip for the batch), in order.
+
+        Raises QueueUnavailableError when the backend cannot be reached; then nothing of the
+        batch may be assumed enqueued or not (the caller answers 503, the sender retries, and
+        de-duplication makes the retry safe).
+        """
+        ...
+
+    async def receive(self, count: int, block: float) -> list[Delivery]:
+        """Up to ``count`` new messages for this consumer, waiting up to ``block`` seconds."""
+        ...
+
+    async def reclaim(self, count: int) -> list[Delivery]:
+        """Take over up to ``count`` messages that other consumers received but did not
+        acknowledge within the reclaim idle time (their worker died)."""
+        ...
+
+    async def ack(self, deliveries: Sequence[Delivery]) -> None:
+        """Remove processed messages from the queue for good."""
+        ...
+
+    async def depth(self) -> int:
+        """Messages in the queue: waiting plus received but not yet acknowledged."""
+        ...
+
+    async def ping(self) -> None:
+        """Raise QueueUnavailableError when the backend does not answer."""
+        ...
+
+    async def close(self) -> None: ...

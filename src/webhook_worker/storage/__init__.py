@@ -1,0 +1,1 @@
+"""Tables, migrations and the queries on them (PostgreSQL and SQLite through one code path)."""

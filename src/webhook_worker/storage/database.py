@@ -1,0 +1,129 @@
+"""The database connection: one async engine for PostgreSQL (asyncpg) or SQLite (aiosqlite)."""
+
+from __future__ import annotations
+
+import ssl
+import time
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import event, text
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.pool import ConnectionPoolEntry
+
+from webhook_worker.config import Settings
+from webhook_worker.errors import ConfigError
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """True when ``exc`` means "the database cannot be reached right now" (worth retrying),
+    rather than "this statement is wrong"."""
+    if isinstance(exc, DBAPIError):
+        return exc.connection_invalidated or isinstance(exc, (OperationalError, InterfaceError))
+    return isinstance(exc, (OSError, ConnectionError, TimeoutError))
+
+
+class Database:
+    """Owns the engine. ``dialect`` is ``"postgresql"`` or ``"sqlite"``."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self.dialect: str = engine.dialect.name
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Database:
+        return cls.from_url(
+            settings.sqlalchemy_url(),
+            pool_size=settings.database_pool_size,
+            ssl_mode=settings.database_ssl_mode,
+        )
+
+    @classmethod
+    def from_url(cls, url: str, pool_size: int = 10, ssl_mode: str = "disable") -> Database:
+        if url.startswith("sqlite"):
+            path = url.split(":///", 1)[1] if ":///" in url else ""
+            if path and path != ":memory:":
+                try:
+                    Path(path).parent.mkdir(parents=True, exist_ok=True)
+                except OSError as exc:
+                    raise ConfigError(
+                        f"DATA_DIR: cannot create {Path(path).parent}: {exc}"
+                    ) from None
+            engine = create_async_engine(url, pool_size=pool_size, max_overflow=0, pool_timeout=60)
+            _configure_sqlite(engine)
+        else:
+            connect_args: dict[str, Any] = {
+                "server_settings": {"application_name": "webhook-worker"}
+            }
+            tls = _ssl_context(ssl_mode)
+            if tls is not None:
+                connect_args["ssl"] = tls
+            engine = create_async_engine(
+                url,
+                pool_size=pool_size,
+                max_overflow=pool_size,
+                pool_pre_ping=True,
+                pool_recycle=1800,
+                connect_args=connect_args,
+            )
+        return cls(engine)
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.dialect == "sqlite"
+
+    def connect(self) -> Any:
+        """``async with db.connect() as conn`` (no transaction)."""
+        return self.engine.connect()
+
+    def begin(self) -> Any:
+        """``async with db.begin() as conn``: one transaction, committed on exit."""
+        return self.engine.begin()
+
+    async def ping(self) -> float:
+        """Round-trip a trivial query; returns its duration in milliseconds."""
+        started = time.perf_counter()
+        async with self.engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+        return (time.perf_counter() - started) * 1000
+
+    def pool_status(self) -> dict[str, int]:
+        pool: Any = self.engine.pool
+        checked_out = pool.checkedout() if hasattr(pool, "checkedout") else 0
+        size = pool.size() if hasattr(pool, "size") else 0
+        return {"open_connections": int(checked_out), "pool_size": int(size)}
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+
+def _configure_sqlite(engine: AsyncEngine) -> None:
+    """WAL for concurrent readers; BEGIN IMMEDIATE so writers queue on busy_timeout instead of
+    failing with "database is locked" when a read transaction tries to upgrade."""
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=FULL")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def _ssl_context(mode: str) -> ssl.SSLContext | str | None:
+    if mode == "disable":
+        return None
+    if mode in ("allow", "prefer", "require"):
+        return mode
+    context = ssl.create_default_context()
+    if mode == "verify-ca":
+        context.check_hostname = False
+    return context

@@ -1,0 +1,1 @@
+"""Alembic migrations, run by ``webhook-worker migrate`` (see ``storage/migrate.py``)."""

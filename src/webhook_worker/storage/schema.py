@@ -1,0 +1,150 @@
+"""The tables, in SQLAlchemy Core. Alembic migrations in ``migrations/`` create them.
+
+Times the API shows are timezone-aware timestamps; times only the queue machinery reads
+(``available_at``, ``locked_until``, ``expires_at``) are epoch seconds, which compare the same way
+on PostgreSQL and SQLite.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    Double,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+
+from webhook_worker import constants as c
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+# JSONB on PostgreSQL, so operators can query payloads and headers in SQL; JSON text on SQLite.
+_Json = JSON().with_variant(JSONB(), "postgresql")
+# An autoincrementing BIGINT on PostgreSQL that stays INTEGER PRIMARY KEY (rowid) on SQLite.
+_Serial = BigInteger().with_variant(Integer(), "sqlite")
+
+tools = Table(
+    c.TABLE_TOOLS,
+    metadata,
+    Column("id", String(128), primary_key=True),
+    Column("provider", String(64), nullable=False),
+    Column("enabled", Boolean, nullable=False, default=True),
+    Column("config", _Json, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+events = Table(
+    c.TABLE_EVENTS,
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("tool_id", String(128), nullable=False),
+    Column("event_type", String(255), nullable=True),
+    Column("delivery_id", String(255), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("received_at", DateTime(timezone=True), nullable=False),
+    Column("processed_at", DateTime(timezone=True), nullable=True),
+    Column("headers", _Json, nullable=False),
+    Column("body", LargeBinary, nullable=False),
+    # The stored JSON when it differs from the body (after a transform); NULL means "the body".
+    Column("payload", _Json, nullable=True),
+    Column("attempt_count", Integer, nullable=False, default=0),
+    UniqueConstraint("tool_id", "delivery_id"),
+    Index(None, "received_at"),
+    Index(None, "tool_id", "received_at"),
+    Index(None, "status", "received_at"),
+)
+
+attempts = Table(
+    c.TABLE_ATTEMPTS,
+    metadata,
+    Column("id", _Serial, primary_key=True, autoincrement=True),
+    Column("event_id", String(36), ForeignKey(events.c.id, ondelete="CASCADE"), nullable=False),
+    Column("attempt", Integer, nullable=False),
+    Column("started_at", DateTime(timezone=True), nullable=False),
+    Column("duration_ms", Double, nullable=False),
+    Column("outcome", String(32), nullable=False),
+    Column("error_class", String(64), nullable=True),
+    Column("error", Text, nullable=True),
+    Column("http_status", Integer, nullable=True),
+    Index(None, "event_id", "attempt"),
+)
+
+dead_letters = Table(
+    c.TABLE_DEAD_LETTERS,
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("event_id", String(36), nullable=False, unique=True),
+    Column("tool_id", String(128), nullable=False),
+    Column("event_type", String(255), nullable=True),
+    Column("error", Text, nullable=False),
+    Column("error_class", String(64), nullable=False),
+    Column("retryable", Boolean, nullable=False, default=False),
+    Column("retry_count", Integer, nullable=False, default=0),
+    Column("status", String(16), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("last_retry_at", DateTime(timezone=True), nullable=True),
+    Column("next_retry_at", DateTime(timezone=True), nullable=True),
+    Index(None, "status", "created_at"),
+    Index(None, "tool_id", "created_at"),
+)
+
+# The database queue (used when REDIS_ADDR is unset). A row is one message; it is deleted when
+# acknowledged. A worker leases rows by setting locked_by/locked_until; a lease that runs out
+# (the worker died) makes the row available again, and ``deliveries`` counts the leases.
+queue_messages = Table(
+    c.TABLE_QUEUE,
+    metadata,
+    Column("id", _Serial, primary_key=True, autoincrement=True),
+    Column("event_id", String(36), nullable=False),
+    Column("tool_id", String(128), nullable=False),
+    Column("event_type", String(255), nullable=True),
+    Column("delivery_id", String(255), nullable=False),
+    Column("received_at", Double, nullable=False),
+    Column("headers", LargeBinary, nullable=False),
+    Column("body", LargeBinary, nullable=False),
+    Column("traceparent", String(64), nullable=True),
+    Column("available_at", Double, nullable=False),
+    Column("locked_by", String(255), nullable=True),
+    Column("locked_until", Double, nullable=True),
+    Column("deliveries", Integer, nullable=False, default=0),
+    Index(None, "available_at", "id"),
+)
+
+# Delivery ids seen at ingest on the database queue (Redis keeps them as keys with a TTL).
+delivery_ids = Table(
+    c.TABLE_DELIVERIES,
+    metadata,
+    Column("tool_id", String(128), primary_key=True),
+    Column("delivery_id", String(255), primary_key=True),
+    Column("event_id", String(36), nullable=False),
+    Column("expires_at", Double, nullable=False),
+    Index(None, "expires_at"),
+)
+
+metadata_table = Table(
+    c.TABLE_METADATA,
+    metadata,
+    Column("key", String(64), primary_key=True),
+    Column("value", BigInteger, nullable=False),
+)

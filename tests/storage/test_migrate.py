@@ -1,0 +1,29 @@
+import pytest
+from sqlalchemy import text
+
+from webhook_worker.errors import SchemaOutOfDateError
+from webhook_worker.storage import migrate
+from webhook_worker.storage.database import Database
+
+
+async def test_migrate_is_idempotent_and_current(db: Database) -> None:
+    before, after = await migrate.upgrade(db)
+    assert before == after == migrate.head_revision()
+    await migrate.require_current(db)
+
+
+async def test_empty_database_is_refused_with_advice(tmp_path: object) -> None:
+    empty = Database.from_url(f"sqlite+aiosqlite:///{tmp_path}/empty.db")
+    try:
+        with pytest.raises(SchemaOutOfDateError, match="webhook-worker migrate"):
+            await migrate.require_current(empty)
+    finally:
+        await empty.close()
+
+
+async def test_tables_exist(db: Database) -> None:
+    async with db.connect() as conn:
+        value = (
+            await conn.execute(text("SELECT value FROM metadata WHERE key = 'tools_revision'"))
+        ).scalar()
+    assert value == 0
