@@ -14,6 +14,8 @@ REDIS_DEDUPE_SUFFIX: Final = "delivery"
 """``{prefix}:delivery:{tool_id}:{delivery_id}`` -> event id, for WORKER_IDEMPOTENCY_TTL."""
 REDIS_TOOLS_CHANNEL_SUFFIX: Final = "tools-changed"
 """Pub/sub channel announcing a tool change, so processes reload at once instead of polling."""
+REDIS_MALFORMED_SUFFIX: Final = "events:malformed"
+"""Stream where entries of the events stream that cannot be decoded are set aside for a human."""
 
 # Stream entry fields.
 FIELD_EVENT_ID: Final = b"id"
@@ -24,6 +26,11 @@ FIELD_RECEIVED_AT: Final = b"ts"
 FIELD_HEADERS: Final = b"headers"
 FIELD_BODY: Final = b"body"
 FIELD_TRACEPARENT: Final = b"traceparent"
+# Extra fields on an entry of the malformed stream, beside the original entry's fields.
+FIELD_MALFORMED_SOURCE_ID: Final = b"malformed-source-id"
+"""The entry id the malformed entry had in the events stream."""
+FIELD_MALFORMED_ERROR: Final = b"malformed-error"
+"""Why the entry could not be decoded."""
 
 # Tables.
 TABLE_TOOLS: Final = "tools"

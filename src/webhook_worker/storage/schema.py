@@ -128,7 +128,7 @@ queue_messages = Table(
     Column("locked_by", String(255), nullable=True),
     Column("locked_until", Double, nullable=True),
     Column("deliveries", Integer, nullable=False, default=0),
-    Index(None, "available_at", "id"),
+    Index(None, "locked_until", "id"),
 )
 
 # Delivery ids seen at ingest on the database queue (Redis keeps them as keys with a TTL).

@@ -126,7 +126,7 @@ def upgrade() -> None:
     )
     with op.batch_alter_table("queue_messages", schema=None) as batch_op:
         batch_op.create_index(
-            batch_op.f("ix_queue_messages_available_at_id"), ["available_at", "id"], unique=False
+            batch_op.f("ix_queue_messages_locked_until_id"), ["locked_until", "id"], unique=False
         )
 
     op.create_table(
@@ -180,7 +180,7 @@ def downgrade() -> None:
     op.drop_table("event_attempts")
     op.drop_table("tools")
     with op.batch_alter_table("queue_messages", schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f("ix_queue_messages_available_at_id"))
+        batch_op.drop_index(batch_op.f("ix_queue_messages_locked_until_id"))
 
     op.drop_table("queue_messages")
     op.drop_table("metadata")

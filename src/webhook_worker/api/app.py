@@ -1,0 +1,76 @@
+"""The Starlette application: ingest, management, health and metrics routes, and the lifespan
+that starts and stops the runtime's background parts."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from webhook_worker.api.ingest import IngestHandler
+from webhook_worker.api.management import ManagementAPI
+from webhook_worker.api.responses import JSONResponse
+from webhook_worker.observability.health import Health
+from webhook_worker.runtime import Runtime
+
+
+def create_app(runtime: Runtime) -> Starlette:
+    settings = runtime.settings
+    ingest = IngestHandler(
+        runtime.tools, runtime.batcher, settings.max_payload_bytes, settings.trusted_proxies
+    )
+    management = ManagementAPI(runtime.tool_service, runtime.events, settings.admin_token)
+    routes = [
+        Route("/webhooks/{tool_id}", ingest.handle, methods=["POST"]),
+        Route("/api/webhooks/tools/{tool_id}", ingest.handle, methods=["POST"]),
+        *management.routes(),
+        *health_routes(Health(runtime.db, runtime.queue, settings.uses_redis)),
+    ]
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await runtime.start()
+        try:
+            yield
+        finally:
+            await runtime.stop()
+
+    return Starlette(routes=routes, lifespan=lifespan)
+
+
+def health_routes(health: Health) -> list[Route]:
+    """``/health``, ``/health/live``, ``/health/ready`` and ``/metrics`` (API and worker)."""
+
+    async def full(request: Request) -> Response:
+        status, body = await health.report()
+        return JSONResponse(body, status_code=status)
+
+    async def live(request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def ready(request: Request) -> Response:
+        ok, detail = await health.ready()
+        return JSONResponse(
+            {"status": "ready" if ok else "not_ready", "components": detail},
+            status_code=200 if ok else 503,
+        )
+
+    async def metrics(request: Request) -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    return [
+        Route("/health", full, methods=["GET"]),
+        Route("/health/live", live, methods=["GET"]),
+        Route("/health/ready", ready, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
+    ]
+
+
+def health_app(health: Health) -> Starlette:
+    """What a worker serves on HEALTH_ENDPOINT."""
+    return Starlette(routes=health_routes(health))

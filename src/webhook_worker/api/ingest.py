@@ -1,0 +1,201 @@
+"""``POST /webhooks/{tool_id}``: verify, de-duplicate, enqueue, answer. The hot path.
+
+Plain Starlette on raw bytes: no model validation, no ORM, and the JSON body is parsed only when
+the tool reads its event type or delivery id from it. The answer is 202 only once the queue has
+the event durably; when the queue is away the answer is 503 and the sender retries.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Iterable
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address
+from typing import Any
+
+import jmespath.exceptions
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+
+from webhook_worker.api.responses import JSONResponse, error
+from webhook_worker.auth import AuthError
+from webhook_worker.errors import QueueUnavailableError
+from webhook_worker.ids import new_id
+from webhook_worker.observability import metrics
+from webhook_worker.queue.base import Message
+from webhook_worker.queue.batcher import EnqueueBatcher
+from webhook_worker.tools.cache import ToolCache
+from webhook_worker.tools.model import FieldSource, Tool
+
+log = logging.getLogger(__name__)
+
+_MAX_FIELD = 255
+# Headers that carry credentials or signatures are never stored or logged.
+_SECRET_HEADER_WORDS = (
+    "signature",
+    "token",
+    "secret",
+    "authorization",
+    "hmac",
+    "cookie",
+    "api-key",
+)
+_NOT_PARSED = object()
+
+
+class TooLarge(Exception):
+    pass
+
+
+class IngestHandler:
+    def __init__(
+        self,
+        tools: ToolCache,
+        batcher: EnqueueBatcher,
+        max_payload_bytes: int,
+        trusted_proxies: tuple[IPv4Network | IPv6Network, ...] = (),
+    ) -> None:
+        self._tools = tools
+        self._batcher = batcher
+        self._max_bytes = max_payload_bytes
+        self._trusted_proxies = trusted_proxies
+
+    async def handle(self, request: Request) -> Response:
+        tool_id: str = request.path_params["tool_id"]
+        live = self._tools.get(tool_id)
+        if live is None:
+            return error(404, "unknown_tool", f"no tool {tool_id!r} is configured")
+        tool = live.tool
+        if not tool.enabled:
+            return error(403, "tool_disabled", f"tool {tool_id!r} is disabled")
+        if tool.allowed_ips and not self._client_allowed(request, tool):
+            return error(
+                403, "ip_not_allowed", "the client address is not in the tool's allowed_ips"
+            )
+
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self._max_bytes:
+            return _too_large(self._max_bytes)
+        try:
+            body = await self._read_body(request)
+        except TooLarge:
+            return _too_large(self._max_bytes)
+
+        headers = request.headers
+        try:
+            live.verifier.verify(headers, body, time.time())
+        except AuthError as exc:
+            metrics.INGEST_REJECTED.labels(tool_id=tool_id, reason="auth").inc()
+            return error(401, "unauthorized", str(exc))
+
+        parsed: Any = _NOT_PARSED
+        if tool.event_type.needs_body or tool.delivery_id.needs_body:
+            parsed = _parse_json(body)
+        event_type = _extract(tool.event_type, headers, parsed)
+        delivery_id = (
+            _extract(tool.delivery_id, headers, parsed) or hashlib.sha256(body).hexdigest()
+        )
+
+        message = Message(
+            event_id=new_id(),
+            tool_id=tool_id,
+            event_type=event_type,
+            delivery_id=delivery_id,
+            received_at=time.time(),
+            headers=_stored_headers(request.headers.raw, tool.secret_headers),
+            body=body,
+        )
+        try:
+            result = await self._batcher.submit(message)
+        except QueueUnavailableError as exc:
+            log.warning("queue unavailable, answering 503 for tool %s: %s", tool_id, exc)
+            return error(
+                503,
+                "queue_unavailable",
+                "the event was not accepted because the queue is unavailable; retry later",
+                headers={"Retry-After": "5"},
+            )
+        labels = {"event_type": event_type or "", "tool_id": tool_id}
+        if result.duplicate:
+            metrics.EVENTS_DUPLICATE.labels(**labels).inc()
+            return JSONResponse(
+                {"event_id": result.event_id, "status": "duplicate"}, status_code=200
+            )
+        metrics.EVENTS_RECEIVED.labels(**labels).inc()
+        return JSONResponse({"event_id": result.event_id, "status": "accepted"}, status_code=202)
+
+    async def _read_body(self, request: Request) -> bytes:
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > self._max_bytes:
+                raise TooLarge
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def _client_allowed(self, request: Request, tool: Tool) -> bool:
+        address = self._client_address(request)
+        return address is not None and any(address in network for network in tool.allowed_ips)
+
+    def _client_address(self, request: Request) -> IPv4Address | IPv6Address | None:
+        peer = request.client.host if request.client else None
+        try:
+            address = ip_address(peer) if peer else None
+        except ValueError:
+            return None
+        forwarded = request.headers.get("x-forwarded-for")
+        # Walk X-Forwarded-For from the right while the hop is a trusted proxy.
+        if address is not None and forwarded and self._trusted(address):
+            for hop in reversed([part.strip() for part in forwarded.split(",")]):
+                try:
+                    address = ip_address(hop)
+                except ValueError:
+                    return None
+                if not self._trusted(address):
+                    break
+        return address
+
+    def _trusted(self, address: IPv4Address | IPv6Address) -> bool:
+        return any(address in network for network in self._trusted_proxies)
+
+
+def _too_large(limit: int) -> Response:
+    return error(413, "payload_too_large", f"the body exceeds MAX_PAYLOAD_BYTES ({limit} bytes)")
+
+
+def _parse_json(body: bytes) -> Any:
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+
+
+def _extract(source: FieldSource, headers: Any, parsed: Any) -> str | None:
+    value: Any = None
+    if source.header is not None:
+        value = headers.get(source.header)
+    elif source.compiled is not None and parsed is not None and parsed is not _NOT_PARSED:
+        try:
+            value = source.compiled.search(parsed)
+        except jmespath.exceptions.JMESPathError:
+            value = None
+    if value is None or isinstance(value, dict | list):
+        return None
+    text = value if isinstance(value, str) else orjson.dumps(value).decode()
+    # Bounded and free of NUL (PostgreSQL text cannot hold it): these become columns and labels.
+    text = text.replace("\x00", "")[:_MAX_FIELD]
+    return text or None
+
+
+def _stored_headers(raw: Iterable[tuple[bytes, bytes]], secret_headers: frozenset[str]) -> bytes:
+    stored: dict[str, str] = {}
+    for raw_name, raw_value in raw:
+        name = raw_name.decode("latin-1").lower()
+        if name in secret_headers or any(word in name for word in _SECRET_HEADER_WORDS):
+            continue
+        value = raw_value.decode("latin-1")
+        stored[name] = f"{stored[name]}, {value}" if name in stored else value
+    return orjson.dumps(stored)

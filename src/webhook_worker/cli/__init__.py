@@ -1,0 +1,31 @@
+"""The ``webhook-worker`` command. Sub-commands live in one module per noun."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from webhook_worker.cli import events, serve, tools
+from webhook_worker.cli.common import fail
+from webhook_worker.errors import WebhookWorkerError
+
+app = typer.Typer(
+    name="webhook-worker",
+    help="Receive webhooks from any provider and process them reliably.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+serve.register(app)
+app.add_typer(tools.app, name="tools")
+app.add_typer(events.app, name="events")
+
+
+def main() -> None:
+    try:
+        app()
+    except WebhookWorkerError as exc:
+        fail(str(exc))
+    except KeyboardInterrupt:
+        sys.exit(130)

@@ -1,0 +1,146 @@
+"""``run``, ``api``, ``worker`` and ``migrate``: the long-running processes.
+
+SIGTERM and SIGINT stop them gracefully: the API stops accepting, requests in flight finish and
+their events are enqueued; the worker stops reading, finishes and acknowledges its batches; the
+process exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Callable, Iterator
+
+import typer
+import uvicorn
+from starlette.types import ASGIApp
+
+from webhook_worker.api.app import create_app, health_app
+from webhook_worker.cli.common import console, load_settings, run_async
+from webhook_worker.config import Settings
+from webhook_worker.observability.health import Health
+from webhook_worker.runtime import apply_migrations, open_runtime
+
+log = logging.getLogger(__name__)
+
+
+def register(app: typer.Typer) -> None:
+    app.command(help="API and worker in one process (embedded SQLite unless configured).")(run)
+    app.command(help="The HTTP API only: ingest and management.")(api)
+    app.command(help="A worker only; serves health and metrics on HEALTH_ENDPOINT.")(worker)
+    app.command(help="Apply database migrations (idempotent).")(migrate)
+
+
+def run() -> None:
+    settings = load_settings()
+    run_async(_serve(settings, with_api=True, with_worker=True, migrate_first=True))
+
+
+def api() -> None:
+    settings = load_settings()
+    run_async(_serve(settings, with_api=True, with_worker=False, migrate_first=False))
+
+
+def worker() -> None:
+    settings = load_settings()
+    run_async(_serve(settings, with_api=False, with_worker=True, migrate_first=False))
+
+
+def migrate() -> None:
+    settings = load_settings()
+    before, after = run_async(apply_migrations(settings))
+    where = settings.describe_database()
+    if before == after:
+        console.print(f"schema already current at revision {after} ({where})", highlight=False)
+    else:
+        console.print(
+            f"migrated {where} from {before or 'empty'} to revision {after}", highlight=False
+        )
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handling: the process owns SIGTERM/SIGINT and stops API
+    and worker in order (uvicorn would re-raise the signal afterwards and exit non-zero)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def _server(app: ASGIApp, address: tuple[str, int], settings: Settings) -> _Server:
+    host, port = address
+    return _Server(
+        uvicorn.Config(
+            app,
+            host=host,
+            port=port,
+            log_config=None,
+            access_log=settings.log_level == "debug",
+            timeout_graceful_shutdown=int(settings.worker_shutdown_timeout),
+            server_header=False,
+        )
+    )
+
+
+async def _serve(
+    settings: Settings, *, with_api: bool, with_worker: bool, migrate_first: bool
+) -> None:
+    async with open_runtime(settings, migrate_first=migrate_first) as runtime:
+        consumer = runtime.worker() if with_worker else None
+        if with_api:
+            server = _server(create_app(runtime), settings.api_addr, settings)
+        else:
+            health = Health(runtime.db, runtime.queue, settings.uses_redis)
+            server = _server(health_app(health), settings.health_endpoint, settings)
+
+        def stop() -> None:
+            server.should_exit = True
+            if consumer is not None:
+                consumer.stop()
+
+        _on_signals(stop)
+        tasks = [asyncio.create_task(server.serve(), name="http")]
+        if consumer is not None:
+            tasks.append(asyncio.create_task(consumer.run(), name="worker"))
+        announcer = asyncio.create_task(_announce(server, settings, with_api, with_worker))
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+            for task in done:
+                if task.exception() is not None:
+                    stop()
+            await asyncio.gather(*tasks)
+        finally:
+            announcer.cancel()
+
+
+def _on_signals(callback: Callable[[], None]) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, callback)
+
+
+async def _announce(
+    server: uvicorn.Server, settings: Settings, with_api: bool, with_worker: bool
+) -> None:
+    while not server.started:  # noqa: ASYNC110 (uvicorn exposes a flag, not an event)
+        await asyncio.sleep(0.05)
+    queue = f"Redis {settings.redis_addr}" if settings.uses_redis else "the database"
+    roles = " + ".join(role for role, on in (("API", with_api), ("worker", with_worker)) if on)
+    host, port = settings.api_addr if with_api else settings.health_endpoint
+    shown = "127.0.0.1" if host in ("0.0.0.0", "") else host
+    console.print(
+        f"webhook-worker {roles} listening on http://{shown}:{port}\n"
+        f"  database: {settings.describe_database()}\n  queue:    {queue}",
+        highlight=False,
+    )
+    if with_api:
+        console.print(
+            "Next, in another terminal:\n"
+            "  webhook-worker tools add demo --auth-type hmac --header X-Signature "
+            "--prefix sha256= --secret s3cret\n"
+            "  webhook-worker send demo\n"
+            "  webhook-worker events list",
+            highlight=False,
+        )

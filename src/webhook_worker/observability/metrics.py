@@ -1,0 +1,42 @@
+"""Prometheus metrics. Names and labels of the ``webhook_*`` series are part of the contract
+(SPEC "Metrics"); label values stay bounded: tool ids, event types, statuses, classes."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+EVENTS_RECEIVED = Counter(
+    "webhook_events_received_total",
+    "Webhooks accepted and enqueued (202).",
+    ["event_type", "tool_id"],
+)
+EVENTS_DUPLICATE = Counter(
+    "webhook_events_duplicate_total",
+    "Webhooks answered 200 duplicate: the delivery id was seen within WORKER_IDEMPOTENCY_TTL.",
+    ["event_type", "tool_id"],
+)
+INGEST_REJECTED = Counter(
+    "webhook_ingest_rejected_total",
+    "Webhooks refused at ingest, by reason (auth, ...).",
+    ["tool_id", "reason"],
+)
+EVENTS_PROCESSED = Counter(
+    "webhook_events_processed_total",
+    "Events the worker finished, by final status.",
+    ["event_type", "tool_id", "status"],
+)
+PROCESSING_DURATION = Histogram(
+    "webhook_event_processing_duration_seconds",
+    "Time from the worker receiving an event to its outcome being stored.",
+    ["event_type", "tool_id", "status"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+QUEUE_DEPTH = Gauge("webhook_queue_depth", "Messages in the queue: waiting plus in flight.")
+RECLAIMED = Counter(
+    "webhook_queue_reclaimed_total",
+    "Messages taken over from a consumer that stopped acknowledging (it died or hung).",
+)
+POISON = Counter(
+    "webhook_queue_poison_total",
+    "Messages dead-lettered because they were delivered more than WORKER_MAX_DELIVERIES times.",
+)

@@ -1,0 +1,336 @@
+"""The queue on the database, used when REDIS_ADDR is unset.
+
+One row of ``queue_messages`` is one message. A consumer *leases* rows by stamping
+``locked_by``/``locked_until``; acknowledging deletes the row; a lease that runs out (the worker
+died or hung) lets :meth:`DatabaseQueue.reclaim` hand the row to another consumer. On PostgreSQL
+several worker processes share the table through ``FOR UPDATE SKIP LOCKED``; on SQLite writers
+are serialised by ``BEGIN IMMEDIATE`` (see :mod:`webhook_worker.storage.database`), so the same
+statements are safe there too.
+
+De-duplication uses ``delivery_ids``: the upsert that records a delivery id is the arbiter, in
+the same transaction as the queue insert, so of two concurrent requests with one delivery id
+exactly one is enqueued.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, suppress
+from typing import Any, TypeVar
+
+from sqlalchemy import ColumnElement, Row, and_, delete, func, insert, select, text, tuple_, update
+from sqlalchemy.dialects import postgresql, sqlite
+
+from webhook_worker.errors import QueueUnavailableError
+from webhook_worker.queue.base import Delivery, EnqueueResult, Message
+from webhook_worker.storage.database import Database, is_unavailable
+from webhook_worker.storage.schema import delivery_ids, queue_messages
+
+__all__ = ["DatabaseQueue"]
+
+_T = TypeVar("_T")
+_Key = tuple[str, str]
+
+# PostgreSQL accepts at most 32767 bind parameters per statement; 1000 rows of four stays far
+# below that and below SQLite's limit, while still being one statement for any usual batch.
+_CHUNK_ROWS = 1000
+
+_MESSAGE_COLUMNS = (
+    queue_messages.c.id,
+    queue_messages.c.deliveries,
+    queue_messages.c.event_id,
+    queue_messages.c.tool_id,
+    queue_messages.c.event_type,
+    queue_messages.c.delivery_id,
+    queue_messages.c.received_at,
+    queue_messages.c.headers,
+    queue_messages.c.body,
+    queue_messages.c.traceparent,
+)
+
+
+class DatabaseQueue:
+    """The :class:`~webhook_worker.queue.base.Queue` on PostgreSQL or SQLite.
+
+    ``consumer`` names this process in ``locked_by``; ``idempotency_ttl`` is how long a delivery
+    id is remembered; ``reclaim_idle`` is the lease: a message received but not acknowledged
+    within it may be reclaimed by another consumer; ``poll_interval`` is how often a blocking
+    :meth:`receive` looks for messages enqueued by other processes.
+    """
+
+    def __init__(
+        self,
+        db: Database,
+        consumer: str,
+        idempotency_ttl: float,
+        reclaim_idle: float,
+        poll_interval: float = 0.05,
+    ) -> None:
+        self._db = db
+        self._consumer = consumer
+        self._idempotency_ttl = idempotency_ttl
+        self._reclaim_idle = reclaim_idle
+        self._poll_interval = poll_interval
+        # Replaced (after being set) by every enqueue: a receiver waits on the event it saw
+        # before looking, so an enqueue that commits after the look still wakes it.
+        self._enqueued = asyncio.Event()
+        self._upsert_insert: Any = (
+            postgresql.insert if db.dialect == "postgresql" else sqlite.insert
+        )
+
+    async def enqueue(self, messages: Sequence[Message]) -> list[EnqueueResult]:
+        """Durably add ``messages`` in one transaction; see the Protocol.
+
+        Within the batch the first occurrence of a (tool id, delivery id) wins and later ones are
+        its duplicates. A delivery id whose record expired counts as new.
+        """
+        if not messages:
+            return []
+        first: dict[_Key, Message] = {}
+        for message in messages:
+            first.setdefault((message.tool_id, message.delivery_id), message)
+        # A fixed lock order keeps two concurrent batches sharing ids from deadlocking; the queue
+        # rows themselves keep the order of arrival.
+        by_key = [first[key] for key in sorted(first)]
+        now = time.time()
+        event_ids: dict[_Key, str] = {}
+        new: set[_Key] = set()
+        with _unavailable("enqueue"):
+            async with self._db.begin() as conn:
+                for chunk in _chunks(by_key):
+                    result = await conn.execute(self._record_ids(chunk, now))
+                    for tool_id, delivery_id, event_id in result.all():
+                        event_ids[(tool_id, delivery_id)] = event_id
+                        new.add((tool_id, delivery_id))
+                if new:
+                    await conn.execute(
+                        insert(queue_messages),
+                        [_row(m, now) for key, m in first.items() if key in new],
+                    )
+                seen = [key for key in sorted(first) if key not in new]
+                for keys in _chunks(seen):
+                    # A statement of its own: under READ COMMITTED it sees the row a concurrent
+                    # enqueue committed while our upsert waited for it.
+                    found = await conn.execute(
+                        select(
+                            delivery_ids.c.tool_id,
+                            delivery_ids.c.delivery_id,
+                            delivery_ids.c.event_id,
+                        ).where(
+                            tuple_(delivery_ids.c.tool_id, delivery_ids.c.delivery_id).in_(keys)
+                        )
+                    )
+                    for tool_id, delivery_id, event_id in found.all():
+                        event_ids[(tool_id, delivery_id)] = event_id
+        if new:
+            self._enqueued.set()
+            self._enqueued = asyncio.Event()
+        results: list[EnqueueResult] = []
+        answered: set[_Key] = set()
+        for message in messages:
+            key = (message.tool_id, message.delivery_id)
+            results.append(EnqueueResult(event_ids[key], key not in new or key in answered))
+            answered.add(key)
+        return results
+
+    async def receive(self, count: int, block: float) -> list[Delivery]:
+        """Lease up to ``count`` waiting messages, oldest first, waiting up to ``block`` seconds.
+
+        An enqueue in this process wakes the wait at once; messages from other processes are
+        found by polling every ``poll_interval``.
+        """
+        deadline = time.monotonic() + block
+        while True:
+            enqueued = self._enqueued
+            now = time.time()
+            waiting = and_(
+                queue_messages.c.available_at <= now, queue_messages.c.locked_until.is_(None)
+            )
+            deliveries = await self._lease(waiting, count, now, "receive")
+            remaining = deadline - time.monotonic()
+            if deliveries or remaining <= 0 or count <= 0:
+                return deliveries
+            with suppress(TimeoutError):
+                await asyncio.wait_for(enqueued.wait(), min(self._poll_interval, remaining))
+
+    async def reclaim(self, count: int) -> list[Delivery]:
+        """Lease up to ``count`` messages whose lease ran out without an acknowledgement."""
+        now = time.time()
+        return await self._lease(queue_messages.c.locked_until < now, count, now, "reclaim")
+
+    async def ack(self, deliveries: Sequence[Delivery]) -> None:
+        """Delete the acknowledged messages (one statement per thousand)."""
+        ids = [int(d.receipt) for d in deliveries]
+        with _unavailable("acknowledge"):
+            async with self._db.begin() as conn:
+                for chunk in _chunks(ids):
+                    await conn.execute(delete(queue_messages).where(queue_messages.c.id.in_(chunk)))
+
+    async def depth(self) -> int:
+        """Messages in the queue: waiting plus received but not yet acknowledged."""
+        return await self._count(None, "count messages")
+
+    async def pending_count(self) -> int:
+        """Messages received but not yet acknowledged, including leases that ran out and wait to
+        be reclaimed (what Redis calls the pending entries)."""
+        return await self._count(queue_messages.c.locked_until.is_not(None), "count pending")
+
+    async def ping(self) -> None:
+        """Raise QueueUnavailableError when the database does not answer."""
+        with _unavailable("ping"):
+            async with self._db.connect() as conn:
+                await conn.execute(text("SELECT 1"))
+
+    async def close(self) -> None:
+        """Nothing to release: the Database belongs to the caller."""
+
+    async def purge_expired_delivery_ids(self, chunk: int = _CHUNK_ROWS) -> int:
+        """Forget delivery ids past their TTL, ``chunk`` rows per transaction so no lock is held
+        for long. Returns how many were deleted. For a housekeeping loop."""
+        d = delivery_ids
+        total = 0
+        with _unavailable("purge delivery ids"):
+            while True:
+                now = time.time()
+                expired = d.c.expires_at < now
+                # SKIP LOCKED: never wait for (so never deadlock with) an enqueue that is reviving
+                # one of these ids. ``expired`` again on the DELETE so a row revived since the
+                # snapshot is re-checked and kept.
+                victims = (
+                    select(d.c.tool_id, d.c.delivery_id)
+                    .where(expired)
+                    .limit(chunk)
+                    .with_for_update(skip_locked=True)
+                )
+                statement = delete(d).where(
+                    tuple_(d.c.tool_id, d.c.delivery_id).in_(victims), expired
+                )
+                async with self._db.begin() as conn:
+                    deleted = int((await conn.execute(statement)).rowcount)
+                total += deleted
+                if deleted < chunk:
+                    return total
+
+    def _record_ids(self, messages: Sequence[Message], now: float) -> Any:
+        """INSERT the delivery ids, reviving expired ones; RETURNING lists exactly the new ones.
+
+        Other rows are locked by the statement (PostgreSQL locks a conflicting row even when the
+        DO UPDATE condition is false), so a concurrent enqueue of the same id waits for our
+        commit and then sees a live record.
+        """
+        expires_at = now + self._idempotency_ttl
+        statement = self._upsert_insert(delivery_ids).values(
+            [
+                {
+                    "tool_id": m.tool_id,
+                    "delivery_id": m.delivery_id,
+                    "event_id": m.event_id,
+                    "expires_at": expires_at,
+                }
+                for m in messages
+            ]
+        )
+        return statement.on_conflict_do_update(
+            index_elements=[delivery_ids.c.tool_id, delivery_ids.c.delivery_id],
+            set_={
+                "event_id": statement.excluded.event_id,
+                "expires_at": statement.excluded.expires_at,
+            },
+            where=delivery_ids.c.expires_at < now,
+        ).returning(delivery_ids.c.tool_id, delivery_ids.c.delivery_id, delivery_ids.c.event_id)
+
+    async def _lease(
+        self, condition: ColumnElement[bool], count: int, now: float, action: str
+    ) -> list[Delivery]:
+        """Stamp up to ``count`` rows matching ``condition`` as ours and return them.
+
+        SKIP LOCKED makes concurrent consumers take disjoint rows instead of queueing behind
+        each other; a row another consumer leased since our snapshot fails the re-checked
+        condition and is left out. On SQLite the clause renders as nothing and BEGIN IMMEDIATE
+        does the serialising.
+        """
+        if count <= 0:
+            return []
+        q = queue_messages
+        chosen = (
+            select(q.c.id)
+            .where(condition)
+            .order_by(q.c.id)
+            .limit(count)
+            .with_for_update(skip_locked=True)
+        )
+        statement = (
+            update(q)
+            .where(q.c.id.in_(chosen))
+            .values(
+                locked_by=self._consumer,
+                locked_until=now + self._reclaim_idle,
+                deliveries=q.c.deliveries + 1,
+            )
+            .returning(*_MESSAGE_COLUMNS)
+        )
+        with _unavailable(action):
+            async with self._db.begin() as conn:
+                rows = (await conn.execute(statement)).all()
+        # RETURNING follows no particular order; hand messages out oldest first.
+        return [_delivery(row) for row in sorted(rows, key=lambda row: int(row.id))]
+
+    async def _count(self, condition: ColumnElement[bool] | None, action: str) -> int:
+        statement = select(func.count()).select_from(queue_messages)
+        if condition is not None:
+            statement = statement.where(condition)
+        with _unavailable(action):
+            async with self._db.connect() as conn:
+                return int((await conn.execute(statement)).scalar_one())
+
+
+def _row(message: Message, now: float) -> dict[str, Any]:
+    return {
+        "event_id": message.event_id,
+        "tool_id": message.tool_id,
+        "event_type": message.event_type,
+        "delivery_id": message.delivery_id,
+        "received_at": message.received_at,
+        "headers": message.headers,
+        "body": message.body,
+        "traceparent": message.traceparent,
+        "available_at": now,
+        "locked_by": None,
+        "locked_until": None,
+        "deliveries": 0,
+    }
+
+
+def _delivery(row: Row[Any]) -> Delivery:
+    message = Message(
+        event_id=row.event_id,
+        tool_id=row.tool_id,
+        event_type=row.event_type,
+        delivery_id=row.delivery_id,
+        received_at=float(row.received_at),
+        headers=bytes(row.headers),
+        body=bytes(row.body),
+        traceparent=row.traceparent,
+    )
+    return Delivery(message=message, receipt=str(row.id), deliveries=int(row.deliveries))
+
+
+def _chunks(items: Sequence[_T]) -> Iterator[Sequence[_T]]:
+    for start in range(0, len(items), _CHUNK_ROWS):
+        yield items[start : start + _CHUNK_ROWS]
+
+
+@contextmanager
+def _unavailable(action: str) -> Iterator[None]:
+    """Turn "the database cannot be reached" into QueueUnavailableError; let real bugs through."""
+    try:
+        yield
+    except Exception as exc:
+        if is_unavailable(exc):
+            raise QueueUnavailableError(
+                f"database queue: cannot {action}, the database did not answer ({exc}); "
+                "check that it is running and DATABASE_URL points at it"
+            ) from exc
+        raise

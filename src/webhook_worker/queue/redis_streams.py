@@ -1,0 +1,406 @@
+"""The production queue: one Redis stream read through one consumer group.
+
+Layout (every key under the configured prefix):
+
+- ``{prefix}:events``: the stream; each entry is one :class:`Message`. Entries are deleted when
+  acknowledged, so the stream holds exactly the waiting and the pending messages and needs no
+  MAXLEN (a length cap would silently drop messages a worker still owes).
+- ``{prefix}:delivery:{tool_id}:{delivery_id}``: the first event id for that delivery, for the
+  idempotency TTL. Written in the same Lua script as the stream entry, so of two concurrent
+  requests with the same delivery id exactly one is enqueued.
+- ``{prefix}:events:malformed``: entries that could not be decoded, set aside for a human.
+
+Needs Redis 7.0 or newer (``SET ... NX GET`` and the deleted ids of ``XAUTOCLAIM``).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError, ResponseError
+from redis.typing import EncodableT, FieldT
+
+from webhook_worker.config import Settings
+from webhook_worker.constants import (
+    FIELD_BODY,
+    FIELD_DELIVERY_ID,
+    FIELD_EVENT_ID,
+    FIELD_EVENT_TYPE,
+    FIELD_HEADERS,
+    FIELD_MALFORMED_ERROR,
+    FIELD_MALFORMED_SOURCE_ID,
+    FIELD_RECEIVED_AT,
+    FIELD_TOOL_ID,
+    FIELD_TRACEPARENT,
+    REDIS_DEDUPE_SUFFIX,
+    REDIS_GROUP,
+    REDIS_MALFORMED_SUFFIX,
+    REDIS_STREAM_SUFFIX,
+)
+from webhook_worker.errors import QueueUnavailableError
+from webhook_worker.queue.base import Delivery, EnqueueResult, Message
+from webhook_worker.queue.redis_connection import connect
+
+logger = logging.getLogger(__name__)
+
+MALFORMED_MAXLEN = 10_000
+"""Approximate cap of the malformed stream: nothing there is pending, and a producer bug must not
+fill Redis with copies."""
+
+# KEYS[1] the stream, KEYS[2..] one dedupe key per message.
+# ARGV[1] the TTL in seconds, then per message: event id, number of field/value items, the items.
+# Returns per message two items: 0 and the new event id, or 1 and the event id stored first.
+_ENQUEUE_LUA = """
+local out = {}
+local a = 2
+for i = 2, #KEYS do
+  local event_id = ARGV[a]
+  local n = tonumber(ARGV[a + 1])
+  local first = redis.call('SET', KEYS[i], event_id, 'NX', 'GET', 'EX', ARGV[1])
+  if first then
+    out[#out + 1] = 1
+    out[#out + 1] = first
+  else
+    local added = redis.pcall('XADD', KEYS[1], '*', unpack(ARGV, a + 2, a + 1 + n))
+    if type(added) == 'table' and added.err then
+      -- Forget the delivery id, or the sender's retry would be called a duplicate of nothing.
+      redis.call('DEL', KEYS[i])
+      return added
+    end
+    out[#out + 1] = 0
+    out[#out + 1] = event_id
+  end
+  a = a + 2 + n
+end
+return out
+"""
+
+
+class RedisStreamsQueue:
+    """:class:`~webhook_worker.queue.base.Queue` on a Redis stream and consumer group.
+
+    ``client`` must return bytes (``decode_responses=False``, RESP2 replies, as built by
+    :func:`~webhook_worker.queue.redis_connection.connect`). Call :meth:`setup` once before use,
+    or build the queue with :meth:`open`.
+    """
+
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        key_prefix: str,
+        consumer_name: str,
+        idempotency_ttl: float,
+        reclaim_idle: float,
+        *,
+        owns_client: bool = False,
+    ) -> None:
+        kwargs: Mapping[str, Any] = client.connection_pool.connection_kwargs
+        if kwargs.get("decode_responses"):
+            raise ValueError("RedisStreamsQueue needs a client with decode_responses=False")
+        self._client = client
+        self._owns_client = owns_client
+        self._consumer = consumer_name
+        self._ttl = max(1, math.ceil(idempotency_ttl))
+        self._reclaim_idle_ms = max(0, round(reclaim_idle * 1000))
+        self._stream = f"{key_prefix}:{REDIS_STREAM_SUFFIX}"
+        self._malformed = f"{key_prefix}:{REDIS_MALFORMED_SUFFIX}"
+        self._dedupe_prefix = f"{key_prefix}:{REDIS_DEDUPE_SUFFIX}:"
+        self._where = f"{kwargs.get('host', '?')}:{kwargs.get('port', '?')}"
+        socket_timeout = kwargs.get("socket_timeout")
+        # A BLOCK as long as the socket timeout would end in a timeout error on an idle stream.
+        self._max_block = (
+            None if socket_timeout is None else max(socket_timeout - 1.0, socket_timeout / 2)
+        )
+        self._enqueue_script = client.register_script(_ENQUEUE_LUA)
+
+    @classmethod
+    async def open(cls, settings: Settings) -> RedisStreamsQueue:
+        """Connect to ``settings.redis_addr``, create the consumer group, own the client."""
+        queue = cls(
+            connect(settings),
+            settings.redis_key_prefix,
+            settings.worker_consumer_name,
+            settings.worker_idempotency_ttl,
+            settings.worker_reclaim_idle,
+            owns_client=True,
+        )
+        try:
+            await queue.setup()
+        except BaseException:
+            await queue.close()
+            raise
+        return queue
+
+    @property
+    def stream_key(self) -> str:
+        """The Redis key of the events stream."""
+        return self._stream
+
+    @property
+    def malformed_key(self) -> str:
+        """The Redis key of the stream holding entries that could not be decoded."""
+        return self._malformed
+
+    def dedupe_key(self, tool_id: str, delivery_id: str) -> str:
+        """The Redis key remembering ``delivery_id`` of ``tool_id`` for the idempotency TTL."""
+        return f"{self._dedupe_prefix}{tool_id}:{delivery_id}"
+
+    async def setup(self) -> None:
+        """Create the stream and the consumer group if they do not exist yet (idempotent)."""
+        with self._unavailable("create the consumer group"):
+            try:
+                await self._client.xgroup_create(self._stream, REDIS_GROUP, id="0", mkstream=True)
+            except ResponseError as exc:
+                if not str(exc).startswith("BUSYGROUP"):
+                    raise
+
+    async def enqueue(self, messages: Sequence[Message]) -> list[EnqueueResult]:
+        """Add ``messages`` in order, in one round trip, skipping known delivery ids."""
+        if not messages:
+            return []
+        keys = [self._stream]
+        args: list[bytes | str | int] = [self._ttl]
+        for message in messages:
+            keys.append(self.dedupe_key(message.tool_id, message.delivery_id))
+            fields = _encode(message)
+            args += [message.event_id, len(fields), *fields]
+        with self._unavailable("enqueue"):
+            reply = await self._enqueue_script(keys=keys, args=args)
+        return [
+            EnqueueResult(_text(reply[i + 1]), duplicate=reply[i] == 1)
+            for i in range(0, len(reply), 2)
+        ]
+
+    async def receive(self, count: int, block: float) -> list[Delivery]:
+        """Up to ``count`` messages never handed out before, waiting up to ``block`` seconds."""
+        if self._max_block is not None:
+            block = min(block, self._max_block)
+        block_ms = round(block * 1000)
+        with self._unavailable("receive"):
+            try:
+                reply = await self._read(count, block_ms)
+            except ResponseError as exc:
+                if not _is_nogroup(exc):
+                    raise
+                # The stream or group vanished (Redis restarted without persistence, or someone
+                # deleted the key): recreate it rather than failing every poll from now on.
+                logger.warning("consumer group missing on %s, recreating it", self._stream)
+                await self.setup()
+                reply = await self._read(count, block_ms)
+        entries = [entry for _stream, stream_entries in reply or () for entry in stream_entries]
+        return await self._deliveries(entries, {}, first_time=True)
+
+    async def reclaim(self, count: int) -> list[Delivery]:
+        """Take over up to ``count`` messages left unacknowledged longer than the reclaim idle
+        time by any consumer. ``deliveries`` says how often each was handed out, this time
+        included, so the caller can dead-letter a message that keeps killing workers."""
+        claimed: list[tuple[bytes, dict[bytes, bytes] | None]] = []
+        deleted: list[bytes] = []
+        cursor: bytes | str = "0-0"
+        with self._unavailable("reclaim"):
+            while len(claimed) < count:
+                try:
+                    reply = await self._client.xautoclaim(
+                        self._stream,
+                        REDIS_GROUP,
+                        self._consumer,
+                        self._reclaim_idle_ms,
+                        cursor,
+                        count=count - len(claimed),
+                    )
+                except ResponseError as exc:
+                    if not _is_nogroup(exc):
+                        raise
+                    await self.setup()
+                    return []
+                cursor = reply[0]
+                claimed += reply[1]
+                if len(reply) > 2:
+                    deleted += reply[2]
+                if _text(cursor) == "0-0":
+                    break
+            counts = await self._delivery_counts([entry_id for entry_id, _ in claimed])
+            if deleted:
+                # Redis 7 already dropped these from the pending list; the XACK makes sure.
+                await self._client.xack(self._stream, REDIS_GROUP, *deleted)
+        return await self._deliveries(claimed, counts, first_time=False)
+
+    async def ack(self, deliveries: Sequence[Delivery]) -> None:
+        """Acknowledge and delete the entries, atomically and in one round trip."""
+        if not deliveries:
+            return
+        ids = [delivery.receipt for delivery in deliveries]
+        with self._unavailable("acknowledge"):
+            async with self._client.pipeline(transaction=True) as pipe:
+                pipe.xack(self._stream, REDIS_GROUP, *ids)
+                pipe.xdel(self._stream, *ids)
+                await pipe.execute()
+
+    async def depth(self) -> int:
+        """Entries in the stream: waiting plus pending, since acknowledged entries are deleted."""
+        with self._unavailable("measure the queue"):
+            return int(await self._client.xlen(self._stream))
+
+    async def pending_count(self) -> int:
+        """Entries handed out to some consumer and not yet acknowledged."""
+        with self._unavailable("count pending messages"):
+            try:
+                summary = await self._client.xpending(self._stream, REDIS_GROUP)
+            except ResponseError as exc:
+                if not _is_nogroup(exc):
+                    raise
+                return 0
+        return int(summary["pending"])
+
+    async def ping(self) -> None:
+        """Raise QueueUnavailableError unless Redis answers a PING."""
+        with self._unavailable("answer a ping"):
+            await self._client.ping()
+
+    async def close(self) -> None:
+        """Close the client if this queue created it (see :meth:`open`)."""
+        if self._owns_client:
+            await self._client.aclose()
+
+    async def _read(self, count: int, block_ms: int) -> Any:
+        return await self._client.xreadgroup(
+            REDIS_GROUP,
+            self._consumer,
+            {self._stream: ">"},
+            count=count,
+            block=block_ms if block_ms > 0 else None,
+        )
+
+    async def _delivery_counts(self, entry_ids: Sequence[bytes]) -> dict[str, int]:
+        """Delivery counts of entries this consumer just claimed, read from the pending list.
+
+        The id range may hold other entries of this consumer, so page until every id is seen.
+        """
+        if not entry_ids:
+            return {}
+        wanted = {_text(entry_id) for entry_id in entry_ids}
+        start, high = _text(entry_ids[0]), _text(entry_ids[-1])
+        page = max(100, len(wanted))
+        counts: dict[str, int] = {}
+        while True:
+            rows = await self._client.xpending_range(
+                self._stream, REDIS_GROUP, start, high, page, consumername=self._consumer
+            )
+            for row in rows:
+                entry_id = _text(row["message_id"])
+                if entry_id in wanted:
+                    counts[entry_id] = int(row["times_delivered"])
+            if len(rows) < page or wanted.issubset(counts):
+                return counts
+            start = "(" + _text(rows[-1]["message_id"])
+
+    async def _deliveries(
+        self,
+        entries: Sequence[tuple[bytes, dict[bytes, bytes] | None]],
+        counts: Mapping[str, int],
+        *,
+        first_time: bool,
+    ) -> list[Delivery]:
+        deliveries: list[Delivery] = []
+        gone: list[bytes] = []
+        for entry_id, fields in entries:
+            if fields is None:
+                gone.append(entry_id)
+                continue
+            try:
+                message = _decode(fields)
+            except (KeyError, ValueError) as exc:
+                await self._set_aside(entry_id, fields, exc)
+                continue
+            # A reclaimed entry missing from the pending list was taken by another consumer
+            # meanwhile; it was still handed out at least twice (once before, once to us).
+            receipt = _text(entry_id)
+            times = counts.get(receipt, 1 if first_time else 2)
+            deliveries.append(Delivery(message, receipt, times))
+        if gone:
+            with self._unavailable("acknowledge deleted entries"):
+                await self._client.xack(self._stream, REDIS_GROUP, *gone)
+        return deliveries
+
+    async def _set_aside(self, entry_id: bytes, fields: dict[bytes, bytes], exc: Exception) -> None:
+        """Move an undecodable entry to the malformed stream, so it neither crashes the worker
+        nor comes back forever."""
+        reason = f"{type(exc).__name__}: {exc}"
+        logger.error(
+            "malformed entry %s in %s moved to %s: %s",
+            _text(entry_id),
+            self._stream,
+            self._malformed,
+            reason,
+        )
+        copy: dict[FieldT, EncodableT] = {name: value for name, value in fields.items()}
+        copy[FIELD_MALFORMED_SOURCE_ID] = entry_id
+        copy[FIELD_MALFORMED_ERROR] = reason.encode()
+        with self._unavailable("set aside a malformed entry"):
+            async with self._client.pipeline(transaction=True) as pipe:
+                pipe.xadd(self._malformed, copy, maxlen=MALFORMED_MAXLEN, approximate=True)
+                pipe.xack(self._stream, REDIS_GROUP, entry_id)
+                pipe.xdel(self._stream, entry_id)
+                await pipe.execute()
+
+    @contextmanager
+    def _unavailable(self, action: str) -> Iterator[None]:
+        try:
+            yield
+        except RedisError as exc:
+            raise QueueUnavailableError(
+                f"Redis at {self._where} could not {action} ({type(exc).__name__}: {exc}); "
+                "check that Redis is running and REDIS_ADDR and its credentials are right"
+            ) from exc
+
+
+def _encode(message: Message) -> list[bytes]:
+    fields = [
+        FIELD_EVENT_ID,
+        message.event_id.encode(),
+        FIELD_TOOL_ID,
+        message.tool_id.encode(),
+        FIELD_DELIVERY_ID,
+        message.delivery_id.encode(),
+        FIELD_RECEIVED_AT,
+        repr(float(message.received_at)).encode(),
+        FIELD_HEADERS,
+        message.headers,
+        FIELD_BODY,
+        message.body,
+    ]
+    # Absent optional fields are omitted, so None and "" stay distinct on the way back.
+    if message.event_type is not None:
+        fields += [FIELD_EVENT_TYPE, message.event_type.encode()]
+    if message.traceparent is not None:
+        fields += [FIELD_TRACEPARENT, message.traceparent.encode()]
+    return fields
+
+
+def _decode(fields: Mapping[bytes, bytes]) -> Message:
+    """Raises KeyError for a missing field, ValueError (UnicodeDecodeError) for a bad one."""
+    event_type = fields.get(FIELD_EVENT_TYPE)
+    traceparent = fields.get(FIELD_TRACEPARENT)
+    return Message(
+        event_id=fields[FIELD_EVENT_ID].decode(),
+        tool_id=fields[FIELD_TOOL_ID].decode(),
+        event_type=None if event_type is None else event_type.decode(),
+        delivery_id=fields[FIELD_DELIVERY_ID].decode(),
+        received_at=float(fields[FIELD_RECEIVED_AT]),
+        headers=fields[FIELD_HEADERS],
+        body=fields[FIELD_BODY],
+        traceparent=None if traceparent is None else traceparent.decode(),
+    )
+
+
+def _is_nogroup(exc: ResponseError) -> bool:
+    return str(exc).startswith("NOGROUP")
+
+
+def _text(value: bytes | str | int) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

@@ -1,0 +1,140 @@
+"""Assembly: builds the database, queue, tool cache and services a process needs, and closes
+them again. The only module that knows which queue implementation the settings select."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass
+
+from webhook_worker.config import Settings
+from webhook_worker.errors import WebhookWorkerError
+from webhook_worker.queue.base import Queue
+from webhook_worker.queue.batcher import EnqueueBatcher
+from webhook_worker.queue.database import DatabaseQueue
+from webhook_worker.queue.redis_streams import RedisStreamsQueue
+from webhook_worker.storage import migrate
+from webhook_worker.storage.database import Database, is_unavailable
+from webhook_worker.storage.events import EventStore
+from webhook_worker.storage.tools import ToolStore
+from webhook_worker.tools.cache import ToolCache
+from webhook_worker.tools.service import ToolService
+from webhook_worker.worker.consumer import Worker
+from webhook_worker.worker.processor import Processor
+
+
+class StartupError(WebhookWorkerError):
+    """A dependency is unreachable at start. The message says which and where."""
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    db: Database
+    queue: Queue
+    tools: ToolCache
+    tool_service: ToolService
+    events: EventStore
+    batcher: EnqueueBatcher
+
+    def worker(self) -> Worker:
+        s = self.settings
+        return Worker(
+            self.queue,
+            Processor(self.db),
+            batch_size=s.worker_batch_size,
+            concurrency=s.worker_concurrency,
+            max_deliveries=s.worker_max_deliveries,
+            reclaim_interval=max(s.worker_reclaim_idle / 2, 0.05),
+            shutdown_timeout=s.worker_shutdown_timeout,
+        )
+
+    async def start(self) -> None:
+        """Start the background parts: the tool refresh and the ingest batcher."""
+        self.tools.start()
+        self.batcher.start()
+
+    async def stop(self) -> None:
+        await self.batcher.close()
+        await self.tools.close()
+
+
+@asynccontextmanager
+async def database(settings: Settings, *, migrate_first: bool = False) -> AsyncIterator[Database]:
+    """The database, reachable and at the current schema (migrated first if asked)."""
+    db = Database.from_settings(settings)
+    try:
+        with _reachable(settings):
+            if migrate_first:
+                await migrate.upgrade(db)
+            else:
+                await migrate.require_current(db)
+        yield db
+    finally:
+        await db.close()
+
+
+async def apply_migrations(settings: Settings) -> tuple[str | None, str]:
+    """``webhook-worker migrate``: returns the revisions before and after."""
+    db = Database.from_settings(settings)
+    try:
+        with _reachable(settings):
+            return await migrate.upgrade(db)
+    finally:
+        await db.close()
+
+
+@contextmanager
+def _reachable(settings: Settings) -> Iterator[None]:
+    """Turn "cannot connect" into a StartupError naming the database (no traceback)."""
+    try:
+        yield
+    except Exception as exc:
+        if is_unavailable(exc):
+            raise StartupError(
+                f"cannot reach the database ({settings.describe_database()}): {_first_line(exc)}"
+            ) from None
+        raise
+
+
+@asynccontextmanager
+async def open_runtime(
+    settings: Settings, *, migrate_first: bool = False
+) -> AsyncIterator[Runtime]:
+    async with database(settings, migrate_first=migrate_first) as db:
+        queue = await _open_queue(settings, db)
+        try:
+            store = ToolStore(db)
+            tools = ToolCache(store, settings.tools_refresh_interval)
+            await tools.load()
+            runtime = Runtime(
+                settings=settings,
+                db=db,
+                queue=queue,
+                tools=tools,
+                tool_service=ToolService(store),
+                events=EventStore(db),
+                batcher=EnqueueBatcher(queue),
+            )
+            yield runtime
+        finally:
+            await queue.close()
+
+
+async def _open_queue(settings: Settings, db: Database) -> Queue:
+    if not settings.uses_redis:
+        return DatabaseQueue(
+            db,
+            settings.worker_consumer_name,
+            settings.worker_idempotency_ttl,
+            settings.worker_reclaim_idle,
+        )
+    try:
+        return await RedisStreamsQueue.open(settings)
+    except WebhookWorkerError as exc:
+        raise StartupError(f"cannot reach Redis at {settings.redis_addr}: {exc}") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__

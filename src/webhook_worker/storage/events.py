@@ -1,0 +1,180 @@
+"""Events and their processing attempts: the batch insert the worker uses, and the queries
+behind ``/api/v1/events`` and ``webhook-worker events``."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from sqlalchemy import Insert, Table, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from webhook_worker.errors import NotFoundError
+from webhook_worker.storage.database import Database
+from webhook_worker.storage.schema import attempts, events
+
+MAX_PAGE = 500
+
+
+@dataclass(frozen=True, slots=True)
+class EventFilter:
+    tool_id: str | None = None
+    event_type: str | None = None
+    status: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+
+
+def insert_ignoring_conflicts(dialect: str, table: Table) -> Insert:
+    """``INSERT ... ON CONFLICT DO NOTHING`` for either dialect."""
+    module: Any = postgresql if dialect == "postgresql" else sqlite
+    statement: Insert = module.insert(table).on_conflict_do_nothing()
+    return statement
+
+
+async def insert_events(conn: AsyncConnection, rows: Sequence[Mapping[str, Any]]) -> set[str]:
+    """Insert new events; a redelivered message or a repeated delivery id is skipped, not an
+    error. Returns the ids actually inserted."""
+    if not rows:
+        return set()
+    statement = insert_ignoring_conflicts(conn.dialect.name, events).returning(events.c.id)
+    return {row[0] for row in await conn.execute(statement, list(rows))}
+
+
+async def insert_attempts(conn: AsyncConnection, rows: Sequence[Mapping[str, Any]]) -> None:
+    if rows:
+        await conn.execute(attempts.insert(), list(rows))
+
+
+class EventStore:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def list(
+        self, where: EventFilter, limit: int = 50, cursor: str | None = None
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        """A page of events, newest first, and the cursor of the next page (None at the end)."""
+        limit = max(1, min(limit, MAX_PAGE))
+        query = select(events).order_by(events.c.id.desc()).limit(limit + 1)
+        if where.tool_id:
+            query = query.where(events.c.tool_id == where.tool_id)
+        if where.event_type:
+            query = query.where(events.c.event_type == where.event_type)
+        if where.status:
+            query = query.where(events.c.status == where.status)
+        if where.since:
+            query = query.where(events.c.received_at >= where.since)
+        if where.until:
+            query = query.where(events.c.received_at < where.until)
+        if cursor:
+            query = query.where(events.c.id < decode_cursor(cursor))
+        async with self._db.connect() as conn:
+            rows = [dict(row) for row in (await conn.execute(query)).mappings()]
+            more = len(rows) > limit
+            rows = rows[:limit]
+            by_event = await _attempts_of(conn, [row["id"] for row in rows])
+        items = [event_view(row, by_event.get(row["id"], [])) for row in rows]
+        return items, encode_cursor(rows[-1]["id"]) if more else None
+
+    async def get(self, event_id: str) -> dict[str, Any]:
+        async with self._db.connect() as conn:
+            row = (
+                (await conn.execute(select(events).where(events.c.id == event_id)))
+                .mappings()
+                .first()
+            )
+            if row is None:
+                raise NotFoundError(f"no event {event_id!r}")
+            by_event = await _attempts_of(conn, [event_id])
+        return event_view(dict(row), by_event.get(event_id, []))
+
+    async def count(self, where: EventFilter | None = None) -> int:
+        from sqlalchemy import func
+
+        query = select(func.count()).select_from(events)
+        if where and where.tool_id:
+            query = query.where(events.c.tool_id == where.tool_id)
+        if where and where.status:
+            query = query.where(events.c.status == where.status)
+        async with self._db.connect() as conn:
+            return int(await conn.scalar(query) or 0)
+
+
+async def _attempts_of(
+    conn: AsyncConnection, event_ids: list[str]
+) -> dict[str, list[dict[str, Any]]]:
+    if not event_ids:
+        return {}
+    query = (
+        select(attempts)
+        .where(attempts.c.event_id.in_(event_ids))
+        .order_by(attempts.c.event_id, attempts.c.attempt)
+    )
+    grouped: dict[str, list[dict[str, Any]]] = {}
+    for row in (await conn.execute(query)).mappings():
+        grouped.setdefault(row["event_id"], []).append(
+            {
+                "attempt": row["attempt"],
+                "started_at": _iso(row["started_at"]),
+                "duration_ms": round(row["duration_ms"], 3),
+                "outcome": row["outcome"],
+                "error_class": row["error_class"],
+                "error": row["error"],
+                "http_status": row["http_status"],
+            }
+        )
+    return grouped
+
+
+def event_view(row: Mapping[str, Any], attempt_list: list[dict[str, Any]]) -> dict[str, Any]:
+    """The SPEC shape of an event. ``payload`` is what was stored (the transform's result when
+    there is one); ``raw_payload`` is the body as received, present only when it differs."""
+    body = decode_body(row["body"])
+    view: dict[str, Any] = {
+        "id": row["id"],
+        "tool_id": row["tool_id"],
+        "event_type": row["event_type"],
+        "delivery_id": row["delivery_id"],
+        "status": row["status"],
+        "received_at": _iso(row["received_at"]),
+        "processed_at": _iso(row["processed_at"]),
+        "payload": body if row["payload"] is None else row["payload"],
+        "headers": row["headers"],
+        "attempts": attempt_list,
+    }
+    if row["payload"] is not None:
+        view["raw_payload"] = body
+    return view
+
+
+def decode_body(body: bytes) -> Any:
+    """The body as JSON when it is JSON, else as text (undecodable bytes replaced)."""
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return body.decode("utf-8", errors="replace")
+
+
+def encode_cursor(event_id: str) -> str:
+    return base64.urlsafe_b64encode(event_id.encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> str:
+    try:
+        return base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise ValueError("cursor: not a cursor this API returned") from None
+
+
+def _iso(value: datetime | None) -> str | None:
+    if value is None:
+        return None
+    if value.tzinfo is None:  # SQLite hands back naive datetimes; everything is stored in UTC
+        value = value.replace(tzinfo=UTC)
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")

@@ -1,0 +1,84 @@
+"""The in-process copy of every tool, kept current by polling the tools revision.
+
+Ingest looks tools up here (a dict lookup, no database round trip). A change made by any process
+bumps the revision; every process sees it within TOOLS_REFRESH_INTERVAL and reloads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+from webhook_worker.auth import Verifier, build_verifier
+from webhook_worker.errors import ToolConfigError
+from webhook_worker.storage.tools import ToolStore
+from webhook_worker.tools.model import Tool, parse_tool
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class LiveTool:
+    """A tool ready for the hot path: validated, with its verifier built."""
+
+    tool: Tool
+    verifier: Verifier
+
+
+class ToolCache:
+    def __init__(self, store: ToolStore, refresh_interval: float) -> None:
+        self._store = store
+        self._interval = refresh_interval
+        self._tools: dict[str, LiveTool] = {}
+        self._revision: int | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def get(self, tool_id: str) -> LiveTool | None:
+        return self._tools.get(tool_id)
+
+    def __len__(self) -> int:
+        return len(self._tools)
+
+    async def load(self) -> None:
+        """Read the revision and, if it moved, every tool. Raises when the database is down."""
+        revision = await self._store.revision()
+        if revision == self._revision:
+            return
+        tools: dict[str, LiveTool] = {}
+        for row in await self._store.list_all():
+            try:
+                tool = parse_tool(row["config"])
+            except ToolConfigError as exc:
+                # Stored by an older release with looser rules: keep the others working.
+                log.error("tool %r is invalid and is not served: %s", row["id"], exc)
+                continue
+            tools[tool.id] = LiveTool(tool, build_verifier(tool.auth))
+        self._tools = tools
+        self._revision = revision
+        log.info("loaded %d tools (revision %d)", len(tools), revision)
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._refresh_forever(), name="tool-cache-refresh")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+
+    async def _refresh_forever(self) -> None:
+        failing = False
+        while True:
+            await asyncio.sleep(self._interval)
+            try:
+                await self.load()
+            except Exception as exc:  # keep serving the last good copy while the database is away
+                if not failing:
+                    log.warning("cannot refresh tools, serving the cached copy: %r", exc)
+                failing = True
+            else:
+                if failing:
+                    log.info("tool refresh works again")
+                failing = False

@@ -1,0 +1,140 @@
+"""What the management API and the CLI do with tools: validate, store, redact, merge.
+
+Secrets never leave through here: every view is redacted, and a redacted placeholder sent back
+in an update keeps the stored secret (so a client can GET, edit and PUT a tool).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any, Final
+
+from webhook_worker.errors import NotFoundError
+from webhook_worker.storage.tools import ToolStore
+from webhook_worker.tools.model import parse_tool
+
+REDACTED: Final = "********"
+_SENSITIVE_HEADER_WORDS: Final = ("authorization", "token", "secret", "key", "signature", "cookie")
+
+
+class ToolService:
+    def __init__(self, store: ToolStore) -> None:
+        self._store = store
+
+    async def list_all(self) -> list[dict[str, Any]]:
+        return [view(row) for row in await self._store.list_all()]
+
+    async def get(self, tool_id: str) -> dict[str, Any]:
+        return view(await self._store.get(tool_id))
+
+    async def create(self, data: Mapping[str, Any]) -> dict[str, Any]:
+        return view(await self._store.create(parse_tool(data)))
+
+    async def replace(self, tool_id: str, data: Mapping[str, Any]) -> dict[str, Any]:
+        """PUT: ``data`` is the whole new definition (redacted secrets keep their value)."""
+        stored = (await self._store.get(tool_id))["config"]
+        merged = restore_secrets(dict(data), stored)
+        return view(await self._store.replace(parse_tool(merged, tool_id=tool_id)))
+
+    async def patch(self, tool_id: str, changes: Mapping[str, Any]) -> dict[str, Any]:
+        """PATCH: a JSON merge patch (RFC 7386) on the stored definition."""
+        stored = (await self._store.get(tool_id))["config"]
+        merged = restore_secrets(merge_patch(stored, changes), stored)
+        return view(await self._store.replace(parse_tool(merged, tool_id=tool_id)))
+
+    async def delete(self, tool_id: str) -> None:
+        await self._store.delete(tool_id)
+
+    async def apply(self, definitions: Sequence[Mapping[str, Any]]) -> list[tuple[str, str]]:
+        """Create or replace each definition. Validates them all before writing any.
+        Returns ``(tool_id, "created" | "updated" | "unchanged")`` per definition."""
+        tools = [parse_tool(definition) for definition in definitions]
+        outcomes: list[tuple[str, str]] = []
+        for tool in tools:
+            try:
+                stored = (await self._store.get(tool.id))["config"]
+            except NotFoundError:
+                await self._store.create(tool)
+                outcomes.append((tool.id, "created"))
+                continue
+            restored = parse_tool(restore_secrets(dict(tool.config), stored))
+            if dict(restored.config) == dict(stored):
+                outcomes.append((tool.id, "unchanged"))
+            else:
+                await self._store.replace(restored)
+                outcomes.append((tool.id, "updated"))
+        return outcomes
+
+
+def view(row: Mapping[str, Any]) -> dict[str, Any]:
+    """The API/CLI shape of a stored tool: its definition, redacted, plus timestamps."""
+    result = redact(row["config"])
+    result["enabled"] = row["enabled"]
+    for name in ("created_at", "updated_at"):
+        value = row[name]
+        result[name] = value.isoformat() if isinstance(value, datetime) else value
+    return result
+
+
+def redact(config: Mapping[str, Any]) -> dict[str, Any]:
+    result = copy.deepcopy(dict(config))
+    auth = result.get("auth")
+    if isinstance(auth, dict):
+        if "secret" in auth:
+            auth["secret"] = REDACTED
+        if isinstance(auth.get("secrets"), list):
+            auth["secrets"] = [REDACTED for _ in auth["secrets"]]
+    forward = result.get("forward")
+    if isinstance(forward, dict):
+        if forward.get("signing_secret"):
+            forward["signing_secret"] = REDACTED
+        headers = forward.get("headers")
+        if isinstance(headers, dict):
+            forward["headers"] = {
+                name: REDACTED if _is_sensitive(name) else value for name, value in headers.items()
+            }
+    return result
+
+
+def restore_secrets(config: dict[str, Any], stored: Mapping[str, Any]) -> dict[str, Any]:
+    """Replace every redacted placeholder in ``config`` with the stored value it stands for."""
+    auth, old_auth = config.get("auth"), stored.get("auth") or {}
+    if isinstance(auth, dict):
+        if auth.get("secret") == REDACTED and "secret" in old_auth:
+            auth["secret"] = old_auth["secret"]
+        secrets, old_secrets = auth.get("secrets"), old_auth.get("secrets") or []
+        if isinstance(secrets, list):
+            auth["secrets"] = [
+                old_secrets[i] if s == REDACTED and i < len(old_secrets) else s
+                for i, s in enumerate(secrets)
+            ]
+    forward, old_forward = config.get("forward"), stored.get("forward") or {}
+    if isinstance(forward, dict):
+        if forward.get("signing_secret") == REDACTED:
+            forward["signing_secret"] = old_forward.get("signing_secret")
+        headers, old_headers = forward.get("headers"), old_forward.get("headers") or {}
+        if isinstance(headers, dict):
+            for name, value in headers.items():
+                if value == REDACTED and name in old_headers:
+                    headers[name] = old_headers[name]
+    return config
+
+
+def merge_patch(target: Mapping[str, Any], patch: Mapping[str, Any]) -> dict[str, Any]:
+    """RFC 7386: objects merge recursively, ``null`` removes a field, anything else replaces."""
+    result = copy.deepcopy(dict(target))
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        elif isinstance(value, Mapping) and isinstance(result.get(key), Mapping):
+            result[key] = merge_patch(result[key], value)
+        else:
+            result[key] = copy.deepcopy(value)
+    return result
+
+
+def _is_sensitive(header: str) -> bool:
+    lowered = header.lower()
+    return any(word in lowered for word in _SENSITIVE_HEADER_WORDS)

@@ -1,0 +1,1 @@
+"""The consuming side: read batches from the queue, process them, acknowledge."""

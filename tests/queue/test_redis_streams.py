@@ -1,0 +1,503 @@
+"""The Redis Streams queue against a real Redis (and, for outages, a private redis-server)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import TypeVar
+
+import pytest
+import redis
+import redis.asyncio as aioredis
+
+from webhook_worker.config import Settings
+from webhook_worker.constants import (
+    FIELD_BODY,
+    FIELD_MALFORMED_ERROR,
+    FIELD_MALFORMED_SOURCE_ID,
+    REDIS_GROUP,
+)
+from webhook_worker.errors import QueueUnavailableError
+from webhook_worker.queue.base import Delivery, EnqueueResult, Message
+from webhook_worker.queue.redis_connection import connect
+from webhook_worker.queue.redis_streams import RedisStreamsQueue
+
+T = TypeVar("T")
+
+TTL = 3600.0
+NOT_YET = 60.0
+"""A reclaim idle time no test reaches."""
+SOON = 0.05
+"""A reclaim idle time every test reaches quickly."""
+
+
+def message(
+    tool_id: str = "github",
+    delivery_id: str | None = None,
+    *,
+    event_type: str | None = "push",
+    body: bytes = b'{"ok": true}',
+    traceparent: str | None = None,
+) -> Message:
+    return Message(
+        event_id=uuid.uuid4().hex,
+        tool_id=tool_id,
+        event_type=event_type,
+        delivery_id=delivery_id or uuid.uuid4().hex,
+        received_at=1_700_000_000.123456,
+        headers=b'{"content-type": "application/json"}',
+        body=body,
+        traceparent=traceparent,
+    )
+
+
+async def eventually(
+    check: Callable[[], Awaitable[T]], within: float = 5.0, what: str = "condition"
+) -> T:
+    """Poll ``check`` until it returns something truthy, failing after ``within`` seconds."""
+    deadline = time.monotonic() + within
+    while True:
+        result = await check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {within}s waiting for {what}")
+        await asyncio.sleep(0.01)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def redis_addr(client: aioredis.Redis) -> str:
+    kwargs = client.connection_pool.connection_kwargs
+    return f"{kwargs.get('host', '127.0.0.1')}:{kwargs.get('port', 6379)}"
+
+
+@pytest.fixture
+async def make_queue(
+    redis_client: aioredis.Redis, redis_prefix: str
+) -> Callable[..., Awaitable[RedisStreamsQueue]]:
+    async def make(
+        consumer: str = "a", reclaim_idle: float = NOT_YET, ttl: float = TTL
+    ) -> RedisStreamsQueue:
+        queue = RedisStreamsQueue(redis_client, redis_prefix, consumer, ttl, reclaim_idle)
+        await queue.setup()
+        return queue
+
+    return make
+
+
+@pytest.fixture
+async def queue(make_queue: Callable[..., Awaitable[RedisStreamsQueue]]) -> RedisStreamsQueue:
+    return await make_queue()
+
+
+# Enqueue, receive, ack.
+
+
+async def test_round_trip_preserves_every_field(
+    queue: RedisStreamsQueue, redis_client: aioredis.Redis
+) -> None:
+    binary = bytes(range(256)) + b"\xff\xfe\x00 not utf-8 \xc3\x28"
+    full = message(
+        body=binary, traceparent="00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    )
+    bare = message(event_type=None, body=b"")
+    empty_type = message(event_type="")
+    sent = [full, bare, empty_type]
+
+    results = await queue.enqueue(sent)
+    assert results == [EnqueueResult(m.event_id, duplicate=False) for m in sent]
+
+    deliveries = await queue.receive(10, 1.0)
+    assert [d.message for d in deliveries] == sent
+    assert all(d.deliveries == 1 for d in deliveries)
+    # The body is stored as raw bytes (no base64): another reader sees exactly what was posted.
+    entries = await redis_client.xrange(queue.stream_key)
+    assert entries[0][1][FIELD_BODY] == binary
+
+    await queue.ack(deliveries)
+    assert await redis_client.xlen(queue.stream_key) == 0
+
+
+async def test_ack_deletes_entries_so_depth_counts_waiting_plus_pending(
+    queue: RedisStreamsQueue, redis_client: aioredis.Redis
+) -> None:
+    await queue.enqueue([message() for _ in range(3)])
+    received = await queue.receive(2, 1.0)
+    assert len(received) == 2
+    assert await queue.depth() == 3
+    assert await queue.pending_count() == 2
+
+    await queue.ack(received)
+    assert await queue.depth() == 1
+    assert await queue.pending_count() == 0
+
+    rest = await queue.receive(10, 1.0)
+    await queue.ack(rest)
+    assert await redis_client.xlen(queue.stream_key) == 0
+    assert await queue.depth() == 0
+    assert await queue.receive(10, 0) == []
+
+
+async def test_receive_waits_for_a_message_enqueued_meanwhile(queue: RedisStreamsQueue) -> None:
+    sent = message()
+    waiting = asyncio.create_task(queue.receive(1, 3.0))
+    await asyncio.sleep(0)
+    await queue.enqueue([sent])
+    deliveries = await asyncio.wait_for(waiting, 5.0)
+    assert [d.message for d in deliveries] == [sent]
+
+
+async def test_setup_is_idempotent(queue: RedisStreamsQueue) -> None:
+    await queue.setup()
+    await queue.setup()
+
+
+async def test_open_builds_a_working_queue_from_settings(
+    redis_client: aioredis.Redis, redis_prefix: str
+) -> None:
+    settings = Settings(
+        redis_addr=redis_addr(redis_client),
+        redis_key_prefix=redis_prefix,
+        worker_consumer_name="from-settings",
+    )
+    queue = await RedisStreamsQueue.open(settings)
+    try:
+        sent = message()
+        await queue.enqueue([sent])
+        assert [d.message for d in await queue.receive(1, 1.0)] == [sent]
+    finally:
+        await queue.close()
+
+
+async def test_close_leaves_a_borrowed_client_open(
+    queue: RedisStreamsQueue, redis_client: aioredis.Redis
+) -> None:
+    await queue.close()
+    assert await redis_client.ping()
+
+
+def test_a_decoding_client_is_refused() -> None:
+    client = aioredis.Redis(decode_responses=True)
+    with pytest.raises(ValueError, match="decode_responses"):
+        RedisStreamsQueue(client, "p", "a", TTL, NOT_YET)
+
+
+# De-duplication.
+
+
+async def test_duplicates_in_one_batch_and_across_batches(
+    queue: RedisStreamsQueue, redis_client: aioredis.Redis
+) -> None:
+    first = message(delivery_id="d-1")
+    again = message(delivery_id="d-1")
+    other_tool = message(tool_id="gitlab", delivery_id="d-1")
+
+    results = await queue.enqueue([first, again, other_tool])
+    assert results == [
+        EnqueueResult(first.event_id, duplicate=False),
+        EnqueueResult(first.event_id, duplicate=True),
+        EnqueueResult(other_tool.event_id, duplicate=False),
+    ]
+    later = await queue.enqueue([message(delivery_id="d-1")])
+    assert later == [EnqueueResult(first.event_id, duplicate=True)]
+
+    assert await redis_client.xlen(queue.stream_key) == 2
+    received = [d.message for d in await queue.receive(10, 1.0)]
+    assert received == [first, other_tool]
+
+
+async def test_dedupe_key_expires_after_the_ttl_from_first_sight(
+    make_queue: Callable[..., Awaitable[RedisStreamsQueue]], redis_client: aioredis.Redis
+) -> None:
+    queue = await make_queue(ttl=120.5)
+    sent = message()
+    await queue.enqueue([sent])
+    key = queue.dedupe_key(sent.tool_id, sent.delivery_id)
+    assert await redis_client.get(key) == sent.event_id.encode()
+    assert 115 <= await redis_client.ttl(key) <= 121
+
+    # A duplicate must not extend the window: it is measured from the first delivery.
+    await redis_client.expire(key, 30)
+    await queue.enqueue([message(delivery_id=sent.delivery_id)])
+    assert await redis_client.ttl(key) <= 30
+
+
+async def test_failed_append_forgets_the_delivery_id(
+    queue: RedisStreamsQueue, redis_client: aioredis.Redis
+) -> None:
+    await redis_client.delete(queue.stream_key)
+    await redis_client.set(queue.stream_key, b"not a stream")
+    sent = message()
+    with pytest.raises(QueueUnavailableError):
+        await queue.enqueue([sent])
+    # Otherwise the sender's retry would be answered "duplicate" for an event never enqueued.
+    assert await redis_client.exists(queue.dedupe_key(sent.tool_id, sent.delivery_id)) == 0
+
+
+# Reclaiming what a dead consumer left behind.
+
+
+async def test_unacked_messages_are_reclaimed_by_another_consumer(
+    make_queue: Callable[..., Awaitable[RedisStreamsQueue]],
+) -> None:
+    dead = await make_queue("dead")
+    sent = [message() for _ in range(3)]
+    await dead.enqueue(sent)
+    taken = await dead.receive(10, 1.0)
+    assert len(taken) == 3
+
+    patient = await make_queue("patient", reclaim_idle=NOT_YET)
+    assert await patient.reclaim(10) == []
+
+    rescuer = await make_queue("rescuer", reclaim_idle=SOON)
+    reclaimed: list[Delivery] = []
+
+    async def all_reclaimed() -> bool:
+        reclaimed.extend(await rescuer.reclaim(10))
+        return len(reclaimed) >= 3
+
+    await eventually(all_reclaimed, what="the rescuer to reclaim 3 messages")
+    assert [d.message for d in reclaimed] == sent
+    assert [d.receipt for d in reclaimed] == [d.receipt for d in taken]
+    assert [d.deliveries for d in reclaimed] == [2, 2, 2]
+
+    # Each takeover counts, so a poison message can be dead-lettered after N deliveries.
+    third = await make_queue("third", reclaim_idle=SOON)
+    again: list[Delivery] = []
+
+    async def reclaimed_again() -> bool:
+        again.extend(await third.reclaim(10))
+        return len(again) >= 3
+
+    await eventually(reclaimed_again, what="a second takeover")
+    assert [d.deliveries for d in again] == [3, 3, 3]
+
+    await third.ack(again)
+    assert await third.depth() == 0
+    assert await third.pending_count() == 0
+
+
+async def test_reclaim_follows_the_cursor_across_pages(
+    make_queue: Callable[..., Awaitable[RedisStreamsQueue]], redis_client: aioredis.Redis
+) -> None:
+    owner = await make_queue("owner")
+    sent = [message() for _ in range(30)]
+    await owner.enqueue(sent)
+    taken = await owner.receive(30, 1.0)
+    # Only the last five look abandoned. XAUTOCLAIM COUNT 2 inspects at most 20 pending entries
+    # per call, so reaching them takes more than one call.
+    await redis_client.xclaim(
+        owner.stream_key,
+        REDIS_GROUP,
+        "owner",
+        0,
+        [d.receipt for d in taken[25:]],
+        idle=120_000,
+        justid=True,
+    )
+    rescuer = await make_queue("rescuer", reclaim_idle=NOT_YET)
+
+    first = await rescuer.reclaim(2)
+    assert [d.message for d in first] == sent[25:27]
+    rest = await rescuer.reclaim(10)
+    assert [d.message for d in rest] == sent[27:]
+    assert {d.deliveries for d in first + rest} == {2}
+
+
+async def test_reclaim_acknowledges_entries_deleted_from_the_stream(
+    make_queue: Callable[..., Awaitable[RedisStreamsQueue]], redis_client: aioredis.Redis
+) -> None:
+    dead = await make_queue("dead")
+    kept, lost = message(), message()
+    await dead.enqueue([kept, lost])
+    taken = await dead.receive(10, 1.0)
+    await redis_client.xdel(dead.stream_key, taken[1].receipt)
+
+    rescuer = await make_queue("rescuer", reclaim_idle=SOON)
+    reclaimed = await eventually(lambda: rescuer.reclaim(10), what="a reclaim")
+    assert [d.message for d in reclaimed] == [kept]
+    assert await rescuer.pending_count() == 1
+
+
+# Entries that cannot be decoded.
+
+
+async def test_malformed_entries_are_set_aside(
+    queue: RedisStreamsQueue, redis_client: aioredis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    missing = await redis_client.xadd(queue.stream_key, {b"id": b"x", b"tool": b"t"})
+    bad_text = await redis_client.xadd(
+        queue.stream_key,
+        {
+            b"id": b"y",
+            b"tool": b"\xff\xfe",
+            b"delivery": b"d",
+            b"ts": b"1",
+            b"headers": b"{}",
+            b"body": b"",
+        },
+    )
+    good = message()
+    await queue.enqueue([good])
+
+    with caplog.at_level(logging.ERROR, logger="webhook_worker.queue.redis_streams"):
+        deliveries = await queue.receive(10, 1.0)
+    assert [d.message for d in deliveries] == [good]
+    assert len([r for r in caplog.records if "malformed" in r.getMessage()]) == 2
+
+    aside = await redis_client.xrange(queue.malformed_key)
+    assert [fields[FIELD_MALFORMED_SOURCE_ID] for _, fields in aside] == [missing, bad_text]
+    assert all(fields[FIELD_MALFORMED_ERROR] for _, fields in aside)
+    assert aside[0][1][b"tool"] == b"t"
+
+    # The bad entries are gone for good, not pending and not waiting to come back.
+    assert await queue.pending_count() == 1
+    await queue.ack(deliveries)
+    assert await redis_client.xlen(queue.stream_key) == 0
+    assert await queue.receive(10, 0) == []
+
+
+async def test_malformed_entry_found_by_reclaim_is_set_aside(
+    make_queue: Callable[..., Awaitable[RedisStreamsQueue]], redis_client: aioredis.Redis
+) -> None:
+    queue = await make_queue("rescuer", reclaim_idle=SOON)
+    await redis_client.xadd(queue.stream_key, {b"id": b"x"})
+    await redis_client.xreadgroup(REDIS_GROUP, "dead", {queue.stream_key: ">"})
+
+    async def set_aside() -> bool:
+        assert await queue.reclaim(10) == []
+        return bool(await redis_client.xlen(queue.malformed_key))
+
+    await eventually(set_aside, what="the entry to be set aside")
+    assert await redis_client.xlen(queue.stream_key) == 0
+    assert await queue.pending_count() == 0
+
+
+# Redis that is down.
+
+
+async def test_unreachable_redis_fails_fast() -> None:
+    queue = RedisStreamsQueue(
+        connect(Settings(redis_addr=f"127.0.0.1:{free_port()}")),
+        "p",
+        "a",
+        TTL,
+        NOT_YET,
+        owns_client=True,
+    )
+    try:
+        started = time.monotonic()
+        with pytest.raises(QueueUnavailableError) as caught:
+            await queue.enqueue([message()])
+        assert time.monotonic() - started < 2.0
+        assert isinstance(caught.value.__cause__, redis.RedisError)
+        for call in (queue.ping(), queue.receive(1, 0.1), queue.depth(), queue.setup()):
+            with pytest.raises(QueueUnavailableError):
+                await call
+    finally:
+        await queue.close()
+
+
+class RedisServer:
+    """A throwaway redis-server without persistence, on a free port, with a password."""
+
+    password = "s3cret"
+
+    def __init__(self, directory: Path) -> None:
+        self.port = free_port()
+        self.directory = directory
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [
+                "redis-server",
+                "--port", str(self.port),
+                "--bind", "127.0.0.1",
+                "--save", "",
+                "--appendonly", "no",
+                "--requirepass", self.password,
+                "--dir", str(self.directory),
+            ],
+            stdout=subprocess.DEVNULL,
+        )  # fmt: skip
+        client = redis.Redis(port=self.port, password=self.password, socket_timeout=1)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"redis-server on port {self.port} did not start")
+                time.sleep(0.02)
+        client.close()
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+async def private_queue(redis_server: RedisServer) -> AsyncIterator[RedisStreamsQueue]:
+    settings = Settings(
+        redis_addr=f"127.0.0.1:{redis_server.port}",
+        redis_username="default",
+        redis_password=redis_server.password,
+        redis_db=3,
+        redis_key_prefix="private",
+        worker_consumer_name="a",
+    )
+    queue = await RedisStreamsQueue.open(settings)
+    yield queue
+    await queue.close()
+
+
+async def test_redis_restart_makes_the_queue_unavailable_then_usable_again(
+    redis_server: RedisServer, private_queue: RedisStreamsQueue
+) -> None:
+    before = message()
+    assert await private_queue.enqueue([before]) == [EnqueueResult(before.event_id, False)]
+
+    redis_server.stop()
+    started = time.monotonic()
+    with pytest.raises(QueueUnavailableError):
+        await private_queue.enqueue([message()])
+    assert time.monotonic() - started < 3.0
+    with pytest.raises(QueueUnavailableError):
+        await private_queue.receive(1, 0.1)
+
+    redis_server.start()
+    after = message()
+    assert await private_queue.enqueue([after]) == [EnqueueResult(after.event_id, False)]
+    # Nothing survived the restart (no persistence), not even the group; receive recreates it.
+    deliveries = await private_queue.receive(10, 1.0)
+    assert [d.message for d in deliveries] == [after]
+    await private_queue.ack(deliveries)
+    assert await private_queue.depth() == 0
