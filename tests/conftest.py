@@ -17,6 +17,8 @@ import asyncpg
 import pytest
 import redis.asyncio as aioredis
 
+from tests.support import RedisServer
+from webhook_worker.config import Settings
 from webhook_worker.storage import migrate
 from webhook_worker.storage.database import Database
 
@@ -114,3 +116,37 @@ async def _truncate(db: Database) -> None:
     async with db.begin() as conn:
         await conn.execute(text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
         await conn.execute(text("UPDATE metadata SET value = 0"))
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A private redis-server (on a free port) that a test may stop and start again."""
+    server = RedisServer(tmp_path)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql", "postgresql+redis"])
+def backend_settings(request: pytest.FixtureRequest, tmp_path: Path, redis_prefix: str) -> Settings:
+    """Settings for each deployment shape: embedded SQLite (database queue), PostgreSQL with
+    the database queue, PostgreSQL with Redis Streams. Tests using it run three times."""
+    fast = {
+        "tools_refresh_interval": 0.1,
+        "worker_reclaim_idle": 1.0,
+        "worker_consumer_name": "test",
+    }
+    if request.param == "sqlite":
+        return Settings(data_dir=tmp_path, **fast)  # type: ignore[arg-type]
+    request.getfixturevalue("postgres_db")  # a migrated, emptied database
+    url = request.getfixturevalue("postgres_server_url")
+    if request.param == "postgresql":
+        return Settings(database_url=url, **fast)  # type: ignore[arg-type]
+    request.getfixturevalue("redis_client")  # cleans the prefix up afterwards
+    redis_addr = REDIS_URL.split("://", 1)[1].split("/", 1)[0]
+    return Settings(
+        database_url=url,
+        redis_addr=redis_addr,
+        redis_key_prefix=redis_prefix,
+        **fast,  # type: ignore[arg-type]
+    )

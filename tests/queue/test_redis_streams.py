@@ -4,18 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
-import subprocess
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
 import pytest
 import redis
 import redis.asyncio as aioredis
 
+from tests.support import RedisServer, eventually, free_port
 from webhook_worker.config import Settings
 from webhook_worker.constants import (
     FIELD_BODY,
@@ -55,27 +53,6 @@ def message(
         body=body,
         traceparent=traceparent,
     )
-
-
-async def eventually(
-    check: Callable[[], Awaitable[T]], within: float = 5.0, what: str = "condition"
-) -> T:
-    """Poll ``check`` until it returns something truthy, failing after ``within`` seconds."""
-    deadline = time.monotonic() + within
-    while True:
-        result = await check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {within}s waiting for {what}")
-        await asyncio.sleep(0.01)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def redis_addr(client: aioredis.Redis) -> str:
@@ -408,60 +385,6 @@ async def test_unreachable_redis_fails_fast() -> None:
                 await call
     finally:
         await queue.close()
-
-
-class RedisServer:
-    """A throwaway redis-server without persistence, on a free port, with a password."""
-
-    password = "s3cret"
-
-    def __init__(self, directory: Path) -> None:
-        self.port = free_port()
-        self.directory = directory
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            [
-                "redis-server",
-                "--port", str(self.port),
-                "--bind", "127.0.0.1",
-                "--save", "",
-                "--appendonly", "no",
-                "--requirepass", self.password,
-                "--dir", str(self.directory),
-            ],
-            stdout=subprocess.DEVNULL,
-        )  # fmt: skip
-        client = redis.Redis(port=self.port, password=self.password, socket_timeout=1)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                if self.process.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"redis-server on port {self.port} did not start")
-                time.sleep(0.02)
-        client.close()
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self.process = None
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path)
-    server.start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture

@@ -80,6 +80,10 @@ class Queue(Protocol):
         """Messages in the queue: waiting plus received but not yet acknowledged."""
         ...
 
+    async def housekeeping(self) -> None:
+        """Periodic clean-up (called by workers): forget delivery ids past their TTL."""
+        ...
+
     async def ping(self) -> None:
         """Raise QueueUnavailableError when the backend does not answer."""
         ...

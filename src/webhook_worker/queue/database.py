@@ -186,6 +186,10 @@ class DatabaseQueue:
     async def close(self) -> None:
         """Nothing to release: the Database belongs to the caller."""
 
+    async def housekeeping(self) -> None:
+        """Forget delivery ids past WORKER_IDEMPOTENCY_TTL (Redis expires its keys itself)."""
+        await self.purge_expired_delivery_ids()
+
     async def purge_expired_delivery_ids(self, chunk: int = _CHUNK_ROWS) -> int:
         """Forget delivery ids past their TTL, ``chunk`` rows per transaction so no lock is held
         for long. Returns how many were deleted. For a housekeeping loop."""

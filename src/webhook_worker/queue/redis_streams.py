@@ -257,6 +257,9 @@ class RedisStreamsQueue:
                 return 0
         return int(summary["pending"])
 
+    async def housekeeping(self) -> None:
+        """Nothing to do: delivery-id keys expire by TTL and acknowledged entries are deleted."""
+
     async def ping(self) -> None:
         """Raise QueueUnavailableError unless Redis answers a PING."""
         with self._unavailable("answer a ping"):

@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 
 _BACKOFF_START = 0.1
 _BACKOFF_CAP = 5.0
+_HOUSEKEEPING_INTERVAL = 5.0
 
 _Action = Callable[[], Awaitable[None]]
 
@@ -39,7 +40,7 @@ class Worker:
         max_deliveries: int = 10,
         reclaim_interval: float = 30.0,
         shutdown_timeout: float = 30.0,
-        block: float = 1.0,
+        block: float = 0.25,
     ) -> None:
         self._queue = queue
         self._processor = processor
@@ -61,7 +62,7 @@ class Worker:
     async def run(self) -> None:
         log.info("worker started")
         reclaimer = asyncio.create_task(self._reclaim_forever(), name="worker-reclaim")
-        gauges = asyncio.create_task(self._gauges_forever(), name="worker-gauges")
+        gauges = asyncio.create_task(self._housekeeping_forever(), name="worker-housekeeping")
         try:
             await self._consume()
         finally:
@@ -183,11 +184,12 @@ class Worker:
             except QueueUnavailableError as exc:
                 log.warning("reclaim skipped, queue unavailable: %s", exc)
 
-    async def _gauges_forever(self) -> None:
+    async def _housekeeping_forever(self) -> None:
         while True:
             with contextlib.suppress(QueueUnavailableError):
                 metrics.QUEUE_DEPTH.set(await self._queue.depth())
-            await asyncio.sleep(5)
+                await self._queue.housekeeping()
+            await asyncio.sleep(_HOUSEKEEPING_INTERVAL)
 
     async def _drain(self) -> None:
         if not self._in_flight:
