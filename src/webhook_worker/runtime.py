@@ -112,7 +112,7 @@ async def open_runtime(
                 db=db,
                 queue=queue,
                 tools=tools,
-                tool_service=ToolService(store),
+                tool_service=ToolService(store, after_change=tools.load),
                 events=EventStore(db),
                 batcher=EnqueueBatcher(queue),
             )

@@ -66,6 +66,16 @@ def with_store(settings: Settings, action: Callable[[ToolStore], Awaitable[T]]) 
     return run_async(go())
 
 
+def api_url(settings: Settings) -> str:
+    """``http://host:port`` of the API this configuration serves (API_ADDR)."""
+    host, port = settings.api_addr
+    if host in ("0.0.0.0", ""):
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
 def print_json(data: Any) -> None:
     """Plain JSON on stdout for scripts (no colours, no wrapping)."""
     sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n")
@@ -219,8 +229,46 @@ def _flag_patch(
     return patch
 
 
-def _definition(tool_id: str, file: str | None, inline: str | None) -> dict[str, Any]:
-    """``--file`` then ``--json`` merged over it; the TOOL_ID argument must agree with both."""
+def merge(target: Mapping[str, Any], patch: Mapping[str, Any]) -> dict[str, Any]:
+    """RFC 7386 merge patch, including nested objects the target does not have yet."""
+    return merge_patch(target, _prune(patch, target))
+
+
+def _prune(patch: Mapping[str, Any], target: Any) -> dict[str, Any]:
+    """``patch`` without the nulls that have nothing to remove in ``target``.
+
+    ``merge_patch`` copies a nested object verbatim when the target lacks it, nulls included;
+    after pruning, the result is the same as RFC 7386 gives.
+    """
+    pruned: dict[str, Any] = {}
+    for key, value in patch.items():
+        present = isinstance(target, Mapping) and key in target
+        if value is None:
+            if present:
+                pruned[key] = None
+        elif isinstance(value, Mapping):
+            pruned[key] = _prune(value, target[key] if present else None)
+        else:
+            pruned[key] = value
+    return pruned
+
+
+def _combine(first: Mapping[str, Any], second: Mapping[str, Any]) -> dict[str, Any]:
+    """One merge patch doing what ``first`` then ``second`` do (a null in ``second`` stays)."""
+    combined = dict(first)
+    for key, value in second.items():
+        if isinstance(value, Mapping) and isinstance(combined.get(key), Mapping):
+            combined[key] = _combine(combined[key], value)
+        else:
+            combined[key] = value
+    return combined
+
+
+def _definition(
+    tool_id: str, file: str | None, inline: str | None, *, patch: bool = False
+) -> dict[str, Any]:
+    """``--file`` then ``--json`` over it; the TOOL_ID argument must agree with both. As a
+    ``patch`` (for ``update``), nulls are kept: they remove stored fields."""
     result: dict[str, Any] = {}
     for source, data in (
         (file, read_document(file) if file else None),
@@ -232,7 +280,7 @@ def _definition(tool_id: str, file: str | None, inline: str | None) -> dict[str,
             fail(f"{source} must hold one tool definition (an object)", 1)
         if "id" in data and data["id"] != tool_id:
             fail(f"{source} defines tool {data['id']!r} but the command names {tool_id!r}", 1)
-        result = merge_patch(result, data)
+        result = _combine(result, data) if patch else merge(result, data)
     return result
 
 
@@ -260,7 +308,7 @@ def add(
 ) -> None:
     """Add a tool. Example: tools add demo --auth-type hmac --header X-Signature --secret s3cret"""
     settings = load_settings(quiet_logs=True)
-    definition = merge_patch(
+    definition = merge(
         _definition(tool_id, file, json_text),
         _flag_patch(
             provider=provider,
@@ -284,9 +332,11 @@ def add(
         parse_tool(definition)  # invalid input fails before the database is opened
         view = with_store(settings, lambda store: ToolService(store).create(definition))
     console.print(f"added tool {tool_id!r} ({_summary(view)})", highlight=False)
-    host, port = settings.api_addr
-    shown = "127.0.0.1" if host in ("0.0.0.0", "") else host
-    console.print(f"  webhooks go to POST http://{shown}:{port}/webhooks/{tool_id}", highlight=False)
+    console.print(
+        f"  webhooks go to POST {api_url(settings)}/webhooks/{tool_id}\n"
+        f"  try it: webhook-worker send {tool_id}",
+        highlight=False,
+    )
 
 
 @app.command()
@@ -322,9 +372,9 @@ def update(
     settings = load_settings(quiet_logs=True)
     if secret and add_secret:
         fail("use either --secret (replace) or --add-secret (rotate), not both", 2)
-    patch = _definition(tool_id, file, json_text)
+    patch = _definition(tool_id, file, json_text, patch=True)
     patch.pop("id", None)
-    patch = merge_patch(
+    patch = _combine(
         patch,
         _flag_patch(
             provider=provider,
@@ -347,15 +397,16 @@ def update(
         fail("nothing to change: pass flags such as --disable, or --file / --json", 2)
 
     async def change(store: ToolStore) -> dict[str, Any]:
+        stored = (await store.get(tool_id))["config"]
         changes = patch
         if add_secret is not None:
-            auth = (await store.get(tool_id))["config"].get("auth") or {}
+            auth = stored.get("auth") or {}
             current = ([auth["secret"]] if "secret" in auth else []) + list(
                 auth.get("secrets") or []
             )
             rotated = {"secret": None, "secrets": [add_secret, *current]}
-            changes = merge_patch(changes, {"auth": rotated})
-        return await ToolService(store).patch(tool_id, changes)
+            changes = _combine(changes, {"auth": rotated})
+        return await ToolService(store).patch(tool_id, _prune(changes, stored))
 
     with user_errors(f"cannot update tool {tool_id!r}"):
         view = with_store(settings, change)
@@ -369,7 +420,7 @@ def list_tools(
     """List every tool."""
     settings = load_settings(quiet_logs=True)
     with user_errors():
-        views = with_store(settings, lambda store: ToolService(store).list_all())
+        views = [_id_first(v) for v in with_store(settings, lambda s: ToolService(s).list_all())]
     if as_json:
         print_json({"items": views, "next_cursor": None})
         return
@@ -377,6 +428,7 @@ def list_tools(
         console.print("no tools yet: add one with `webhook-worker tools add ID ...`")
         return
     table = Table("id", "provider", "auth type", "mode", "enabled", "updated")
+    table.columns[0].no_wrap = table.columns[-1].no_wrap = True
     for view in views:
         table.add_row(
             view["id"],
@@ -397,7 +449,7 @@ def show(
     """Show a tool's definition (secrets redacted)."""
     settings = load_settings(quiet_logs=True)
     with user_errors():
-        view = with_store(settings, lambda store: ToolService(store).get(tool_id))
+        view = _id_first(with_store(settings, lambda store: ToolService(store).get(tool_id)))
     if as_json:
         print_json(view)
     else:
@@ -467,6 +519,10 @@ def _definitions(document: Any, file: str) -> list[dict[str, Any]]:
         if not isinstance(item, Mapping):
             fail(f"{file}: tool #{number} is not an object", 1)
     return [dict(item) for item in document]
+
+
+def _id_first(view: dict[str, Any]) -> dict[str, Any]:
+    return {"id": view.get("id"), **view}
 
 
 def _summary(view: Mapping[str, Any]) -> str:

@@ -7,7 +7,7 @@ import base64
 import binascii
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import orjson
@@ -15,6 +15,7 @@ from sqlalchemy import Insert, Table, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from webhook_worker.clock import iso
 from webhook_worker.errors import NotFoundError
 from webhook_worker.storage.database import Database
 from webhook_worker.storage.schema import attempts, events
@@ -121,7 +122,7 @@ async def _attempts_of(
         grouped.setdefault(row["event_id"], []).append(
             {
                 "attempt": row["attempt"],
-                "started_at": _iso(row["started_at"]),
+                "started_at": iso(row["started_at"]),
                 "duration_ms": round(row["duration_ms"], 3),
                 "outcome": row["outcome"],
                 "error_class": row["error_class"],
@@ -142,8 +143,8 @@ def event_view(row: Mapping[str, Any], attempt_list: list[dict[str, Any]]) -> di
         "event_type": row["event_type"],
         "delivery_id": row["delivery_id"],
         "status": row["status"],
-        "received_at": _iso(row["received_at"]),
-        "processed_at": _iso(row["processed_at"]),
+        "received_at": iso(row["received_at"]),
+        "processed_at": iso(row["processed_at"]),
         "payload": body if row["payload"] is None else row["payload"],
         "headers": row["headers"],
         "attempts": attempt_list,
@@ -170,11 +171,3 @@ def decode_cursor(cursor: str) -> str:
         return base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
     except (ValueError, binascii.Error, UnicodeDecodeError):
         raise ValueError("cursor: not a cursor this API returned") from None
-
-
-def _iso(value: datetime | None) -> str | None:
-    if value is None:
-        return None
-    if value.tzinfo is None:  # SQLite hands back naive datetimes; everything is stored in UTC
-        value = value.replace(tzinfo=UTC)
-    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")

@@ -7,10 +7,10 @@ in an update keeps the stored secret (so a client can GET, edit and PUT a tool).
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping, Sequence
-from datetime import datetime
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Final
 
+from webhook_worker.clock import iso
 from webhook_worker.errors import NotFoundError
 from webhook_worker.storage.tools import ToolStore
 from webhook_worker.tools.model import parse_tool
@@ -20,8 +20,16 @@ _SENSITIVE_HEADER_WORDS: Final = ("authorization", "token", "secret", "key", "si
 
 
 class ToolService:
-    def __init__(self, store: ToolStore) -> None:
+    def __init__(
+        self, store: ToolStore, after_change: Callable[[], Awaitable[None]] | None = None
+    ) -> None:
         self._store = store
+        # The process's own tool cache reloads at once; other processes poll the revision.
+        self._after_change = after_change
+
+    async def _changed(self) -> None:
+        if self._after_change is not None:
+            await self._after_change()
 
     async def list_all(self) -> list[dict[str, Any]]:
         return [view(row) for row in await self._store.list_all()]
@@ -30,22 +38,29 @@ class ToolService:
         return view(await self._store.get(tool_id))
 
     async def create(self, data: Mapping[str, Any]) -> dict[str, Any]:
-        return view(await self._store.create(parse_tool(data)))
+        row = await self._store.create(parse_tool(data))
+        await self._changed()
+        return view(row)
 
     async def replace(self, tool_id: str, data: Mapping[str, Any]) -> dict[str, Any]:
         """PUT: ``data`` is the whole new definition (redacted secrets keep their value)."""
         stored = (await self._store.get(tool_id))["config"]
         merged = restore_secrets(dict(data), stored)
-        return view(await self._store.replace(parse_tool(merged, tool_id=tool_id)))
+        row = await self._store.replace(parse_tool(merged, tool_id=tool_id))
+        await self._changed()
+        return view(row)
 
     async def patch(self, tool_id: str, changes: Mapping[str, Any]) -> dict[str, Any]:
         """PATCH: a JSON merge patch (RFC 7386) on the stored definition."""
         stored = (await self._store.get(tool_id))["config"]
         merged = restore_secrets(merge_patch(stored, changes), stored)
-        return view(await self._store.replace(parse_tool(merged, tool_id=tool_id)))
+        row = await self._store.replace(parse_tool(merged, tool_id=tool_id))
+        await self._changed()
+        return view(row)
 
     async def delete(self, tool_id: str) -> None:
         await self._store.delete(tool_id)
+        await self._changed()
 
     async def apply(self, definitions: Sequence[Mapping[str, Any]]) -> list[tuple[str, str]]:
         """Create or replace each definition. Validates them all before writing any.
@@ -65,6 +80,7 @@ class ToolService:
             else:
                 await self._store.replace(restored)
                 outcomes.append((tool.id, "updated"))
+        await self._changed()
         return outcomes
 
 
@@ -72,9 +88,8 @@ def view(row: Mapping[str, Any]) -> dict[str, Any]:
     """The API/CLI shape of a stored tool: its definition, redacted, plus timestamps."""
     result = redact(row["config"])
     result["enabled"] = row["enabled"]
-    for name in ("created_at", "updated_at"):
-        value = row[name]
-        result[name] = value.isoformat() if isinstance(value, datetime) else value
+    result["created_at"] = iso(row["created_at"])
+    result["updated_at"] = iso(row["updated_at"])
     return result
 
 

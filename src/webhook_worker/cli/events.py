@@ -1,0 +1,214 @@
+"""``webhook-worker events``: list and inspect stored events, straight from the database.
+
+Filters and pagination are the management API's (``GET /api/v1/events``): newest first, and a
+cursor to continue where a page ended.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any
+
+import typer
+from rich.console import Group
+from rich.json import JSON
+from rich.panel import Panel
+from rich.table import Table
+
+from webhook_worker.cli.common import console, fail, load_settings, run_async
+from webhook_worker.cli.tools import print_json, user_errors
+from webhook_worker.config import parse_duration
+from webhook_worker.constants import EVENT_STATUSES
+from webhook_worker.runtime import database
+from webhook_worker.storage.events import MAX_PAGE, EventFilter, EventStore
+
+app = typer.Typer(help="List and inspect stored events.", no_args_is_help=True)
+
+_STATUS_STYLES = {
+    "processed": "green",
+    "pending": "cyan",
+    "ignored": "dim",
+    "retrying": "yellow",
+    "dead": "red",
+}
+
+
+def parse_time(text: str) -> datetime:
+    """An ISO 8601 time (``Z`` allowed; no offset means UTC), as an aware UTC datetime.
+
+    The management API's rule. Raises ValueError with a message showing the expected form.
+    """
+    try:
+        value = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"{text!r} is not an ISO 8601 time such as 2024-01-15T10:30:00Z") from None
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _when(raw: str | None, option: str) -> datetime | None:
+    """``--since``/``--until``: an ISO 8601 time, or a duration meaning that long ago (``2h``)."""
+    if raw is None or not raw.strip():
+        return None
+    try:
+        return parse_time(raw)
+    except ValueError as exc:
+        try:
+            ago = parse_duration(raw)
+        except ValueError:
+            fail(f"{option}: {exc}, or a duration ago such as 30m or 24h", 2)
+        return datetime.now(UTC) - timedelta(seconds=ago)
+
+
+@app.command("list")
+def list_events(
+    tool: Annotated[str | None, typer.Option("--tool", help="Only this tool's events.")] = None,
+    event_type: Annotated[str | None, typer.Option("--type", help="Only this event type.")] = None,
+    status: Annotated[
+        str | None, typer.Option("--status", help=f"One of {', '.join(EVENT_STATUSES)}.")
+    ] = None,
+    since: Annotated[
+        str | None,
+        typer.Option("--since", help="Received at or after: ISO 8601 time, or e.g. 2h (ago)."),
+    ] = None,
+    until: Annotated[
+        str | None, typer.Option("--until", help="Received before: ISO 8601 time, or e.g. 30m.")
+    ] = None,
+    limit: Annotated[
+        int, typer.Option("--limit", min=1, max=MAX_PAGE, help="Events per page.")
+    ] = 50,
+    cursor: Annotated[
+        str | None, typer.Option("--cursor", help="Continue after the page that printed it.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+) -> None:
+    """List events, newest first."""
+    if status is not None and status not in EVENT_STATUSES:
+        fail(f"--status: expected one of {', '.join(EVENT_STATUSES)}, got {status!r}", 2)
+    where = EventFilter(
+        tool_id=tool or None,
+        event_type=event_type or None,
+        status=status,
+        since=_when(since, "--since"),
+        until=_when(until, "--until"),
+    )
+    settings = load_settings(quiet_logs=True)
+
+    async def page() -> tuple[list[dict[str, Any]], str | None]:
+        async with database(settings) as db:
+            return await EventStore(db).list(where, limit, cursor)
+
+    with user_errors():
+        try:
+            items, next_cursor = run_async(page())
+        except ValueError as exc:  # only a malformed cursor raises it
+            fail(f"--{exc}", 2)
+    if as_json:
+        print_json({"items": items, "next_cursor": next_cursor})
+        return
+    if not items:
+        console.print("no events" + (" match" if where != EventFilter() else " yet"))
+        return
+    table = Table("id", "tool", "type", "delivery id", "status", "received")
+    table.columns[0].no_wrap = True
+    for item in items:
+        style = _STATUS_STYLES.get(item["status"], "")
+        table.add_row(
+            item["id"],
+            item["tool_id"],
+            item["event_type"] or "",
+            item["delivery_id"],
+            f"[{style}]{item['status']}[/]" if style else item["status"],
+            _short(item["received_at"]),
+        )
+    console.print(table)
+    if next_cursor:
+        again = ["webhook-worker events list"]
+        for option, value in (
+            ("--tool", tool),
+            ("--type", event_type),
+            ("--status", status),
+            ("--since", since),
+            ("--until", until),
+        ):
+            if value:
+                again.append(f"{option} {value}")
+        if limit != 50:
+            again.append(f"--limit {limit}")
+        again.append(f"--cursor {next_cursor}")
+        console.print(f"more: {' '.join(again)}", highlight=False, soft_wrap=True)
+
+
+@app.command()
+def show(
+    event_id: Annotated[str, typer.Argument(help="The event id (from `events list`).")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+) -> None:
+    """Show one event: headers, payload and every processing attempt."""
+    settings = load_settings(quiet_logs=True)
+
+    async def load() -> dict[str, Any]:
+        async with database(settings) as db:
+            return await EventStore(db).get(event_id)
+
+    with user_errors():
+        event = run_async(load())
+    if as_json:
+        print_json(event)
+        return
+    console.print(_describe(event))
+
+
+def _describe(event: dict[str, Any]) -> Group:
+    summary = Table.grid(padding=(0, 2))
+    summary.add_column(style="bold")
+    summary.add_column()
+    style = _STATUS_STYLES.get(event["status"], "")
+    for label, value in (
+        ("id", event["id"]),
+        ("tool", event["tool_id"]),
+        ("type", event["event_type"] or "-"),
+        ("delivery id", event["delivery_id"]),
+        ("status", f"[{style}]{event['status']}[/]" if style else event["status"]),
+        ("received", event["received_at"]),
+        ("processed", event["processed_at"] or "-"),
+    ):
+        summary.add_row(label, value)
+
+    headers = Table("header", "value", box=None, show_edge=False)
+    for name, value in sorted((event.get("headers") or {}).items()):
+        headers.add_row(name, str(value))
+
+    attempts = Table("#", "started", "ms", "outcome", "http", "error class", "error")
+    for attempt in event["attempts"]:
+        attempts.add_row(
+            str(attempt["attempt"]),
+            attempt["started_at"] or "",
+            f"{attempt['duration_ms']:.1f}",
+            attempt["outcome"],
+            str(attempt["http_status"] or ""),
+            attempt["error_class"] or "",
+            attempt["error"] or "",
+        )
+
+    parts: list[Any] = [
+        summary,
+        Panel(headers, title="headers", title_align="left"),
+        Panel(_body(event["payload"]), title="payload", title_align="left"),
+    ]
+    if "raw_payload" in event:
+        parts.append(Panel(_body(event["raw_payload"]), title="raw payload", title_align="left"))
+    parts.append(attempts if event["attempts"] else "no attempts recorded yet")
+    return Group(*parts)
+
+
+def _body(value: Any) -> Any:
+    return value if isinstance(value, str) else JSON.from_data(value)
+
+
+def _short(value: str | None) -> str:
+    if not value:
+        return ""
+    try:
+        return parse_time(value).strftime("%Y-%m-%d %H:%M:%SZ")
+    except ValueError:
+        return value
