@@ -120,8 +120,8 @@ async def _truncate(db: Database) -> None:
 
 @pytest.fixture
 def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    """A private redis-server (on a free port) that a test may stop and start again."""
-    server = RedisServer(tmp_path)
+    """A private redis-server (on a free port, with AOF) that a test may stop and start again."""
+    server = RedisServer(tmp_path, persistent=True)
     server.start()
     yield server
     server.stop()

@@ -38,11 +38,13 @@ def free_port() -> int:
 
 
 class RedisServer:
-    """A throwaway redis-server without persistence, on a free port, with a password."""
+    """A throwaway redis-server on a free port, with a password; with ``persistent`` it keeps an
+    append-only file (fsync always), so a restart keeps the stream."""
 
     password = "s3cret"
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, persistent: bool = False) -> None:
+        self.persistent = persistent
         self.port = free_port()
         self.directory = directory
         self.process: subprocess.Popen[bytes] | None = None
@@ -54,7 +56,8 @@ class RedisServer:
                 "--port", str(self.port),
                 "--bind", "127.0.0.1",
                 "--save", "",
-                "--appendonly", "no",
+                "--appendonly", "yes" if self.persistent else "no",
+                "--appendfsync", "always",
                 "--requirepass", self.password,
                 "--dir", str(self.directory),
             ],

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import datetime
 from ipaddress import ip_address
 from typing import Any
 
@@ -169,12 +169,9 @@ def _time(raw: str | None, name: str) -> datetime | None:
     if not raw:
         return None
     try:
-        value = datetime.fromisoformat(raw.replace("Z", "+00:00"))
-    except ValueError:
-        raise BadRequest(
-            f"{name}: expected an ISO 8601 time such as 2024-01-15T10:30:00Z", name
-        ) from None
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+        return parse_time(raw)
+    except ValueError as exc:
+        raise BadRequest(f"{name}: {exc}", name) from None
 
 
 def _is_loopback(host: str) -> bool:

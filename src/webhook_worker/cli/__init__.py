@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from webhook_worker.cli import events, serve, tools
+from webhook_worker.cli import events, send, serve, tools
 from webhook_worker.cli.common import fail
 from webhook_worker.errors import WebhookWorkerError
 
@@ -18,6 +18,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 serve.register(app)
+send.register(app)
 app.add_typer(tools.app, name="tools")
 app.add_typer(events.app, name="events")
 

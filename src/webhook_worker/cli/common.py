@@ -3,15 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import sys
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
+import yaml
 from rich.console import Console
+from rich.table import Table
 
 from webhook_worker.config import Settings
-from webhook_worker.errors import ConfigError
+from webhook_worker.errors import ConfigError, NotFoundError, ToolConfigError
 from webhook_worker.observability.logging import configure
+from webhook_worker.runtime import database
+from webhook_worker.storage.database import is_unavailable
+from webhook_worker.storage.tools import ToolStore
 
 T = TypeVar("T")
 
@@ -46,3 +54,94 @@ def run_async(coroutine: Coroutine[Any, Any, T]) -> T:
         return asyncio.run(coroutine)
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         return runner.run(coroutine)
+
+
+@contextmanager
+def user_errors(doing: str | None = None) -> Iterator[None]:
+    """Turn the errors a user can cause into one line on stderr and exit 1."""
+    try:
+        yield
+    except ToolConfigError as exc:
+        # One line even when the detail has several (JMESPath errors draw a caret).
+        detail = " ".join(str(exc).split())
+        fail(f"{doing}: {detail}" if doing else detail, 1)
+    except NotFoundError as exc:
+        fail(str(exc), 1)
+    except Exception as exc:
+        if is_unavailable(exc):
+            lines = str(exc).strip().splitlines()
+            fail(f"the database is unavailable: {lines[0] if lines else type(exc).__name__}", 1)
+        raise
+
+
+def with_store(settings: Settings, action: Callable[[ToolStore], Awaitable[T]]) -> T:
+    """Run ``action`` on the tool store of the configured (migrated) database."""
+
+    async def go() -> T:
+        async with database(settings) as db:
+            return await action(ToolStore(db))
+
+    return run_async(go())
+
+
+def print_table(table: Table) -> None:
+    """A table; piped to a file or another program it is as wide as it needs (nothing cut)."""
+    if console.is_terminal:
+        console.print(table)
+        return
+    needed = console.measure(table, options=console.options.update_width(10_000)).maximum
+    Console(width=max(console.width, needed)).print(table)
+
+
+def api_url(settings: Settings) -> str:
+    """``http://host:port`` of the API this configuration serves (API_ADDR)."""
+    host, port = settings.api_addr
+    if host in ("0.0.0.0", ""):
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def print_json(data: Any) -> None:
+    """Plain JSON on stdout for scripts (no colours, no wrapping)."""
+    sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n")
+
+
+def read_document(path: str) -> Any:
+    """A JSON or YAML file (``-`` is stdin), or exit with one line saying what is wrong."""
+    name = "stdin" if path == "-" else path
+    try:
+        text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        fail(f"cannot read {name}: {getattr(exc, 'strerror', None) or exc}", 1)
+    if path.endswith(".json"):
+        return parse_json_text(text, name)
+    try:
+        return yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader subclass)
+    except yaml.YAMLError as exc:
+        fail(f"{name} is not valid YAML or JSON: {_yaml_problem(exc)}", 1)
+
+
+def parse_json_text(text: str, name: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        fail(f"{name} is not valid JSON: {exc}", 1)
+
+
+class _Loader(yaml.SafeLoader):
+    """Safe YAML that keeps ``2024-01-15`` a string: tool fields are JSON types only."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, regex) for tag, regex in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    if isinstance(exc, yaml.MarkedYAMLError) and exc.problem_mark is not None:
+        mark = exc.problem_mark
+        return f"line {mark.line + 1}, column {mark.column + 1}: {exc.problem}"
+    return str(exc).splitlines()[0]

@@ -15,8 +15,16 @@ from rich.json import JSON
 from rich.panel import Panel
 from rich.table import Table
 
-from webhook_worker.cli.common import console, fail, load_settings, run_async
-from webhook_worker.cli.tools import print_json, user_errors
+from webhook_worker.cli.common import (
+    console,
+    fail,
+    load_settings,
+    print_json,
+    print_table,
+    run_async,
+    user_errors,
+)
+from webhook_worker.clock import parse_time
 from webhook_worker.config import parse_duration
 from webhook_worker.constants import EVENT_STATUSES
 from webhook_worker.runtime import database
@@ -31,18 +39,6 @@ _STATUS_STYLES = {
     "retrying": "yellow",
     "dead": "red",
 }
-
-
-def parse_time(text: str) -> datetime:
-    """An ISO 8601 time (``Z`` allowed; no offset means UTC), as an aware UTC datetime.
-
-    The management API's rule. Raises ValueError with a message showing the expected form.
-    """
-    try:
-        value = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
-    except ValueError:
-        raise ValueError(f"{text!r} is not an ISO 8601 time such as 2024-01-15T10:30:00Z") from None
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 def _when(raw: str | None, option: str) -> datetime | None:
@@ -106,7 +102,7 @@ def list_events(
         print_json({"items": items, "next_cursor": next_cursor})
         return
     if not items:
-        console.print("no events" + (" match" if where != EventFilter() else " yet"))
+        console.print("no events" + (" match" if cursor or where != EventFilter() else " yet"))
         return
     table = Table("id", "tool", "type", "delivery id", "status", "received")
     table.columns[0].no_wrap = True
@@ -120,7 +116,7 @@ def list_events(
             f"[{style}]{item['status']}[/]" if style else item["status"],
             _short(item["received_at"]),
         )
-    console.print(table)
+    print_table(table)
     if next_cursor:
         again = ["webhook-worker events list"]
         for option, value in (
@@ -140,7 +136,9 @@ def list_events(
 
 @app.command()
 def show(
-    event_id: Annotated[str, typer.Argument(help="The event id (from `events list`).")],
+    event_id: Annotated[
+        str, typer.Argument(metavar="EVENT_ID", help="The event id (from `events list`).")
+    ],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
 ) -> None:
     """Show one event: headers, payload and every processing attempt."""

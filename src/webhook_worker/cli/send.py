@@ -20,8 +20,7 @@ import httpx
 import typer
 
 from webhook_worker.auth.hmac_signature import sign
-from webhook_worker.cli.common import console, fail, load_settings
-from webhook_worker.cli.tools import api_url, user_errors, with_store
+from webhook_worker.cli.common import api_url, console, fail, load_settings, user_errors, with_store
 from webhook_worker.tools.model import AuthConfig, Tool, parse_tool
 
 # A JMESPath that is only ``a.b.c`` names a place a sample payload can fill in.
@@ -105,10 +104,15 @@ def sample_payload(tool: Tool, event_type: str) -> bytes:
 
 
 def send(
-    tool_id: Annotated[str, typer.Argument(help="The tool to send to.")],
+    tool_id: Annotated[str, typer.Argument(metavar="TOOL_ID", help="The tool to send to.")],
     file: Annotated[
         str | None,
-        typer.Option("--file", "-f", help="Send this file's bytes ('-' is stdin), not a sample."),
+        typer.Option(
+            "--file",
+            "-f",
+            metavar="PATH",
+            help="Send this file's bytes ('-' is stdin), not a sample.",
+        ),
     ] = None,
     event: Annotated[
         str, typer.Option("--event", help="Event type, when the tool reads it from a header.")

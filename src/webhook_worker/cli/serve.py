@@ -134,6 +134,7 @@ async def _announce(
         f"webhook-worker {roles} listening on http://{shown}:{port}\n"
         f"  database: {settings.describe_database()}\n  queue:    {queue}",
         highlight=False,
+        soft_wrap=True,
     )
     if with_api:
         console.print(
@@ -143,4 +144,5 @@ async def _announce(
             "  webhook-worker send demo\n"
             "  webhook-worker events list",
             highlight=False,
+            soft_wrap=True,
         )

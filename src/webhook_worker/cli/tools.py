@@ -7,23 +7,27 @@ beside them win. Secrets are accepted but never printed: every view is the redac
 
 from __future__ import annotations
 
-import json
 import sys
-from collections.abc import Awaitable, Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
-import yaml
 from rich.table import Table
 
-from webhook_worker.cli.common import console, fail, load_settings, run_async
-from webhook_worker.config import Settings
-from webhook_worker.errors import NotFoundError, ToolConfigError
-from webhook_worker.runtime import database
-from webhook_worker.storage.database import is_unavailable
+from webhook_worker.cli.common import (
+    api_url,
+    console,
+    fail,
+    load_settings,
+    parse_json_text,
+    print_json,
+    print_table,
+    read_document,
+    user_errors,
+    with_store,
+)
+from webhook_worker.errors import ToolConfigError
 from webhook_worker.storage.tools import ToolStore
 from webhook_worker.tools.model import parse_tool
 from webhook_worker.tools.presets import PRESETS
@@ -37,89 +41,6 @@ app = typer.Typer(
 )
 
 
-# Shared with the other database commands (events, send).
-
-
-@contextmanager
-def user_errors(doing: str | None = None) -> Iterator[None]:
-    """Turn the errors a user can cause into one line on stderr and exit 1."""
-    try:
-        yield
-    except ToolConfigError as exc:
-        fail(f"{doing}: {exc}" if doing else str(exc), 1)
-    except NotFoundError as exc:
-        fail(str(exc), 1)
-    except Exception as exc:
-        if is_unavailable(exc):
-            lines = str(exc).strip().splitlines()
-            fail(f"the database is unavailable: {lines[0] if lines else type(exc).__name__}", 1)
-        raise
-
-
-def with_store(settings: Settings, action: Callable[[ToolStore], Awaitable[T]]) -> T:
-    """Run ``action`` on the tool store of the configured (migrated) database."""
-
-    async def go() -> T:
-        async with database(settings) as db:
-            return await action(ToolStore(db))
-
-    return run_async(go())
-
-
-def api_url(settings: Settings) -> str:
-    """``http://host:port`` of the API this configuration serves (API_ADDR)."""
-    host, port = settings.api_addr
-    if host in ("0.0.0.0", ""):
-        host = "127.0.0.1"
-    elif host == "::":
-        host = "::1"
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
-
-
-def print_json(data: Any) -> None:
-    """Plain JSON on stdout for scripts (no colours, no wrapping)."""
-    sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n")
-
-
-def read_document(path: str) -> Any:
-    """A JSON or YAML file (``-`` is stdin), or exit with one line saying what is wrong."""
-    name = "stdin" if path == "-" else path
-    try:
-        text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        fail(f"cannot read {name}: {getattr(exc, 'strerror', None) or exc}", 1)
-    if path.endswith(".json"):
-        return parse_json_text(text, name)
-    try:
-        return yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader subclass)
-    except yaml.YAMLError as exc:
-        fail(f"{name} is not valid YAML or JSON: {_yaml_problem(exc)}", 1)
-
-
-def parse_json_text(text: str, name: str) -> Any:
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        fail(f"{name} is not valid JSON: {exc}", 1)
-
-
-class _Loader(yaml.SafeLoader):
-    """Safe YAML that keeps ``2024-01-15`` a string: tool fields are JSON types only."""
-
-
-_Loader.yaml_implicit_resolvers = {
-    first: [(tag, regex) for tag, regex in resolvers if tag != "tag:yaml.org,2002:timestamp"]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-}
-
-
-def _yaml_problem(exc: yaml.YAMLError) -> str:
-    if isinstance(exc, yaml.MarkedYAMLError) and exc.problem_mark is not None:
-        mark = exc.problem_mark
-        return f"line {mark.line + 1}, column {mark.column + 1}: {exc.problem}"
-    return str(exc).splitlines()[0]
-
-
 # Options shared by ``add`` and ``update``.
 
 ProviderOpt = Annotated[
@@ -127,7 +48,9 @@ ProviderOpt = Annotated[
 ]
 SecretOpt = Annotated[
     list[str] | None,
-    typer.Option("--secret", help="Shared secret; repeat for rotation (the first signs)."),
+    typer.Option(
+        "--secret", metavar="SECRET", help="Shared secret; repeat for rotation (the first signs)."
+    ),
 ]
 AuthTypeOpt = Annotated[
     str | None, typer.Option("--auth-type", help="hmac, token, bearer, basic or none.")
@@ -163,7 +86,9 @@ ForwardOpt = Annotated[
 ]
 FileOpt = Annotated[
     str | None,
-    typer.Option("--file", "-f", help="A JSON or YAML tool definition ('-' reads stdin)."),
+    typer.Option(
+        "--file", "-f", metavar="PATH", help="A JSON or YAML tool definition ('-' reads stdin)."
+    ),
 ]
 JsonOpt = Annotated[str | None, typer.Option("--json", help="An inline JSON tool definition.")]
 
@@ -229,30 +154,6 @@ def _flag_patch(
     return patch
 
 
-def merge(target: Mapping[str, Any], patch: Mapping[str, Any]) -> dict[str, Any]:
-    """RFC 7386 merge patch, including nested objects the target does not have yet."""
-    return merge_patch(target, _prune(patch, target))
-
-
-def _prune(patch: Mapping[str, Any], target: Any) -> dict[str, Any]:
-    """``patch`` without the nulls that have nothing to remove in ``target``.
-
-    ``merge_patch`` copies a nested object verbatim when the target lacks it, nulls included;
-    after pruning, the result is the same as RFC 7386 gives.
-    """
-    pruned: dict[str, Any] = {}
-    for key, value in patch.items():
-        present = isinstance(target, Mapping) and key in target
-        if value is None:
-            if present:
-                pruned[key] = None
-        elif isinstance(value, Mapping):
-            pruned[key] = _prune(value, target[key] if present else None)
-        else:
-            pruned[key] = value
-    return pruned
-
-
 def _combine(first: Mapping[str, Any], second: Mapping[str, Any]) -> dict[str, Any]:
     """One merge patch doing what ``first`` then ``second`` do (a null in ``second`` stays)."""
     combined = dict(first)
@@ -280,13 +181,15 @@ def _definition(
             fail(f"{source} must hold one tool definition (an object)", 1)
         if "id" in data and data["id"] != tool_id:
             fail(f"{source} defines tool {data['id']!r} but the command names {tool_id!r}", 1)
-        result = _combine(result, data) if patch else merge(result, data)
+        result = _combine(result, data) if patch else merge_patch(result, data)
     return result
 
 
 @app.command()
 def add(
-    tool_id: Annotated[str, typer.Argument(help="URL-safe id: POST /webhooks/TOOL_ID.")],
+    tool_id: Annotated[
+        str, typer.Argument(metavar="TOOL_ID", help="URL-safe id: POST /webhooks/TOOL_ID.")
+    ],
     provider: ProviderOpt = None,
     secret: SecretOpt = None,
     auth_type: AuthTypeOpt = None,
@@ -308,7 +211,7 @@ def add(
 ) -> None:
     """Add a tool. Example: tools add demo --auth-type hmac --header X-Signature --secret s3cret"""
     settings = load_settings(quiet_logs=True)
-    definition = merge(
+    definition = merge_patch(
         _definition(tool_id, file, json_text),
         _flag_patch(
             provider=provider,
@@ -341,7 +244,7 @@ def add(
 
 @app.command()
 def update(
-    tool_id: Annotated[str, typer.Argument(help="The tool to change.")],
+    tool_id: Annotated[str, typer.Argument(metavar="TOOL_ID", help="The tool to change.")],
     provider: ProviderOpt = None,
     secret: SecretOpt = None,
     add_secret: Annotated[
@@ -406,7 +309,7 @@ def update(
             )
             rotated = {"secret": None, "secrets": [add_secret, *current]}
             changes = _combine(changes, {"auth": rotated})
-        return await ToolService(store).patch(tool_id, _prune(changes, stored))
+        return await ToolService(store).patch(tool_id, changes)
 
     with user_errors(f"cannot update tool {tool_id!r}"):
         view = with_store(settings, change)
@@ -438,12 +341,12 @@ def list_tools(
             "yes" if view.get("enabled", True) else "[red]no[/]",
             _short_time(view.get("updated_at")),
         )
-    console.print(table)
+    print_table(table)
 
 
 @app.command()
 def show(
-    tool_id: Annotated[str, typer.Argument(help="The tool to show.")],
+    tool_id: Annotated[str, typer.Argument(metavar="TOOL_ID", help="The tool to show.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
 ) -> None:
     """Show a tool's definition (secrets redacted)."""
@@ -458,7 +361,7 @@ def show(
 
 @app.command()
 def remove(
-    tool_id: Annotated[str, typer.Argument(help="The tool to remove.")],
+    tool_id: Annotated[str, typer.Argument(metavar="TOOL_ID", help="The tool to remove.")],
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
 ) -> None:
     """Remove a tool (its stored events stay)."""
@@ -479,7 +382,10 @@ def apply(
     file: Annotated[
         str,
         typer.Option(
-            "--file", "-f", help="YAML/JSON: a list of tools or {tools: [...]} ('-' is stdin)."
+            "--file",
+            "-f",
+            metavar="PATH",
+            help="YAML/JSON: a list of tools or {tools: [...]} ('-' is stdin).",
         ),
     ],
 ) -> None:

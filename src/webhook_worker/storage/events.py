@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -21,6 +23,7 @@ from webhook_worker.storage.database import Database
 from webhook_worker.storage.schema import attempts, events
 
 MAX_PAGE = 500
+_CURSOR = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,7 +170,11 @@ def encode_cursor(event_id: str) -> str:
 
 
 def decode_cursor(cursor: str) -> str:
+    """The event id a cursor stands for; ValueError for anything this API did not hand out."""
     try:
-        return base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        if not _CURSOR.match(cursor):
+            raise ValueError
+        event_id = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        return str(uuid.UUID(event_id))
     except (ValueError, binascii.Error, UnicodeDecodeError):
         raise ValueError("cursor: not a cursor this API returned") from None

@@ -250,7 +250,8 @@ def _compile(name: str, expression: Any) -> jmespath.parser.ParsedResult:
     try:
         return jmespath.compile(expression)
     except jmespath.exceptions.JMESPathError as exc:
-        raise ToolConfigError(name, f"invalid JMESPath expression: {exc}") from None
+        detail = " ".join(str(exc).split())  # the library's message spans lines
+        raise ToolConfigError(name, f"invalid JMESPath expression: {detail}") from None
 
 
 def _events(raw: Any) -> None:

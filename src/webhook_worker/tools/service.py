@@ -75,7 +75,7 @@ class ToolService:
                 outcomes.append((tool.id, "created"))
                 continue
             restored = parse_tool(restore_secrets(dict(tool.config), stored))
-            if dict(restored.config) == dict(stored):
+            if {"enabled": True, **restored.config} == {"enabled": True, **stored}:
                 outcomes.append((tool.id, "unchanged"))
             else:
                 await self._store.replace(restored)
@@ -143,8 +143,9 @@ def merge_patch(target: Mapping[str, Any], patch: Mapping[str, Any]) -> dict[str
     for key, value in patch.items():
         if value is None:
             result.pop(key, None)
-        elif isinstance(value, Mapping) and isinstance(result.get(key), Mapping):
-            result[key] = merge_patch(result[key], value)
+        elif isinstance(value, Mapping):
+            current = result.get(key)
+            result[key] = merge_patch(current if isinstance(current, Mapping) else {}, value)
         else:
             result[key] = copy.deepcopy(value)
     return result

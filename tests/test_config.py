@@ -1,0 +1,96 @@
+"""Settings from the environment: durations, sizes, addresses, and one clear error per bad value."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from webhook_worker.config import Settings, format_duration, parse_duration, parse_size
+from webhook_worker.errors import ConfigError
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("500ms", 0.5),
+        ("1s", 1),
+        ("5m", 300),
+        ("24h", 86400),
+        ("1h30m", 5400),
+        ("1.5s", 1.5),
+        ("30", 30),
+    ],
+)
+def test_go_style_durations(text: str, seconds: float) -> None:
+    assert parse_duration(text) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("text", ["", "1d", "5 m", "m5", "-1s", "1s5", "abc"])
+def test_bad_durations_are_refused(text: str) -> None:
+    with pytest.raises(ValueError):
+        parse_duration(text)
+
+
+@pytest.mark.parametrize("seconds", [0.5, 1, 90, 300, 5400, 86400])
+def test_format_duration_round_trips(seconds: float) -> None:
+    assert parse_duration(format_duration(seconds)) == seconds
+
+
+@pytest.mark.parametrize(("text", "size"), [("5MiB", 5 * 1024**2), ("512KB", 512_000), ("10", 10)])
+def test_sizes(text: str, size: int) -> None:
+    assert parse_size(text) == size
+
+
+def test_defaults_are_the_embedded_mode() -> None:
+    settings = Settings.from_env({})
+    assert settings.is_embedded
+    assert not settings.uses_redis
+    assert settings.api_addr == ("127.0.0.1", 8080)
+    assert settings.health_endpoint == ("0.0.0.0", 8088)
+    assert settings.max_payload_bytes == 5 * 1024 * 1024
+    assert settings.worker_idempotency_ttl == 86400
+    assert settings.retry.max_retries == 5
+    assert settings.retry.max_elapsed_time == 1800
+
+
+def test_database_parts_build_a_postgres_url_and_database_url_wins() -> None:
+    parts = {
+        "DATABASE_HOST": "db",
+        "DATABASE_USER": "u",
+        "DATABASE_PASSWORD": "p@ss",
+        "DATABASE_NAME": "x",
+    }
+    assert Settings.from_env(parts).sqlalchemy_url() == "postgresql+asyncpg://u:p%40ss@db:5432/x"
+    both = {**parts, "DATABASE_URL": "postgresql://other/y"}
+    assert Settings.from_env(both).sqlalchemy_url() == "postgresql+asyncpg://other/y"
+    assert "p@ss" not in Settings.from_env(parts).describe_database()
+
+
+def test_data_dir_places_the_sqlite_file(tmp_path: Path) -> None:
+    settings = Settings.from_env({"DATA_DIR": str(tmp_path)})
+    assert settings.sqlalchemy_url() == f"sqlite+aiosqlite:///{tmp_path / 'webhook-worker.db'}"
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("REDIS_DB", "x"),
+        ("REDIS_ADDR", "localhost"),
+        ("API_ADDR", "8080"),
+        ("DATABASE_PORT", "0"),
+        ("WORKER_IDEMPOTENCY_TTL", "1d"),
+        ("RETRY_MULTIPLIER", "0.5"),
+        ("MAX_PAYLOAD_BYTES", "lots"),
+        ("LOG_LEVEL", "loud"),
+        ("REDIS_TLS_ENABLED", "maybe"),
+        ("TRUSTED_PROXIES", "10.0.0.0/33"),
+        ("DATABASE_URL", "mysql://x/y"),
+    ],
+)
+def test_a_bad_value_names_its_variable(variable: str, value: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env({variable: value})
+    message = str(caught.value)
+    assert message.startswith(f"{variable}:")
+    assert "\n" not in message
