@@ -18,6 +18,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from webhook_worker.api.responses import JSONResponse, error
+from webhook_worker.clock import parse_time
 from webhook_worker.constants import EVENT_STATUSES
 from webhook_worker.errors import NotFoundError, ToolConfigError
 from webhook_worker.storage.database import is_unavailable
