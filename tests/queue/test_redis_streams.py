@@ -6,7 +6,8 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
 from typing import TypeVar
 
 import pytest
@@ -387,8 +388,18 @@ async def test_unreachable_redis_fails_fast() -> None:
         await queue.close()
 
 
+@pytest.fixture(params=[False, True], ids=["volatile", "aof"])
+def restartable_redis(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RedisServer]:
+    """A private redis-server without persistence, and one with an append-only file."""
+    server = RedisServer(tmp_path, persistent=request.param)
+    server.start()
+    yield server
+    server.stop()
+
+
 @pytest.fixture
-async def private_queue(redis_server: RedisServer) -> AsyncIterator[RedisStreamsQueue]:
+async def private_queue(restartable_redis: RedisServer) -> AsyncIterator[RedisStreamsQueue]:
+    redis_server = restartable_redis
     settings = Settings(
         redis_addr=f"127.0.0.1:{redis_server.port}",
         redis_username="default",
@@ -403,8 +414,9 @@ async def private_queue(redis_server: RedisServer) -> AsyncIterator[RedisStreams
 
 
 async def test_redis_restart_makes_the_queue_unavailable_then_usable_again(
-    redis_server: RedisServer, private_queue: RedisStreamsQueue
+    restartable_redis: RedisServer, private_queue: RedisStreamsQueue
 ) -> None:
+    redis_server = restartable_redis
     before = message()
     assert await private_queue.enqueue([before]) == [EnqueueResult(before.event_id, False)]
 
@@ -419,8 +431,12 @@ async def test_redis_restart_makes_the_queue_unavailable_then_usable_again(
     redis_server.start()
     after = message()
     assert await private_queue.enqueue([after]) == [EnqueueResult(after.event_id, False)]
-    # Nothing survived the restart (no persistence), not even the group; receive recreates it.
     deliveries = await private_queue.receive(10, 1.0)
-    assert [d.message for d in deliveries] == [after]
+    if redis_server.persistent:
+        # The append-only file kept the stream and the group: nothing accepted is lost.
+        assert [d.message for d in deliveries] == [before, after]
+    else:
+        # Nothing survived, not even the group; receive recreates it.
+        assert [d.message for d in deliveries] == [after]
     await private_queue.ack(deliveries)
     assert await private_queue.depth() == 0
