@@ -6,12 +6,17 @@ import asyncio
 import socket
 import subprocess
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TypeVar
 
+import httpx
 import pytest
 import redis
+
+from webhook_worker.api.app import create_app
+from webhook_worker.runtime import Runtime
 
 T = TypeVar("T")
 
@@ -84,3 +89,18 @@ class RedisServer:
                 self.process.kill()
                 self.process.wait()
         self.process = None
+
+
+@asynccontextmanager
+async def serving(
+    runtime: Runtime, client: tuple[str, int] = ("127.0.0.1", 4000)
+) -> AsyncIterator[httpx.AsyncClient]:
+    """The real app on ``runtime``, lifespan running, behind an HTTP client (``client`` is the
+    peer address the app sees)."""
+    app = create_app(runtime)
+    transport = httpx.ASGITransport(app=app, client=client)
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=transport, base_url="http://test") as http,
+    ):
+        yield http

@@ -14,8 +14,7 @@ import httpx
 import orjson
 import pytest
 
-from tests.support import eventually
-from webhook_worker.api.app import create_app
+from tests.support import eventually, serving
 from webhook_worker.config import Settings
 from webhook_worker.errors import NotFoundError
 from webhook_worker.runtime import Runtime, open_runtime
@@ -61,18 +60,15 @@ class Service:
 
 @pytest.fixture
 async def service(backend_settings: Settings) -> AsyncIterator[Service]:
-    async with open_runtime(backend_settings, migrate_first=True) as runtime:
-        app = create_app(runtime)
+    async with (
+        open_runtime(backend_settings, migrate_first=True) as runtime,
+        serving(runtime) as client,
+    ):
         worker = runtime.worker()
-        transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 4000))
-        async with (
-            app.router.lifespan_context(app),
-            httpx.AsyncClient(transport=transport, base_url="http://test") as client,
-        ):
-            task = asyncio.create_task(worker.run())
-            yield Service(runtime, client)
-            worker.stop()
-            await asyncio.wait_for(task, timeout=15)
+        task = asyncio.create_task(worker.run())
+        yield Service(runtime, client)
+        worker.stop()
+        await asyncio.wait_for(task, timeout=15)
 
 
 def push(delivery: str | None = None) -> tuple[bytes, dict[str, str]]:
@@ -222,14 +218,8 @@ async def test_body_over_the_limit_is_413_and_at_the_limit_is_accepted(
 ) -> None:
     settings = replace(backend_settings, max_payload_bytes=1024)
     async with open_runtime(settings, migrate_first=True) as runtime:
-        app = create_app(runtime)
         await runtime.tool_service.create({"id": "small", "auth": {"type": "none"}})
-        await runtime.tools.load()
-        transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 4000))
-        async with (
-            app.router.lifespan_context(app),
-            httpx.AsyncClient(transport=transport, base_url="http://test") as client,
-        ):
+        async with serving(runtime) as client:
             at_limit = await client.post("/webhooks/small", content=b"a" * 1024)
             over = await client.post("/webhooks/small", content=b"b" * 1025)
 

@@ -8,8 +8,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.support import RedisServer, eventually
-from webhook_worker.api.app import create_app
+from tests.support import RedisServer, eventually, serving
 from webhook_worker.config import Settings
 from webhook_worker.runtime import open_runtime
 from webhook_worker.storage.database import Database
@@ -28,13 +27,8 @@ async def test_redis_down_means_503_and_everything_accepted_is_stored(
     )
     async with open_runtime(settings) as runtime:
         await runtime.tool_service.create({"id": "t", "auth": {"type": "none"}})
-        app = create_app(runtime)
         worker = runtime.worker()
-        transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 4000))
-        async with (
-            app.router.lifespan_context(app),
-            httpx.AsyncClient(transport=transport, base_url="http://test") as client,
-        ):
+        async with serving(runtime) as client:
             worker_task = asyncio.create_task(worker.run())
 
             async def post() -> httpx.Response:

@@ -14,8 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support import eventually
-from webhook_worker.api.app import create_app
+from tests.support import eventually, serving
 from webhook_worker.cli.send import sign_request
 from webhook_worker.config import Settings
 from webhook_worker.runtime import Runtime, open_runtime
@@ -60,14 +59,11 @@ def connect(database_url: str) -> Connect:
             tools_refresh_interval=0.05,
             worker_reclaim_idle=1.0,
         )
-        async with open_runtime(settings, migrate_first=True) as runtime:
-            app = create_app(runtime)
-            transport = httpx.ASGITransport(app=app, client=client)
-            async with (
-                app.router.lifespan_context(app),
-                httpx.AsyncClient(transport=transport, base_url="http://testserver") as http,
-            ):
-                yield Api(http, runtime)
+        async with (
+            open_runtime(settings, migrate_first=True) as runtime,
+            serving(runtime, client) as http,
+        ):
+            yield Api(http, runtime)
 
     return open_api
 
