@@ -259,3 +259,11 @@ async def test_tool_changes_reach_another_process_without_restart(service: Servi
 
 async def _async(value: bool) -> bool:
     return value
+
+
+async def test_a_tool_added_elsewhere_is_served_on_the_first_request(service: Service) -> None:
+    # As when `webhook-worker tools add` runs beside a running API: no waiting for a refresh.
+    async with open_runtime(service.runtime.settings) as other:
+        await other.tool_service.create({"id": "fresh", "auth": {"type": "none"}})
+    response = await service.post(b'{"a": 1}', tool_id="fresh", sign=False)
+    assert response.status_code == 202, response.text

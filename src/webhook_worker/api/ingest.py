@@ -64,7 +64,7 @@ class IngestHandler:
 
     async def handle(self, request: Request) -> Response:
         tool_id: str = request.path_params["tool_id"]
-        live = self._tools.get(tool_id)
+        live = await self._tools.find(tool_id)
         if live is None:
             return error(404, "unknown_tool", f"no tool {tool_id!r} is configured")
         tool = live.tool

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass
 
 from webhook_worker.auth import Verifier, build_verifier
@@ -16,6 +17,10 @@ from webhook_worker.storage.tools import ToolStore
 from webhook_worker.tools.model import Tool, parse_tool
 
 log = logging.getLogger(__name__)
+
+MISS_RELOAD_INTERVAL = 0.5
+"""Seconds between database checks triggered by requests for unknown tools (bounds the load a
+flood of requests for made-up tool ids can cause)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,8 +38,29 @@ class ToolCache:
         self._tools: dict[str, LiveTool] = {}
         self._revision: int | None = None
         self._task: asyncio.Task[None] | None = None
+        self._miss_lock = asyncio.Lock()
+        self._last_miss_reload = -MISS_RELOAD_INTERVAL
 
     def get(self, tool_id: str) -> LiveTool | None:
+        return self._tools.get(tool_id)
+
+    async def find(self, tool_id: str) -> LiveTool | None:
+        """Like :meth:`get`, but a miss checks the database for a newer revision first (at most
+        every MISS_RELOAD_INTERVAL), so a tool added a moment ago by another process or the CLI
+        is found at once rather than after the next refresh."""
+        live = self._tools.get(tool_id)
+        if live is not None:
+            return live
+        now = time.monotonic()
+        if now - self._last_miss_reload < MISS_RELOAD_INTERVAL:
+            return None
+        async with self._miss_lock:
+            if now - self._last_miss_reload >= MISS_RELOAD_INTERVAL:
+                self._last_miss_reload = time.monotonic()
+                try:
+                    await self.load()
+                except Exception as exc:  # the database is away: unknown stays unknown
+                    log.debug("tool reload on a miss failed: %r", exc)
         return self._tools.get(tool_id)
 
     def __len__(self) -> int:
