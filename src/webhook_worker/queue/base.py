@@ -76,6 +76,21 @@ class Queue(Protocol):
         """Remove processed messages from the queue for good."""
         ...
 
+    async def retry_later(self, deliveries: Sequence[tuple[Delivery, float]]) -> None:
+        """Acknowledge each delivery and deliver its message again after the given delay in
+        seconds. Atomic per message: it stays pending or is scheduled, never lost. A scheduled
+        retry survives restarts of any process."""
+        ...
+
+    async def promote_due(self, limit: int = 500) -> int:
+        """Make retries whose time has come available to ``receive`` (if the backend needs a
+        step for it). Returns how many were moved."""
+        ...
+
+    async def scheduled_count(self) -> int:
+        """Messages waiting for a retry."""
+        ...
+
     async def depth(self) -> int:
         """Messages in the queue: waiting plus received but not yet acknowledged."""
         ...

@@ -20,7 +20,19 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from typing import Any, TypeVar
 
-from sqlalchemy import ColumnElement, Row, and_, delete, func, insert, select, text, tuple_, update
+from sqlalchemy import (
+    ColumnElement,
+    Row,
+    and_,
+    bindparam,
+    delete,
+    func,
+    insert,
+    select,
+    text,
+    tuple_,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 
 from webhook_worker.errors import QueueUnavailableError
@@ -167,6 +179,34 @@ class DatabaseQueue:
             async with self._db.begin() as conn:
                 for chunk in _chunks(ids):
                     await conn.execute(delete(queue_messages).where(queue_messages.c.id.in_(chunk)))
+
+    async def retry_later(self, deliveries: Sequence[tuple[Delivery, float]]) -> None:
+        """Release each row with ``available_at`` pushed ``delay`` seconds ahead: one UPDATE per
+        row in one transaction. The delivery count starts again, since it counts crashes."""
+        if not deliveries:
+            return
+        now = time.time()
+        statement = (
+            update(queue_messages)
+            .where(queue_messages.c.id == bindparam("row_id"))
+            .values(available_at=bindparam("due"), locked_by=None, locked_until=None, deliveries=0)
+        )
+        rows = [{"row_id": int(d.receipt), "due": now + delay} for d, delay in deliveries]
+        with _unavailable("schedule a retry"):
+            async with self._db.begin() as conn:
+                await conn.execute(statement, rows)
+
+    async def promote_due(self, limit: int = 500) -> int:
+        """Nothing to move: ``receive`` takes rows once their ``available_at`` has passed."""
+        return 0
+
+    async def scheduled_count(self) -> int:
+        """Rows waiting for a retry (not leased, available only later)."""
+        now = time.time()
+        return await self._count(
+            and_(queue_messages.c.locked_until.is_(None), queue_messages.c.available_at > now),
+            "count scheduled retries",
+        )
 
     async def depth(self) -> int:
         """Messages in the queue: waiting plus received but not yet acknowledged."""

@@ -9,6 +9,9 @@ Layout (every key under the configured prefix):
   idempotency TTL. Written in the same Lua script as the stream entry, so of two concurrent
   requests with the same delivery id exactly one is enqueued.
 - ``{prefix}:events:malformed``: entries that could not be decoded, set aside for a human.
+- ``{prefix}:retry`` (sorted set, score = due time) and ``{prefix}:retry:{event_id}`` (hash of
+  the entry's fields): messages waiting for a retry. A worker moves due ones back into the
+  stream with one Lua script, so a retry survives any worker restart and happens exactly once.
 
 Needs Redis 7.0 or newer (``SET ... NX GET`` and the deleted ids of ``XAUTOCLAIM``).
 """
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -40,45 +44,19 @@ from webhook_worker.constants import (
     REDIS_DEDUPE_SUFFIX,
     REDIS_GROUP,
     REDIS_MALFORMED_SUFFIX,
+    REDIS_RETRY_SUFFIX,
     REDIS_STREAM_SUFFIX,
 )
 from webhook_worker.errors import QueueUnavailableError
 from webhook_worker.queue.base import Delivery, EnqueueResult, Message
 from webhook_worker.queue.redis_connection import connect
+from webhook_worker.queue.redis_scripts import ENQUEUE, PROMOTE_DUE
 
 logger = logging.getLogger(__name__)
 
 MALFORMED_MAXLEN = 10_000
 """Approximate cap of the malformed stream: nothing there is pending, and a producer bug must not
 fill Redis with copies."""
-
-# KEYS[1] the stream, KEYS[2..] one dedupe key per message.
-# ARGV[1] the TTL in seconds, then per message: event id, number of field/value items, the items.
-# Returns per message two items: 0 and the new event id, or 1 and the event id stored first.
-_ENQUEUE_LUA = """
-local out = {}
-local a = 2
-for i = 2, #KEYS do
-  local event_id = ARGV[a]
-  local n = tonumber(ARGV[a + 1])
-  local first = redis.call('SET', KEYS[i], event_id, 'NX', 'GET', 'EX', ARGV[1])
-  if first then
-    out[#out + 1] = 1
-    out[#out + 1] = first
-  else
-    local added = redis.pcall('XADD', KEYS[1], '*', unpack(ARGV, a + 2, a + 1 + n))
-    if type(added) == 'table' and added.err then
-      -- Forget the delivery id, or the sender's retry would be called a duplicate of nothing.
-      redis.call('DEL', KEYS[i])
-      return added
-    end
-    out[#out + 1] = 0
-    out[#out + 1] = event_id
-  end
-  a = a + 2 + n
-end
-return out
-"""
 
 
 class RedisStreamsQueue:
@@ -110,13 +88,16 @@ class RedisStreamsQueue:
         self._stream = f"{key_prefix}:{REDIS_STREAM_SUFFIX}"
         self._malformed = f"{key_prefix}:{REDIS_MALFORMED_SUFFIX}"
         self._dedupe_prefix = f"{key_prefix}:{REDIS_DEDUPE_SUFFIX}:"
+        self._retry = f"{key_prefix}:{REDIS_RETRY_SUFFIX}"
+        self._retry_prefix = f"{self._retry}:"
         self._where = f"{kwargs.get('host', '?')}:{kwargs.get('port', '?')}"
         socket_timeout = kwargs.get("socket_timeout")
         # A BLOCK as long as the socket timeout would end in a timeout error on an idle stream.
         self._max_block = (
             None if socket_timeout is None else max(socket_timeout - 1.0, socket_timeout / 2)
         )
-        self._enqueue_script = client.register_script(_ENQUEUE_LUA)
+        self._enqueue_script = client.register_script(ENQUEUE)
+        self._promote_script = client.register_script(PROMOTE_DUE)
 
     @classmethod
     async def open(cls, settings: Settings) -> RedisStreamsQueue:
@@ -256,6 +237,39 @@ class RedisStreamsQueue:
                     raise
                 return 0
         return int(summary["pending"])
+
+    async def retry_later(self, deliveries: Sequence[tuple[Delivery, float]]) -> None:
+        """Acknowledge each delivery and schedule its message ``delay`` seconds from now, in
+        one MULTI: the message is either still pending or safely scheduled, never lost."""
+        if not deliveries:
+            return
+        now = time.time()
+        with self._unavailable("schedule a retry"):
+            async with self._client.pipeline(transaction=True) as pipe:
+                for delivery, delay in deliveries:
+                    event_id = delivery.message.event_id
+                    fields = _encode(delivery.message)
+                    holder = self._retry_prefix + event_id
+                    pipe.delete(holder)
+                    pipe.hset(holder, mapping=dict(zip(fields[::2], fields[1::2], strict=True)))
+                    pipe.zadd(self._retry, {event_id: now + delay})
+                ids = [delivery.receipt for delivery, _ in deliveries]
+                pipe.xack(self._stream, REDIS_GROUP, *ids)
+                pipe.xdel(self._stream, *ids)
+                await pipe.execute()
+
+    async def promote_due(self, limit: int = 500) -> int:
+        """Move retries whose time has come back into the stream. Returns how many moved."""
+        with self._unavailable("promote due retries"):
+            moved = await self._promote_script(
+                keys=[self._retry, self._stream], args=[time.time(), limit, self._retry_prefix]
+            )
+        return int(moved)
+
+    async def scheduled_count(self) -> int:
+        """Messages waiting for a retry."""
+        with self._unavailable("count scheduled retries"):
+            return int(await self._client.zcard(self._retry))
 
     async def housekeeping(self) -> None:
         """Nothing to do: delivery-id keys expire by TTL and acknowledged entries are deleted."""

@@ -1,0 +1,52 @@
+"""Lua run inside Redis, where a group of commands must happen atomically.
+
+Both scripts build some key names from arguments (a dedupe key per message, a hash per retried
+event), so they need a single Redis instance or a primary (not Redis Cluster).
+"""
+
+from typing import Final
+
+# KEYS[1] the stream, KEYS[2..] one dedupe key per message.
+# ARGV[1] the TTL in seconds, then per message: event id, number of field/value items, the items.
+# Returns per message two items: 0 and the new event id, or 1 and the event id stored first.
+ENQUEUE: Final = """
+local out = {}
+local a = 2
+for i = 2, #KEYS do
+  local event_id = ARGV[a]
+  local n = tonumber(ARGV[a + 1])
+  local first = redis.call('SET', KEYS[i], event_id, 'NX', 'GET', 'EX', ARGV[1])
+  if first then
+    out[#out + 1] = 1
+    out[#out + 1] = first
+  else
+    local added = redis.pcall('XADD', KEYS[1], '*', unpack(ARGV, a + 2, a + 1 + n))
+    if type(added) == 'table' and added.err then
+      -- Forget the delivery id, or the sender's retry would be called a duplicate of nothing.
+      redis.call('DEL', KEYS[i])
+      return added
+    end
+    out[#out + 1] = 0
+    out[#out + 1] = event_id
+  end
+  a = a + 2 + n
+end
+return out
+"""
+
+# KEYS[1] the retry sorted set, KEYS[2] the stream.
+# ARGV[1] now (epoch seconds), ARGV[2] the most to move, ARGV[3] the prefix of the retry hashes.
+# Each due event's hash becomes a new stream entry; the hash and the set member go, atomically.
+PROMOTE_DUE: Final = """
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
+for _, event_id in ipairs(due) do
+  local holder = ARGV[3] .. event_id
+  local fields = redis.call('HGETALL', holder)
+  if #fields > 0 then
+    redis.call('XADD', KEYS[2], '*', unpack(fields))
+  end
+  redis.call('DEL', holder)
+  redis.call('ZREM', KEYS[1], event_id)
+end
+return #due
+"""
