@@ -26,6 +26,8 @@ FIELD_RECEIVED_AT: Final = b"ts"
 FIELD_HEADERS: Final = b"headers"
 FIELD_BODY: Final = b"body"
 FIELD_TRACEPARENT: Final = b"traceparent"
+FIELD_ATTEMPT: Final = b"attempt"
+FIELD_RETRY_FROM: Final = b"retry_from"
 # Extra fields on an entry of the malformed stream, beside the original entry's fields.
 FIELD_MALFORMED_SOURCE_ID: Final = b"malformed-source-id"
 """The entry id the malformed entry had in the events stream."""

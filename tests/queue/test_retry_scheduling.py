@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 
 import orjson
 import pytest
@@ -70,14 +71,17 @@ async def test_a_retry_comes_back_after_its_delay_not_before(queue: Queue) -> No
     sent = message()
     await queue.enqueue([sent])
     [delivery] = await queue.receive(1, 0)
+    assert (delivery.message.attempt, delivery.message.retry_from) == (0, None)
+    # The caller counts the attempt up; the queue carries it to the next delivery.
+    retried = replace(sent, attempt=1, retry_from=1700000000.5)
     scheduled = time.monotonic()
-    await queue.retry_later([(delivery, 0.4)])
+    await queue.retry_later([(replace(delivery, message=retried), 0.4)])
     assert await queue.scheduled_count() == 1
     assert await take(queue) == []  # not due yet
 
     again = await eventually(lambda: take(queue), within=5, what="the retry")
     assert time.monotonic() - scheduled >= 0.35
-    assert [d.message for d in again] == [sent]
+    assert [d.message for d in again] == [retried]
     assert again[0].deliveries == 1  # a retry is not a crash: the poison count starts over
     assert await queue.scheduled_count() == 0
     await queue.ack(again)

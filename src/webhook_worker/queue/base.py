@@ -28,6 +28,11 @@ class Message:
     """The request body exactly as received."""
     traceparent: str | None = None
     """W3C trace context of the ingest request, continued by the worker."""
+    attempt: int = 0
+    """Failed processing attempts so far in the current retry series (0 for a new event)."""
+    retry_from: float | None = None
+    """Epoch seconds the current retry series began: None means ``received_at``; a dead letter
+    retried by hand starts a new series with a fresh retry budget."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,9 +82,10 @@ class Queue(Protocol):
         ...
 
     async def retry_later(self, deliveries: Sequence[tuple[Delivery, float]]) -> None:
-        """Acknowledge each delivery and deliver its message again after the given delay in
-        seconds. Atomic per message: it stays pending or is scheduled, never lost. A scheduled
-        retry survives restarts of any process."""
+        """Acknowledge each delivery (by its receipt) and deliver its message (as given: the
+        caller counts ``attempt`` up) again after the given delay in seconds. Atomic per
+        message: it stays pending or is scheduled, never lost. A scheduled retry survives
+        restarts of any process."""
         ...
 
     async def promote_due(self, limit: int = 500) -> int:

@@ -60,6 +60,8 @@ _MESSAGE_COLUMNS = (
     queue_messages.c.headers,
     queue_messages.c.body,
     queue_messages.c.traceparent,
+    queue_messages.c.attempt,
+    queue_messages.c.retry_from,
 )
 
 
@@ -189,9 +191,24 @@ class DatabaseQueue:
         statement = (
             update(queue_messages)
             .where(queue_messages.c.id == bindparam("row_id"))
-            .values(available_at=bindparam("due"), locked_by=None, locked_until=None, deliveries=0)
+            .values(
+                available_at=bindparam("due"),
+                attempt=bindparam("next_attempt"),
+                retry_from=bindparam("series_start"),
+                locked_by=None,
+                locked_until=None,
+                deliveries=0,
+            )
         )
-        rows = [{"row_id": int(d.receipt), "due": now + delay} for d, delay in deliveries]
+        rows = [
+            {
+                "row_id": int(d.receipt),
+                "due": now + delay,
+                "next_attempt": d.message.attempt,
+                "series_start": d.message.retry_from,
+            }
+            for d, delay in deliveries
+        ]
         with _unavailable("schedule a retry"):
             async with self._db.begin() as conn:
                 await conn.execute(statement, rows)
@@ -340,6 +357,8 @@ def _row(message: Message, now: float) -> dict[str, Any]:
         "headers": message.headers,
         "body": message.body,
         "traceparent": message.traceparent,
+        "attempt": message.attempt,
+        "retry_from": message.retry_from,
         "available_at": now,
         "locked_by": None,
         "locked_until": None,
@@ -357,6 +376,8 @@ def _delivery(row: Row[Any]) -> Delivery:
         headers=bytes(row.headers),
         body=bytes(row.body),
         traceparent=row.traceparent,
+        attempt=int(row.attempt),
+        retry_from=None if row.retry_from is None else float(row.retry_from),
     )
     return Delivery(message=message, receipt=str(row.id), deliveries=int(row.deliveries))
 

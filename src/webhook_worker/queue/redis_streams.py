@@ -31,6 +31,7 @@ from redis.typing import EncodableT, FieldT
 
 from webhook_worker.config import Settings
 from webhook_worker.constants import (
+    FIELD_ATTEMPT,
     FIELD_BODY,
     FIELD_DELIVERY_ID,
     FIELD_EVENT_ID,
@@ -39,6 +40,7 @@ from webhook_worker.constants import (
     FIELD_MALFORMED_ERROR,
     FIELD_MALFORMED_SOURCE_ID,
     FIELD_RECEIVED_AT,
+    FIELD_RETRY_FROM,
     FIELD_TOOL_ID,
     FIELD_TRACEPARENT,
     REDIS_DEDUPE_SUFFIX,
@@ -396,6 +398,10 @@ def _encode(message: Message) -> list[bytes]:
         fields += [FIELD_EVENT_TYPE, message.event_type.encode()]
     if message.traceparent is not None:
         fields += [FIELD_TRACEPARENT, message.traceparent.encode()]
+    if message.attempt:
+        fields += [FIELD_ATTEMPT, str(message.attempt).encode()]
+    if message.retry_from is not None:
+        fields += [FIELD_RETRY_FROM, repr(float(message.retry_from)).encode()]
     return fields
 
 
@@ -403,6 +409,7 @@ def _decode(fields: Mapping[bytes, bytes]) -> Message:
     """Raises KeyError for a missing field, ValueError (UnicodeDecodeError) for a bad one."""
     event_type = fields.get(FIELD_EVENT_TYPE)
     traceparent = fields.get(FIELD_TRACEPARENT)
+    retry_from = fields.get(FIELD_RETRY_FROM)
     return Message(
         event_id=fields[FIELD_EVENT_ID].decode(),
         tool_id=fields[FIELD_TOOL_ID].decode(),
@@ -412,6 +419,8 @@ def _decode(fields: Mapping[bytes, bytes]) -> Message:
         headers=fields[FIELD_HEADERS],
         body=fields[FIELD_BODY],
         traceparent=None if traceparent is None else traceparent.decode(),
+        attempt=int(fields.get(FIELD_ATTEMPT, b"0")),
+        retry_from=None if retry_from is None else float(retry_from),
     )
 
 

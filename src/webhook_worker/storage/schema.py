@@ -124,6 +124,8 @@ queue_messages = Table(
     Column("headers", LargeBinary, nullable=False),
     Column("body", LargeBinary, nullable=False),
     Column("traceparent", String(64), nullable=True),
+    Column("attempt", Integer, nullable=False, default=0, server_default="0"),
+    Column("retry_from", Double, nullable=True),
     Column("available_at", Double, nullable=False),
     Column("locked_by", String(255), nullable=True),
     Column("locked_until", Double, nullable=True),

@@ -118,6 +118,8 @@ def upgrade() -> None:
         sa.Column("headers", sa.LargeBinary(), nullable=False),
         sa.Column("body", sa.LargeBinary(), nullable=False),
         sa.Column("traceparent", sa.String(length=64), nullable=True),
+        sa.Column("attempt", sa.Integer(), server_default="0", nullable=False),
+        sa.Column("retry_from", sa.Double(), nullable=True),
         sa.Column("available_at", sa.Double(), nullable=False),
         sa.Column("locked_by", sa.String(length=255), nullable=True),
         sa.Column("locked_until", sa.Double(), nullable=True),
