@@ -16,6 +16,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 import redis.asyncio as aioredis
+from cryptography.fernet import Fernet
 
 from tests.support import RedisServer
 from webhook_worker.config import Settings
@@ -25,6 +26,8 @@ from webhook_worker.storage.database import Database
 POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 RUN_ID = uuid.uuid4().hex[:8]
+# Tools with secrets need SECRETS_KEY on PostgreSQL (the embedded SQLite runs keep plaintext).
+SECRETS_KEY = Fernet.generate_key().decode()
 
 
 def _postgres_server() -> str:
@@ -141,11 +144,12 @@ def backend_settings(request: pytest.FixtureRequest, tmp_path: Path, redis_prefi
     request.getfixturevalue("postgres_db")  # a migrated, emptied database
     url = request.getfixturevalue("postgres_server_url")
     if request.param == "postgresql":
-        return Settings(database_url=url, **fast)  # type: ignore[arg-type]
+        return Settings(database_url=url, secrets_key=SECRETS_KEY, **fast)  # type: ignore[arg-type]
     request.getfixturevalue("redis_client")  # cleans the prefix up afterwards
     redis_addr = REDIS_URL.split("://", 1)[1].split("/", 1)[0]
     return Settings(
         database_url=url,
+        secrets_key=SECRETS_KEY,
         redis_addr=redis_addr,
         redis_key_prefix=redis_prefix,
         **fast,  # type: ignore[arg-type]

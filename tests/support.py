@@ -3,20 +3,26 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import socket
 import subprocess
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import httpx
 import pytest
 import redis
+import uvicorn
 
 from webhook_worker.api.app import create_app
-from webhook_worker.runtime import Runtime
+from webhook_worker.config import Settings
+from webhook_worker.errors import NotFoundError
+from webhook_worker.runtime import Runtime, open_runtime
 
 T = TypeVar("T")
 
@@ -104,3 +110,133 @@ async def serving(
         httpx.AsyncClient(transport=transport, base_url="http://test") as http,
     ):
         yield http
+
+
+@dataclass
+class Received:
+    at: float
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+
+@dataclass
+class Target:
+    """A real HTTP server on loopback standing in for a forward target. ``answers`` is consumed
+    in order, one ``(status, headers)`` per request; when it runs out every answer is 200."""
+
+    url: str = ""
+    requests: list[Received] = field(default_factory=list)
+    answers: list[tuple[int, dict[str, str]]] = field(default_factory=list)
+    delay: float = 0.0
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        self.requests.append(
+            Received(
+                time.monotonic(),
+                scope["method"],
+                scope["path"],
+                {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]},
+                body,
+            )
+        )
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        status, headers = self.answers.pop(0) if self.answers else (200, {})
+        raw_headers = [(k.encode(), v.encode()) for k, v in headers.items()]
+        await send({"type": "http.response.start", "status": status, "headers": raw_headers})
+        await send({"type": "http.response.body", "body": b"target says %d" % status})
+
+
+@asynccontextmanager
+async def target_server() -> AsyncIterator[Target]:
+    """A :class:`Target` served by uvicorn on a free loopback port for the ``with`` block."""
+    target = Target()
+    port = free_port()
+    target.url = f"http://127.0.0.1:{port}/hook"
+    server = uvicorn.Server(
+        uvicorn.Config(target, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
+    )
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        if task.done():
+            task.result()
+        await asyncio.sleep(0.01)
+    try:
+        yield target
+    finally:
+        server.should_exit = True
+        await task
+
+
+SECRET = "It's a Secret to Everybody"
+
+
+class Service:
+    """The app on a runtime, with a worker running beside it, and an HTTP client."""
+
+    def __init__(self, runtime: Runtime, client: httpx.AsyncClient) -> None:
+        self.runtime = runtime
+        self.client = client
+
+    async def add_tool(self, tool_id: str = "gh", **fields: Any) -> None:
+        definition = {"id": tool_id, "provider": "github", "auth": {"secret": SECRET}, **fields}
+        await self.runtime.tool_service.create(definition)
+        await self.runtime.tools.load()
+
+    async def post(
+        self,
+        body: bytes,
+        tool_id: str = "gh",
+        headers: dict[str, str] | None = None,
+        sign: bool = True,
+    ) -> httpx.Response:
+        sent = {"Content-Type": "application/json", **(headers or {})}
+        if sign:
+            digest = hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
+            sent["X-Hub-Signature-256"] = f"sha256={digest}"
+        return await self.client.post(f"/webhooks/{tool_id}", content=body, headers=sent)
+
+    async def stored(self, event_id: str) -> dict[str, Any]:
+        async def lookup() -> dict[str, Any] | None:
+            try:
+                return await self.runtime.events.get(event_id)
+            except NotFoundError:
+                return None
+
+        return await eventually(lookup, within=15, what=f"event {event_id} to be stored")
+
+    async def settled(self, event_id: str, *statuses: str, within: float = 15) -> dict[str, Any]:
+        """The event once its status is one of ``statuses`` (default: any final one)."""
+        wanted = statuses or ("processed", "ignored", "dead")
+
+        async def lookup() -> dict[str, Any] | None:
+            try:
+                event = await self.runtime.events.get(event_id)
+            except NotFoundError:
+                return None
+            return event if event["status"] in wanted else None
+
+        return await eventually(lookup, within=within, what=f"event {event_id} to be {wanted}")
+
+
+@asynccontextmanager
+async def running_service(settings: Settings) -> AsyncIterator[Service]:
+    """Migrate, open the runtime, serve the app and run a worker beside it."""
+    async with open_runtime(settings, migrate_first=True) as runtime, serving(runtime) as client:
+        worker = runtime.worker()
+        task = asyncio.create_task(worker.run())
+        try:
+            yield Service(runtime, client)
+        finally:
+            worker.stop()
+            await asyncio.wait_for(task, timeout=15)

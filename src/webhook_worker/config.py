@@ -13,8 +13,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
-from typing import TypeVar
+from typing import Final, TypeVar
 from urllib.parse import quote
+
+from cryptography.fernet import Fernet
 
 from webhook_worker.constants import EMBEDDED_DB_FILENAME
 from webhook_worker.errors import ConfigError
@@ -32,6 +34,11 @@ _SIZE_UNITS = {
     "gib": 1024**3,
 }
 T = TypeVar("T")
+
+SECRETS_KEY_HOWTO: Final = (
+    "make one with: python -c "
+    '"from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())"'
+)
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
@@ -94,6 +101,27 @@ def parse_address(text: str, default_host: str) -> tuple[str, int]:
     return host, int(port)
 
 
+def parse_secrets_key(text: str) -> tuple[str, ...]:
+    """SECRETS_KEY: one or more Fernet keys, comma-separated. The first encrypts; every one
+    decrypts, so a new key goes first and the old one stays behind it until nothing uses it.
+
+    Raises ValueError saying how to make a key. The message never repeats the key itself.
+    """
+    keys = tuple(part.strip() for part in text.split(",") if part.strip())
+    if not keys:
+        raise ValueError(f"no key given; {SECRETS_KEY_HOWTO}")
+    for position, key in enumerate(keys, 1):
+        try:
+            Fernet(key)
+        except ValueError:  # bad base64 (binascii.Error is a ValueError) or not 32 bytes
+            which = f"key {position} of {len(keys)}" if len(keys) > 1 else "the value"
+            raise ValueError(
+                f"{which} is not a Fernet key (32 url-safe base64-encoded bytes); "
+                f"{SECRETS_KEY_HOWTO}"
+            ) from None
+    return keys
+
+
 def _non_negative(value: float) -> float:
     if value < 0:
         raise ValueError("must not be negative")
@@ -115,27 +143,28 @@ class RetryPolicy:
 class Settings:
     """Everything the processes read from the environment. See docs/configuration.md."""
 
-    database_url: str | None = None
+    database_url: str | None = field(default=None, repr=False)
     database_host: str | None = None
     database_port: int = 5432
     database_name: str = "devops_mcp"
     database_user: str | None = None
-    database_password: str | None = None
+    database_password: str | None = field(default=None, repr=False)
     database_ssl_mode: str = "disable"
     database_pool_size: int = 10
     data_dir: Path = Path("./data")
 
     redis_addr: str | None = None
     redis_username: str | None = None
-    redis_password: str | None = None
+    redis_password: str | None = field(default=None, repr=False)
     redis_db: int = 0
     redis_tls_enabled: bool = False
     redis_key_prefix: str = "webhook-worker"
 
     api_addr: tuple[str, int] = ("127.0.0.1", 8080)
     health_endpoint: tuple[str, int] = ("0.0.0.0", 8088)
-    admin_token: str | None = None
-    secrets_key: str | None = None
+    admin_token: str | None = field(default=None, repr=False)
+    # Never in a repr: Settings may end up in a log line or a traceback.
+    secrets_key: str | None = field(default=None, repr=False)
     trusted_proxies: tuple[IPv4Network | IPv6Network, ...] = ()
     max_payload_bytes: int = 5 * 1024 * 1024
 
@@ -151,6 +180,10 @@ class Settings:
     tools_refresh_interval: float = 2.0
 
     retry: RetryPolicy = RetryPolicy()
+    retry_time_scale: float = 1.0
+    """Multiplies every retry delay; for tests (RETRY_TIME_SCALE=0.001), never production."""
+    dlq_auto_retry_interval: float = 300.0
+    dlq_auto_retry_max: int = 3
 
     log_level: str = "info"
     log_format: str = "json"
@@ -226,7 +259,7 @@ class Settings:
                 "HEALTH_ENDPOINT", defaults.health_endpoint, lambda v: parse_address(v, "0.0.0.0")
             ),
             admin_token=env.text("ADMIN_TOKEN"),
-            secrets_key=env.text("SECRETS_KEY"),
+            secrets_key=env.checked("SECRETS_KEY", None, _secrets_key),
             trusted_proxies=env.checked("TRUSTED_PROXIES", (), _parse_networks),
             max_payload_bytes=env.checked(
                 "MAX_PAYLOAD_BYTES", defaults.max_payload_bytes, _positive_size
@@ -262,6 +295,13 @@ class Settings:
                     "RETRY_MAX_ELAPSED_TIME", retry_defaults.max_elapsed_time
                 ),
             ),
+            retry_time_scale=env.number("RETRY_TIME_SCALE", defaults.retry_time_scale, low=0.0),
+            dlq_auto_retry_interval=env.duration(
+                "DLQ_AUTO_RETRY_INTERVAL", defaults.dlq_auto_retry_interval, minimum=1.0
+            ),
+            dlq_auto_retry_max=env.integer(
+                "DLQ_AUTO_RETRY_MAX", defaults.dlq_auto_retry_max, low=0
+            ),
             log_level=env.choice(
                 "LOG_LEVEL", defaults.log_level, ("debug", "info", "warning", "warn", "error")
             ),
@@ -291,6 +331,10 @@ def _async_url(url: str) -> str:
 
 def _parse_networks(text: str) -> tuple[IPv4Network | IPv6Network, ...]:
     return tuple(ip_network(part.strip(), strict=False) for part in text.split(",") if part.strip())
+
+
+def _secrets_key(text: str) -> str:
+    return ",".join(parse_secrets_key(text))
 
 
 def _positive_size(text: str) -> int:

@@ -13,13 +13,16 @@ from webhook_worker.queue.base import Queue
 from webhook_worker.queue.batcher import EnqueueBatcher
 from webhook_worker.queue.database import DatabaseQueue
 from webhook_worker.queue.redis_streams import RedisStreamsQueue
+from webhook_worker.replay import Replayer
 from webhook_worker.storage import migrate
 from webhook_worker.storage.database import Database, is_unavailable
 from webhook_worker.storage.events import EventStore
 from webhook_worker.storage.tools import ToolStore
 from webhook_worker.tools.cache import ToolCache
+from webhook_worker.tools.secrets import SecretsAtRest
 from webhook_worker.tools.service import ToolService
 from webhook_worker.worker.consumer import Worker
+from webhook_worker.worker.forwarder import Forwarder
 from webhook_worker.worker.processor import Processor
 
 
@@ -36,18 +39,29 @@ class Runtime:
     tool_service: ToolService
     events: EventStore
     batcher: EnqueueBatcher
+    forwarder: Forwarder
 
     def worker(self) -> Worker:
         s = self.settings
         return Worker(
             self.queue,
-            Processor(self.db),
+            self.processor(),
             batch_size=s.worker_batch_size,
             concurrency=s.worker_concurrency,
             max_deliveries=s.worker_max_deliveries,
             reclaim_interval=max(s.worker_reclaim_idle / 2, 0.05),
             shutdown_timeout=s.worker_shutdown_timeout,
+            replayer=self.replayer,
+            dlq_auto_retry_max=s.dlq_auto_retry_max,
+            dlq_auto_retry_interval=s.dlq_auto_retry_interval,
         )
+
+    def processor(self) -> Processor:
+        return Processor(self.db, self.tools, self.forwarder, self.settings)
+
+    @property
+    def replayer(self) -> Replayer:
+        return Replayer(self.db, self.queue)
 
     async def start(self) -> None:
         """Start the background parts: the tool refresh and the ingest batcher."""
@@ -101,11 +115,14 @@ def _reachable(settings: Settings) -> Iterator[None]:
 async def open_runtime(
     settings: Settings, *, migrate_first: bool = False
 ) -> AsyncIterator[Runtime]:
+    secrets = SecretsAtRest.from_settings(settings)  # a bad SECRETS_KEY stops us before I/O
     async with database(settings, migrate_first=migrate_first) as db:
         queue = await _open_queue(settings, db)
+        forwarder = Forwarder()
         try:
-            store = ToolStore(db)
-            tools = ToolCache(store, settings.tools_refresh_interval)
+            store = ToolStore(db, secrets)
+            await store.reencrypt()  # after a key is set or rotated, nothing waits for an edit
+            tools = ToolCache(store.for_serving(), settings.tools_refresh_interval)
             await tools.load()
             runtime = Runtime(
                 settings=settings,
@@ -115,9 +132,11 @@ async def open_runtime(
                 tool_service=ToolService(store, after_change=tools.load),
                 events=EventStore(db),
                 batcher=EnqueueBatcher(queue),
+                forwarder=forwarder,
             )
             yield runtime
         finally:
+            await forwarder.close()
             await queue.close()
 
 

@@ -8,67 +8,20 @@ import hmac
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import replace
-from typing import Any
 
-import httpx
 import orjson
 import pytest
 
-from tests.support import eventually, serving
+from tests.support import SECRET, Service, eventually, running_service, serving
 from webhook_worker.config import Settings
-from webhook_worker.errors import NotFoundError
-from webhook_worker.runtime import Runtime, open_runtime
+from webhook_worker.runtime import open_runtime
 from webhook_worker.storage.events import EventFilter
-
-SECRET = "It's a Secret to Everybody"
-
-
-class Service:
-    """The app on a runtime, with a worker running beside it, and an HTTP client."""
-
-    def __init__(self, runtime: Runtime, client: httpx.AsyncClient) -> None:
-        self.runtime = runtime
-        self.client = client
-
-    async def add_tool(self, tool_id: str = "gh", **fields: Any) -> None:
-        definition = {"id": tool_id, "provider": "github", "auth": {"secret": SECRET}, **fields}
-        await self.runtime.tool_service.create(definition)
-        await self.runtime.tools.load()
-
-    async def post(
-        self,
-        body: bytes,
-        tool_id: str = "gh",
-        headers: dict[str, str] | None = None,
-        sign: bool = True,
-    ) -> httpx.Response:
-        sent = {"Content-Type": "application/json", **(headers or {})}
-        if sign:
-            digest = hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
-            sent["X-Hub-Signature-256"] = f"sha256={digest}"
-        return await self.client.post(f"/webhooks/{tool_id}", content=body, headers=sent)
-
-    async def stored(self, event_id: str) -> dict[str, Any]:
-        async def lookup() -> dict[str, Any] | None:
-            try:
-                return await self.runtime.events.get(event_id)
-            except NotFoundError:
-                return None
-
-        return await eventually(lookup, within=15, what=f"event {event_id} to be stored")
 
 
 @pytest.fixture
 async def service(backend_settings: Settings) -> AsyncIterator[Service]:
-    async with (
-        open_runtime(backend_settings, migrate_first=True) as runtime,
-        serving(runtime) as client,
-    ):
-        worker = runtime.worker()
-        task = asyncio.create_task(worker.run())
-        yield Service(runtime, client)
-        worker.stop()
-        await asyncio.wait_for(task, timeout=15)
+    async with running_service(backend_settings) as running:
+        yield running
 
 
 def push(delivery: str | None = None) -> tuple[bytes, dict[str, str]]:

@@ -13,6 +13,7 @@ from typing import Any
 
 import httpx
 import pytest
+from cryptography.fernet import Fernet
 
 from tests.support import eventually, serving
 from webhook_worker.cli.send import sign_request
@@ -25,6 +26,7 @@ from webhook_worker.tools.model import parse_tool
 ADMIN_TOKEN = "adm1n-t0ken"
 SECRET = "hmac-s3cret-value"
 BASE_TIME = datetime(2024, 1, 15, 10, 0, tzinfo=UTC)
+SECRETS_KEY = Fernet.generate_key().decode()  # PostgreSQL stores secrets only encrypted
 
 
 @dataclass
@@ -56,6 +58,7 @@ def connect(database_url: str) -> Connect:
         settings = Settings(
             database_url=database_url,
             admin_token=admin_token,
+            secrets_key=SECRETS_KEY,
             tools_refresh_interval=0.05,
             worker_reclaim_idle=1.0,
         )
@@ -117,7 +120,7 @@ async def test_tools_crud(api: Api) -> None:
     assert "description" not in patched.json()
 
     # the secret survived GET -> PUT and PATCH without ever being sent back
-    stored = await ToolStore(api.runtime.db).get("demo")
+    stored = await ToolStore.from_settings(api.runtime.db, api.runtime.settings).get("demo")
     assert stored["config"]["auth"]["secret"] == SECRET
 
     deleted = await http.delete("/api/v1/tools/demo")
@@ -204,7 +207,8 @@ async def test_secrets_are_redacted_in_every_response(api: Api) -> None:
         for secret in secrets:
             assert secret not in response.text
     assert responses[2].json()["auth"]["secret"] == "********"
-    stored = (await ToolStore(api.runtime.db).get("demo"))["config"]
+    store = ToolStore.from_settings(api.runtime.db, api.runtime.settings)
+    stored = (await store.get("demo"))["config"]
     assert stored["auth"]["secrets"] == ["0ld-secret"]
     assert stored["forward"]["signing_secret"] == "whsec_fwd"
     assert stored["forward"]["headers"]["X-Api-Key"] == "fwd-api-key"

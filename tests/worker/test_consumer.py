@@ -13,11 +13,15 @@ import pytest
 from sqlalchemy import func, select
 
 from tests.support import eventually, free_port
+from webhook_worker.config import Settings
 from webhook_worker.queue.base import Message
 from webhook_worker.queue.database import DatabaseQueue
 from webhook_worker.storage.database import Database
 from webhook_worker.storage.schema import attempts, dead_letters, events
+from webhook_worker.storage.tools import ToolStore
+from webhook_worker.tools.cache import ToolCache
 from webhook_worker.worker.consumer import Worker
+from webhook_worker.worker.forwarder import Forwarder
 from webhook_worker.worker.processor import Processor
 
 
@@ -39,6 +43,11 @@ async def count(db: Database, table: object, **where: str) -> int:
         query = query.where(table.c[column] == value)
     async with db.connect() as conn:
         return int(await conn.scalar(query) or 0)
+
+
+def processor(db: Database) -> Processor:
+    """A processor with no tools configured: every event is stored (store_only)."""
+    return Processor(db, ToolCache(ToolStore(db), 60), Forwarder(), Settings())
 
 
 def queue_on(db: Database, consumer: str = "w1", reclaim_idle: float = 0.2) -> DatabaseQueue:
@@ -65,7 +74,7 @@ async def test_every_message_is_stored_once_and_acknowledged(
 ) -> None:
     queue = queue_on(db)
     await queue.enqueue([message() for _ in range(1200)])
-    start(Worker(queue, Processor(db), batch_size=500, concurrency=2), running)
+    start(Worker(queue, processor(db), batch_size=500, concurrency=2), running)
 
     async def drained() -> bool:
         return await queue.depth() == 0
@@ -81,12 +90,12 @@ async def test_a_redelivered_message_never_creates_a_second_row(db: Database) ->
     sent = [message() for _ in range(5)]
     await queue.enqueue(sent)
     first = await queue.receive(10, 0)
-    assert await Processor(db).store(first) == 5
+    assert (await processor(db).store(first)).stored == 5
 
     rescuer = queue_on(db, consumer="w2", reclaim_idle=0.05)
     again = await eventually(lambda: rescuer.reclaim(10), what="the unacknowledged messages")
     assert [d.deliveries for d in again] == [2] * 5
-    assert await Processor(db).store(again) == 0
+    assert (await processor(db).store(again)).stored == 0
     await rescuer.ack(again)
     assert await count(db, events) == 5
     assert await count(db, attempts) == 5
@@ -96,16 +105,16 @@ async def test_a_redelivered_message_never_creates_a_second_row(db: Database) ->
 async def test_the_same_delivery_id_under_a_new_event_id_is_stored_once(db: Database) -> None:
     # Past the ingest TTL a provider may resend a delivery; the events table still holds one row.
     queue = DatabaseQueue(db, "w1", idempotency_ttl=0.01, reclaim_idle=1)
-    processor = Processor(db)
+    store = processor(db).store
     await queue.enqueue([message("delivery-1")])
-    assert await processor.store(await queue.receive(10, 0)) == 1
+    assert (await store(await queue.receive(10, 0))).stored == 1
 
     async def accepted_again() -> bool:
         [result] = await queue.enqueue([message("delivery-1")])
         return not result.duplicate
 
     await eventually(accepted_again, what="the delivery id to expire")
-    assert await processor.store(await queue.receive(10, 0)) == 0
+    assert (await store(await queue.receive(10, 0))).stored == 0
     assert await count(db, events, delivery_id="delivery-1") == 1
 
 
@@ -123,7 +132,7 @@ async def test_poison_message_is_dead_lettered_not_retried_forever(
         )
         assert taken[0].message.event_id == poison.event_id
 
-    worker = Worker(queue, Processor(db), max_deliveries=3, reclaim_interval=0.05)
+    worker = Worker(queue, processor(db), max_deliveries=3, reclaim_interval=0.05)
     start(worker, running)
 
     async def dead() -> bool:
@@ -146,7 +155,7 @@ async def test_nothing_is_acknowledged_while_the_database_is_unreachable(
     await queue.enqueue([message() for _ in range(3)])
     dead = Database.from_url(f"postgresql+asyncpg://postgres@127.0.0.1:{free_port()}/none")
     try:
-        worker = start(Worker(queue, Processor(dead)), running)
+        worker = start(Worker(queue, processor(dead)), running)
 
         async def leased() -> bool:
             return await queue.pending_count() == 3
@@ -165,7 +174,7 @@ async def test_stop_finishes_in_flight_work_and_acknowledges(
 ) -> None:
     queue = queue_on(db)
     await queue.enqueue([message() for _ in range(300)])
-    worker = start(Worker(queue, Processor(db), batch_size=100), running)
+    worker = start(Worker(queue, processor(db), batch_size=100), running)
 
     async def started() -> bool:
         return worker.processed > 0 or await queue.pending_count() > 0

@@ -17,6 +17,7 @@ from webhook_worker.api.management import ManagementAPI
 from webhook_worker.api.responses import JSONResponse
 from webhook_worker.observability.health import Health
 from webhook_worker.runtime import Runtime
+from webhook_worker.storage.deadletters import DeadLetterStore
 
 
 def create_app(runtime: Runtime) -> Starlette:
@@ -24,7 +25,13 @@ def create_app(runtime: Runtime) -> Starlette:
     ingest = IngestHandler(
         runtime.tools, runtime.batcher, settings.max_payload_bytes, settings.trusted_proxies
     )
-    management = ManagementAPI(runtime.tool_service, runtime.events, settings.admin_token)
+    management = ManagementAPI(
+        runtime.tool_service,
+        runtime.events,
+        DeadLetterStore(runtime.db),
+        runtime.replayer,
+        settings.admin_token,
+    )
     routes = [
         Route("/webhooks/{tool_id}", ingest.handle, methods=["POST"]),
         Route("/api/webhooks/tools/{tool_id}", ingest.handle, methods=["POST"]),

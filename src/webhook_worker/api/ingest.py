@@ -20,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from webhook_worker.api.responses import JSONResponse, error
-from webhook_worker.auth import AuthError
+from webhook_worker.auth import AuthError, handshake_reply
 from webhook_worker.errors import QueueUnavailableError
 from webhook_worker.ids import new_id
 from webhook_worker.observability import metrics
@@ -89,6 +89,9 @@ class IngestHandler:
         except AuthError as exc:
             metrics.INGEST_REJECTED.labels(tool_id=tool_id, reason="auth").inc()
             return error(401, "unauthorized", str(exc))
+        reply = handshake_reply(tool, body)
+        if reply is not None:
+            return Response(reply.body, status_code=200, media_type=reply.media_type)
 
         parsed: Any = _NOT_PARSED
         if tool.event_type.needs_body or tool.delivery_id.needs_body:
@@ -141,25 +144,31 @@ class IngestHandler:
         return address is not None and any(address in network for network in tool.allowed_ips)
 
     def _client_address(self, request: Request) -> IPv4Address | IPv6Address | None:
-        peer = request.client.host if request.client else None
-        try:
-            address = ip_address(peer) if peer else None
-        except ValueError:
-            return None
-        forwarded = request.headers.get("x-forwarded-for")
-        # Walk X-Forwarded-For from the right while the hop is a trusted proxy.
+        address = _parse_ip(request.client.host if request.client else "")
+        # Walk X-Forwarded-For from the right while the hop is a trusted proxy. Every header
+        # line counts (a proxy appends its own line after the client's), in order.
+        forwarded = ",".join(request.headers.getlist("x-forwarded-for"))
         if address is not None and forwarded and self._trusted(address):
             for hop in reversed([part.strip() for part in forwarded.split(",")]):
-                try:
-                    address = ip_address(hop)
-                except ValueError:
-                    return None
-                if not self._trusted(address):
+                address = _parse_ip(hop)
+                if address is None or not self._trusted(address):
                     break
         return address
 
     def _trusted(self, address: IPv4Address | IPv6Address) -> bool:
         return any(address in network for network in self._trusted_proxies)
+
+
+def _parse_ip(text: str) -> IPv4Address | IPv6Address | None:
+    """An address, with IPv4-mapped IPv6 (``::ffff:10.0.0.1``, what a dual-stack listener
+    reports for IPv4 clients) turned into IPv4 so it matches IPv4 networks."""
+    try:
+        address = ip_address(text)
+    except ValueError:
+        return None
+    if isinstance(address, IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
 
 
 def _too_large(limit: int) -> Response:
@@ -175,8 +184,8 @@ def _parse_json(body: bytes) -> Any:
 
 def _extract(source: FieldSource, headers: Any, parsed: Any) -> str | None:
     value: Any = None
-    if source.header is not None:
-        value = headers.get(source.header)
+    if source.headers:
+        value = next((found for name in source.headers if (found := headers.get(name))), None)
     elif source.compiled is not None and parsed is not None and parsed is not _NOT_PARSED:
         try:
             value = source.compiled.search(parsed)

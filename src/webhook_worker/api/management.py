@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import Awaitable, Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from ipaddress import ip_address
 from typing import Any
 
@@ -20,8 +20,15 @@ from starlette.routing import Route
 from webhook_worker.api.responses import JSONResponse, error
 from webhook_worker.clock import parse_time
 from webhook_worker.constants import EVENT_STATUSES
-from webhook_worker.errors import NotFoundError, ToolConfigError
+from webhook_worker.errors import NotFoundError, QueueUnavailableError, ToolConfigError
+from webhook_worker.replay import ConflictError, Replayer
 from webhook_worker.storage.database import is_unavailable
+from webhook_worker.storage.deadletters import (
+    DLQ_PENDING,
+    DLQ_STATUSES,
+    DeadLetterFilter,
+    DeadLetterStore,
+)
 from webhook_worker.storage.events import EventFilter, EventStore
 from webhook_worker.tools.service import ToolService
 
@@ -35,9 +42,18 @@ class BadRequest(Exception):
 
 
 class ManagementAPI:
-    def __init__(self, tools: ToolService, events: EventStore, admin_token: str | None) -> None:
+    def __init__(
+        self,
+        tools: ToolService,
+        events: EventStore,
+        dead_letters: DeadLetterStore,
+        replayer: Replayer,
+        admin_token: str | None,
+    ) -> None:
         self._tools = tools
         self._events = events
+        self._dead_letters = dead_letters
+        self._replayer = replayer
         self._token = admin_token.encode() if admin_token else None
 
     def routes(self) -> list[Route]:
@@ -51,6 +67,12 @@ class ManagementAPI:
             Route("/api/v1/tools/{tool_id}", guarded(self.delete_tool), methods=["DELETE"]),
             Route("/api/v1/events", guarded(self.list_events), methods=["GET"]),
             Route("/api/v1/events/{event_id}", guarded(self.get_event), methods=["GET"]),
+            Route("/api/v1/events/{event_id}/replay", guarded(self.replay_event), methods=["POST"]),
+            Route("/api/v1/dlq", guarded(self.list_dead_letters), methods=["GET"]),
+            Route("/api/v1/dlq/retry", guarded(self.retry_dead_letters), methods=["POST"]),
+            Route("/api/v1/dlq/{dlq_id}", guarded(self.get_dead_letter), methods=["GET"]),
+            Route("/api/v1/dlq/{dlq_id}", guarded(self.discard_dead_letter), methods=["DELETE"]),
+            Route("/api/v1/dlq/{dlq_id}/retry", guarded(self.retry_dead_letter), methods=["POST"]),
         ]
 
     async def list_tools(self, request: Request) -> Response:
@@ -97,6 +119,45 @@ class ManagementAPI:
     async def get_event(self, request: Request) -> Response:
         return JSONResponse(await self._events.get(request.path_params["event_id"]))
 
+    async def replay_event(self, request: Request) -> Response:
+        event_id = request.path_params["event_id"]
+        await self._replayer.replay_event(event_id)
+        return JSONResponse({"event_id": event_id, "status": "requeued"}, status_code=202)
+
+    async def list_dead_letters(self, request: Request) -> Response:
+        query = request.query_params
+        where = _dead_letter_filter(dict(query))
+        try:
+            items, cursor = await self._dead_letters.list(
+                where, _limit(query.get("limit")), query.get("cursor")
+            )
+        except ValueError as exc:
+            raise BadRequest(str(exc), "cursor") from None
+        return JSONResponse({"items": items, "next_cursor": cursor})
+
+    async def get_dead_letter(self, request: Request) -> Response:
+        letter = await self._dead_letters.get(request.path_params["dlq_id"])
+        letter["event"] = await self._events.get(letter["event_id"])
+        return JSONResponse(letter)
+
+    async def discard_dead_letter(self, request: Request) -> Response:
+        return JSONResponse(await self._dead_letters.discard(request.path_params["dlq_id"]))
+
+    async def retry_dead_letter(self, request: Request) -> Response:
+        letter = await self._replayer.retry_dead_letter(request.path_params["dlq_id"])
+        return JSONResponse(letter, status_code=202)
+
+    async def retry_dead_letters(self, request: Request) -> Response:
+        """Bulk: every pending dead letter matching the filter in the JSON body."""
+        body = await request.body()
+        where = _dead_letter_filter(await _json_object(request) if body.strip() else {})
+        if where.status not in (None, DLQ_PENDING):
+            raise BadRequest("status: bulk retry takes pending dead letters only", "status")
+        total, started = 0, datetime.now(UTC)
+        while requeued := await self._replayer.retry_matching(where, before=started):
+            total += requeued
+        return JSONResponse({"requeued": total})
+
     def _guarded(self, endpoint: Endpoint) -> Endpoint:
         async def guarded(request: Request) -> Response:
             denied = self._deny(request)
@@ -110,6 +171,10 @@ class ManagementAPI:
                 return _bad_request(str(exc), exc.field)
             except NotFoundError as exc:
                 return error(404, "not_found", str(exc))
+            except ConflictError as exc:
+                return error(409, "conflict", str(exc))
+            except QueueUnavailableError:
+                return error(503, "queue_unavailable", "the queue is unavailable; retry later")
             except Exception as exc:
                 if is_unavailable(exc):
                     return error(
@@ -156,6 +221,30 @@ def _bad_request(detail: str, field: str | None) -> Response:
     if field:
         payload["field"] = field
     return JSONResponse(payload, status_code=400)
+
+
+_DLQ_FILTERS = ("tool_id", "event_type", "error_class", "status", "since", "until")
+
+
+def _dead_letter_filter(raw: dict[str, Any]) -> DeadLetterFilter:
+    unknown = sorted(set(raw) - {*_DLQ_FILTERS, "limit", "cursor"})
+    if unknown:
+        raise BadRequest(
+            f"{unknown[0]}: unknown filter (known: {', '.join(_DLQ_FILTERS)})", unknown[0]
+        )
+    values = {name: raw.get(name) or None for name in ("tool_id", "event_type", "error_class")}
+    for name, value in values.items():
+        if value is not None and not isinstance(value, str):
+            raise BadRequest(f"{name}: expected a string", name)
+    status = raw.get("status") or None
+    if status is not None and status not in DLQ_STATUSES:
+        raise BadRequest(f"status: expected one of {', '.join(DLQ_STATUSES)}", "status")
+    return DeadLetterFilter(
+        **values,
+        status=status,
+        since=_time(raw.get("since"), "since"),
+        until=_time(raw.get("until"), "until"),
+    )
 
 
 def _limit(raw: str | None) -> int:

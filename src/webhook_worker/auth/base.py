@@ -1,14 +1,20 @@
 """The verifier seam: each auth scheme checks the raw request and raises AuthError or returns.
 
 Verification works on the exact bytes received; nothing re-serialises the body first. Every
-comparison of a secret or a signature is constant-time (``hmac.compare_digest``).
+comparison of a secret or a signature is constant-time (``hmac.compare_digest``). A verifier
+raises nothing but AuthError, whatever the headers and body hold.
 """
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from webhook_worker.tools.model import AuthConfig
+if TYPE_CHECKING:
+    # Only for annotations: tools.model imports this package to validate secrets.
+    from webhook_worker.tools.model import AuthConfig
+
+MAX_HEADER_CHARS = 8192
+"""Longer credential headers are refused before any work is done on them."""
 
 
 class AuthError(Exception):
@@ -24,13 +30,20 @@ class Headers(Protocol):
 
 class Verifier(Protocol):
     def verify(self, headers: Headers, body: bytes, now: float) -> None:
-        """Return when the request is authentic; raise AuthError otherwise."""
+        """Return when the request is authentic; raise AuthError otherwise. ``now`` is the
+        Unix time the request arrived (injectable so tests can pin the clock)."""
         ...
 
 
 def build_verifier(auth: AuthConfig) -> Verifier:
     """The verifier for ``auth.type``. New schemes register here."""
-    from webhook_worker.auth import hmac_signature, token
+    from webhook_worker.auth import (
+        hmac_signature,
+        slack,
+        standard_webhooks,
+        stripe_signature,
+        token,
+    )
 
     if auth.type == "hmac":
         return hmac_signature.HmacVerifier(auth)
@@ -40,9 +53,32 @@ def build_verifier(auth: AuthConfig) -> Verifier:
         return token.BearerVerifier(auth)
     if auth.type == "basic":
         return token.BasicVerifier(auth)
+    if auth.type == "stripe":
+        return stripe_signature.StripeVerifier(auth)
+    if auth.type == "slack":
+        return slack.SlackVerifier(auth)
+    if auth.type == "standard_webhooks":
+        return standard_webhooks.StandardWebhooksVerifier(auth)
     return NoAuth()
 
 
 class NoAuth:
     def verify(self, headers: Headers, body: bytes, now: float) -> None:
         return None
+
+
+def read_header(headers: Headers, *names: str) -> str:
+    """The value of the first of ``names`` the request has; AuthError when none has a value or
+    the value is longer than MAX_HEADER_CHARS."""
+    for name in names:
+        value = headers.get(name)
+        if value:
+            if len(value) > MAX_HEADER_CHARS:
+                raise AuthError(f"{name} is longer than {MAX_HEADER_CHARS} characters")
+            return value
+    raise AuthError(f"missing header {' or '.join(names)}")
+
+
+def utf8(text: str) -> bytes:
+    """``text`` as UTF-8, never raising (a lone surrogate cannot match any secret anyway)."""
+    return text.encode("utf-8", "surrogatepass")

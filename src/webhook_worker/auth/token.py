@@ -5,13 +5,16 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
+from typing import TYPE_CHECKING
 
-from webhook_worker.auth.base import AuthError, Headers
-from webhook_worker.tools.model import AuthConfig
+from webhook_worker.auth.base import AuthError, Headers, read_header, utf8
+
+if TYPE_CHECKING:
+    from webhook_worker.tools.model import AuthConfig
 
 
 def _matches(sent: str, secrets: tuple[bytes, ...]) -> bool:
-    candidate = sent.encode()
+    candidate = utf8(sent)
     # Check every secret (no early exit) so timing does not reveal which one matched.
     matched = False
     for secret in secrets:
@@ -25,12 +28,10 @@ class HeaderTokenVerifier:
     def __init__(self, auth: AuthConfig) -> None:
         assert auth.header is not None
         self._header = auth.header
-        self._secrets = tuple(s.encode() for s in auth.secrets)
+        self._secrets = tuple(utf8(s) for s in auth.secrets)
 
     def verify(self, headers: Headers, body: bytes, now: float) -> None:
-        sent = headers.get(self._header)
-        if not sent:
-            raise AuthError(f"missing token header {self._header}")
+        sent = read_header(headers, self._header)
         if not _matches(sent, self._secrets):
             raise AuthError(f"{self._header} does not match")
 
@@ -40,7 +41,7 @@ class BearerVerifier:
 
     def __init__(self, auth: AuthConfig) -> None:
         self._header = auth.header or "Authorization"
-        self._secrets = tuple(s.encode() for s in auth.secrets)
+        self._secrets = tuple(utf8(s) for s in auth.secrets)
 
     def verify(self, headers: Headers, body: bytes, now: float) -> None:
         sent = headers.get(self._header) or ""
@@ -56,7 +57,7 @@ class BasicVerifier:
 
     def __init__(self, auth: AuthConfig) -> None:
         self._header = auth.header or "Authorization"
-        self._secrets = tuple(s.encode() for s in auth.secrets)
+        self._secrets = tuple(utf8(s) for s in auth.secrets)
 
     def verify(self, headers: Headers, body: bytes, now: float) -> None:
         sent = headers.get(self._header) or ""

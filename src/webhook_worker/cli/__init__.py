@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from webhook_worker.cli import events, send, serve, tools
+from webhook_worker.cli import dlq, events, send, serve, tools
 from webhook_worker.cli.common import fail
 from webhook_worker.errors import WebhookWorkerError
 
@@ -21,6 +21,7 @@ serve.register(app)
 send.register(app)
 app.add_typer(tools.app, name="tools")
 app.add_typer(events.app, name="events")
+app.add_typer(dlq.app, name="dlq")
 
 
 def main() -> None:

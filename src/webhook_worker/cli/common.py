@@ -75,11 +75,12 @@ def user_errors(doing: str | None = None) -> Iterator[None]:
 
 
 def with_store(settings: Settings, action: Callable[[ToolStore], Awaitable[T]]) -> T:
-    """Run ``action`` on the tool store of the configured (migrated) database."""
+    """Run ``action`` on the tool store of the configured (migrated) database. Secrets are
+    encrypted with SECRETS_KEY on the way in and decrypted on the way out."""
 
     async def go() -> T:
         async with database(settings) as db:
-            return await action(ToolStore(db))
+            return await action(ToolStore.from_settings(db, settings))
 
     return run_async(go())
 

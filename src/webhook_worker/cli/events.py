@@ -1,11 +1,14 @@
-"""``webhook-worker events``: list and inspect stored events, straight from the database.
+"""``webhook-worker events``: list, inspect and replay stored events, straight from the database.
 
 Filters and pagination are the management API's (``GET /api/v1/events``): newest first, and a
-cursor to continue where a page ended.
+cursor to continue where a page ended. ``replay`` puts an event back on the queue, so it needs
+the queue as well as the database (Redis when REDIS_ADDR is set).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
@@ -27,10 +30,12 @@ from webhook_worker.cli.common import (
 from webhook_worker.clock import parse_time
 from webhook_worker.config import parse_duration
 from webhook_worker.constants import EVENT_STATUSES
-from webhook_worker.runtime import database
+from webhook_worker.errors import QueueUnavailableError
+from webhook_worker.replay import ConflictError
+from webhook_worker.runtime import StartupError, database, open_runtime
 from webhook_worker.storage.events import MAX_PAGE, EventFilter, EventStore
 
-app = typer.Typer(help="List and inspect stored events.", no_args_is_help=True)
+app = typer.Typer(help="List, inspect and replay stored events.", no_args_is_help=True)
 
 _STATUS_STYLES = {
     "processed": "green",
@@ -41,7 +46,26 @@ _STATUS_STYLES = {
 }
 
 
-def _when(raw: str | None, option: str) -> datetime | None:
+@contextmanager
+def pipeline_errors() -> Iterator[None]:
+    """:func:`user_errors`, plus what sending work through the pipeline again can meet: a
+    conflict (409 in the API), an unreachable queue or database. One line each, exit 1."""
+    with user_errors():
+        try:
+            yield
+        except ConflictError as exc:
+            fail(str(exc), 1)
+        except QueueUnavailableError as exc:
+            fail(f"the queue is unavailable: {_one_line(exc)}", 1)
+        except StartupError as exc:
+            fail(_one_line(exc), 1)
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def parse_when(raw: str | None, option: str) -> datetime | None:
     """``--since``/``--until``: an ISO 8601 time, or a duration meaning that long ago (``2h``)."""
     if raw is None or not raw.strip():
         return None
@@ -84,8 +108,8 @@ def list_events(
         tool_id=tool or None,
         event_type=event_type or None,
         status=status,
-        since=_when(since, "--since"),
-        until=_when(until, "--until"),
+        since=parse_when(since, "--since"),
+        until=parse_when(until, "--until"),
     )
     settings = load_settings(quiet_logs=True)
 
@@ -114,7 +138,7 @@ def list_events(
             item["event_type"] or "",
             item["delivery_id"],
             f"[{style}]{item['status']}[/]" if style else item["status"],
-            _short(item["received_at"]),
+            short_time(item["received_at"]),
         )
     print_table(table)
     if next_cursor:
@@ -153,10 +177,33 @@ def show(
     if as_json:
         print_json(event)
         return
-    console.print(_describe(event))
+    console.print(describe_event(event))
 
 
-def _describe(event: dict[str, Any]) -> Group:
+@app.command()
+def replay(
+    event_id: Annotated[
+        str, typer.Argument(metavar="EVENT_ID", help="The event id (from `events list`).")
+    ],
+) -> None:
+    """Process an event again from its stored body, whatever its status (a new attempt)."""
+    settings = load_settings(quiet_logs=True)
+
+    async def requeue() -> None:
+        async with open_runtime(settings) as runtime:
+            await runtime.replayer.replay_event(event_id)
+
+    with pipeline_errors():
+        run_async(requeue())
+    console.print(
+        f"requeued event {event_id}: follow it with `webhook-worker events show {event_id}`",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+def describe_event(event: dict[str, Any]) -> Group:
+    """An event for a terminal: summary, headers, payload (and raw payload), attempts."""
     summary = Table.grid(padding=(0, 2))
     summary.add_column(style="bold")
     summary.add_column()
@@ -203,7 +250,8 @@ def _body(value: Any) -> Any:
     return value if isinstance(value, str) else JSON.from_data(value)
 
 
-def _short(value: str | None) -> str:
+def short_time(value: str | None) -> str:
+    """``2024-01-15 10:30:00Z`` from an API time (to the second, for tables)."""
     if not value:
         return ""
     try:

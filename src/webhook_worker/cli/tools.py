@@ -27,9 +27,8 @@ from webhook_worker.cli.common import (
     user_errors,
     with_store,
 )
-from webhook_worker.errors import ToolConfigError
 from webhook_worker.storage.tools import ToolStore
-from webhook_worker.tools.model import parse_tool
+from webhook_worker.tools.model import AUTH_TYPES, auth_type_of, parse_tool
 from webhook_worker.tools.presets import PRESETS
 from webhook_worker.tools.service import ToolService, merge_patch
 
@@ -53,7 +52,7 @@ SecretOpt = Annotated[
     ),
 ]
 AuthTypeOpt = Annotated[
-    str | None, typer.Option("--auth-type", help="hmac, token, bearer, basic or none.")
+    str | None, typer.Option("--auth-type", help=f"One of {', '.join(AUTH_TYPES)}.")
 ]
 HeaderOpt = Annotated[
     str | None, typer.Option("--header", help="Header carrying the signature or token.")
@@ -440,11 +439,7 @@ def _summary(view: Mapping[str, Any]) -> str:
 
 
 def _auth_type(view: Mapping[str, Any]) -> str:
-    try:
-        return parse_tool(view).auth.type
-    except ToolConfigError:  # stored under older rules: show what it says
-        auth = view.get("auth")
-        return str(auth.get("type", "?")) if isinstance(auth, Mapping) else "?"
+    return auth_type_of(view)
 
 
 def _short_time(value: Any) -> str:

@@ -40,3 +40,24 @@ POISON = Counter(
     "webhook_queue_poison_total",
     "Messages dead-lettered because they were delivered more than WORKER_MAX_DELIVERIES times.",
 )
+RETRY_ATTEMPTS = Counter(
+    "webhook_retry_attempts_total",
+    "Retries scheduled, by attempt number and error class.",
+    ["attempt", "reason"],
+)
+DLQ_ENTRIES = Counter(
+    "webhook_dlq_entries_total",
+    "Events that went to the dead letter queue, by error class.",
+    ["event_type", "reason"],
+)
+DLQ_RETRIES = Counter(
+    "webhook_dlq_retries_total",
+    "Dead letters sent back for processing, by how (manual, bulk, automatic).",
+    ["status"],
+)
+FORWARD_DURATION = Histogram(
+    "webhook_forward_duration_seconds",
+    "Time a forward target took to answer, by tool and status class (2xx, 4xx, 5xx, error).",
+    ["tool_id", "status_class"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)

@@ -68,6 +68,11 @@ class Queue(Protocol):
         """
         ...
 
+    async def requeue(self, messages: Sequence[Message]) -> None:
+        """Add messages of events accepted before (a replay, a dead letter retried), without
+        de-duplication: their delivery ids are known on purpose."""
+        ...
+
     async def receive(self, count: int, block: float) -> list[Delivery]:
         """Up to ``count`` new messages for this consumer, waiting up to ``block`` seconds."""
         ...

@@ -149,6 +149,18 @@ class DatabaseQueue:
             answered.add(key)
         return results
 
+    async def requeue(self, messages: Sequence[Message]) -> None:
+        """Add messages of events already accepted (replays, dead-letter retries): no
+        de-duplication, since their delivery ids are known on purpose."""
+        if not messages:
+            return
+        now = time.time()
+        with _unavailable("requeue"):
+            async with self._db.begin() as conn:
+                await conn.execute(insert(queue_messages), [_row(m, now) for m in messages])
+        self._enqueued.set()
+        self._enqueued = asyncio.Event()
+
     async def receive(self, count: int, block: float) -> list[Delivery]:
         """Lease up to ``count`` waiting messages, oldest first, waiting up to ``block`` seconds.
 

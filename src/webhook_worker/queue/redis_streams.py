@@ -159,6 +159,17 @@ class RedisStreamsQueue:
             for i in range(0, len(reply), 2)
         ]
 
+    async def requeue(self, messages: Sequence[Message]) -> None:
+        """Add messages of events already accepted (replays, dead-letter retries): no
+        de-duplication, since their delivery ids are known on purpose."""
+        if not messages:
+            return
+        with self._unavailable("requeue"):
+            async with self._client.pipeline(transaction=True) as pipe:
+                for message in messages:
+                    pipe.xadd(self._stream, dict(_pairs(_encode(message))))
+                await pipe.execute()
+
     async def receive(self, count: int, block: float) -> list[Delivery]:
         """Up to ``count`` messages never handed out before, waiting up to ``block`` seconds."""
         if self._max_block is not None:
@@ -253,7 +264,7 @@ class RedisStreamsQueue:
                     fields = _encode(delivery.message)
                     holder = self._retry_prefix + event_id
                     pipe.delete(holder)
-                    pipe.hset(holder, mapping=dict(zip(fields[::2], fields[1::2], strict=True)))
+                    pipe.hset(holder, mapping=dict(_pairs(fields)))
                     pipe.zadd(self._retry, {event_id: now + delay})
                 ids = [delivery.receipt for delivery, _ in deliveries]
                 pipe.xack(self._stream, REDIS_GROUP, *ids)
@@ -403,6 +414,10 @@ def _encode(message: Message) -> list[bytes]:
     if message.retry_from is not None:
         fields += [FIELD_RETRY_FROM, repr(float(message.retry_from)).encode()]
     return fields
+
+
+def _pairs(fields: list[bytes]) -> Iterator[tuple[bytes, bytes]]:
+    return zip(fields[::2], fields[1::2], strict=True)
 
 
 def _decode(fields: Mapping[bytes, bytes]) -> Message:

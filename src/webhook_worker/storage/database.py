@@ -51,7 +51,9 @@ class Database:
                     raise ConfigError(
                         f"DATA_DIR: cannot create {Path(path).parent}: {exc}"
                     ) from None
-            engine = create_async_engine(url, pool_size=pool_size, max_overflow=0, pool_timeout=60)
+            engine = create_async_engine(
+                url, pool_size=pool_size, max_overflow=0, pool_timeout=60, hide_parameters=True
+            )
             _configure_sqlite(engine)
         else:
             connect_args: dict[str, Any] = {
@@ -67,6 +69,8 @@ class Database:
                 pool_pre_ping=True,
                 pool_recycle=1800,
                 connect_args=connect_args,
+                # Errors must not print bound values: tool configs hold (encrypted) secrets.
+                hide_parameters=True,
             )
         return cls(engine)
 

@@ -1,17 +1,167 @@
-"""Dead letters: events the worker gave up on, kept with the error for inspection and retry."""
+"""Dead letters: events the worker gave up on, kept with the error for inspection and retry.
+
+One dead letter per event: an event that fails again after being retried from the dead letter
+queue updates its dead letter (error, class, status) instead of adding a second one.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
+from sqlalchemy import Select, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from webhook_worker.storage.events import insert_ignoring_conflicts
+from webhook_worker.clock import iso
+from webhook_worker.errors import NotFoundError
+from webhook_worker.storage.database import Database
+from webhook_worker.storage.events import MAX_PAGE, decode_cursor, encode_cursor
 from webhook_worker.storage.schema import dead_letters
 
+DLQ_PENDING = "pending"
+DLQ_RETRYING = "retrying"
+DLQ_RESOLVED = "resolved"
+DLQ_DISCARDED = "discarded"
+DLQ_STATUSES = (DLQ_PENDING, DLQ_RETRYING, DLQ_RESOLVED, DLQ_DISCARDED)
 
-async def insert_dead_letters(conn: AsyncConnection, rows: Sequence[Mapping[str, Any]]) -> None:
-    """Add dead letters; an event that has one already keeps it (one dead letter per event)."""
-    if rows:
-        await conn.execute(insert_ignoring_conflicts(conn.dialect.name, dead_letters), list(rows))
+
+async def upsert_dead_letters(conn: AsyncConnection, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Add dead letters, or update the event's existing one (back to ``pending``)."""
+    if not rows:
+        return
+    module: Any = postgresql if conn.dialect.name == "postgresql" else sqlite
+    statement = module.insert(dead_letters)
+    statement = statement.on_conflict_do_update(
+        index_elements=[dead_letters.c.event_id],
+        set_={
+            "error": statement.excluded.error,
+            "error_class": statement.excluded.error_class,
+            "retryable": statement.excluded.retryable,
+            "status": statement.excluded.status,
+            "updated_at": statement.excluded.updated_at,
+            "next_retry_at": statement.excluded.next_retry_at,
+        },
+    )
+    await conn.execute(statement, list(rows))
+
+
+async def resolve_dead_letters(conn: AsyncConnection, event_ids: Sequence[str], now: Any) -> None:
+    """Mark the dead letters of events that have now been processed as ``resolved``."""
+    if event_ids:
+        await conn.execute(
+            update(dead_letters)
+            .where(dead_letters.c.event_id.in_(list(event_ids)))
+            .where(dead_letters.c.status == DLQ_RETRYING)
+            .values(status=DLQ_RESOLVED, updated_at=now, next_retry_at=None)
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetterFilter:
+    tool_id: str | None = None
+    event_type: str | None = None
+    error_class: str | None = None
+    status: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+
+    def apply(self, query: Select[Any]) -> Select[Any]:
+        d = dead_letters.c
+        for column, value in (
+            (d.tool_id, self.tool_id),
+            (d.event_type, self.event_type),
+            (d.error_class, self.error_class),
+            (d.status, self.status),
+        ):
+            if value:
+                query = query.where(column == value)
+        if self.since:
+            query = query.where(d.created_at >= self.since)
+        if self.until:
+            query = query.where(d.created_at < self.until)
+        return query
+
+
+class DeadLetterStore:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def list(
+        self, where: DeadLetterFilter, limit: int = 50, cursor: str | None = None
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        """A page of dead letters, newest first, and the next page's cursor."""
+        limit = max(1, min(limit, MAX_PAGE))
+        query = (
+            where.apply(select(dead_letters)).order_by(dead_letters.c.id.desc()).limit(limit + 1)
+        )
+        if cursor:
+            query = query.where(dead_letters.c.id < decode_cursor(cursor))
+        async with self._db.connect() as conn:
+            rows = [dict(row) for row in (await conn.execute(query)).mappings()]
+        more = len(rows) > limit
+        rows = rows[:limit]
+        return [dead_letter_view(row) for row in rows], encode_cursor(
+            rows[-1]["id"]
+        ) if more else None
+
+    async def get(self, dead_letter_id: str) -> dict[str, Any]:
+        async with self._db.connect() as conn:
+            row = (
+                (
+                    await conn.execute(
+                        select(dead_letters).where(dead_letters.c.id == dead_letter_id)
+                    )
+                )
+                .mappings()
+                .first()
+            )
+        if row is None:
+            raise NotFoundError(f"no dead letter {dead_letter_id!r}")
+        return dead_letter_view(dict(row))
+
+    async def discard(self, dead_letter_id: str) -> dict[str, Any]:
+        async with self._db.begin() as conn:
+            result = await conn.execute(
+                update(dead_letters)
+                .where(dead_letters.c.id == dead_letter_id)
+                .values(status=DLQ_DISCARDED, updated_at=datetime.now(UTC), next_retry_at=None)
+            )
+        if result.rowcount == 0:
+            raise NotFoundError(f"no dead letter {dead_letter_id!r}")
+        return await self.get(dead_letter_id)
+
+    async def count(self, where: DeadLetterFilter) -> int:
+        query = where.apply(select(func.count()).select_from(dead_letters))
+        async with self._db.connect() as conn:
+            return int(await conn.scalar(query) or 0)
+
+    async def depth(self) -> int:
+        """Dead letters waiting for someone (pending or being retried)."""
+        query = (
+            select(func.count())
+            .select_from(dead_letters)
+            .where(dead_letters.c.status.in_([DLQ_PENDING, DLQ_RETRYING]))
+        )
+        async with self._db.connect() as conn:
+            return int(await conn.scalar(query) or 0)
+
+
+def dead_letter_view(row: Mapping[str, Any]) -> dict[str, Any]:
+    """The SPEC shape of a dead letter (plus ``retryable`` and ``next_retry_at``)."""
+    return {
+        "id": row["id"],
+        "event_id": row["event_id"],
+        "tool_id": row["tool_id"],
+        "event_type": row["event_type"],
+        "error": row["error"],
+        "error_class": row["error_class"],
+        "retryable": row["retryable"],
+        "retry_count": row["retry_count"],
+        "status": row["status"],
+        "created_at": iso(row["created_at"]),
+        "last_retry_at": iso(row["last_retry_at"]),
+        "next_retry_at": iso(row["next_retry_at"]),
+    }

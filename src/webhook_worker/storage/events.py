@@ -13,7 +13,7 @@ from datetime import datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import Insert, Table, select
+from sqlalchemy import Insert, Table, bindparam, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -54,6 +54,34 @@ async def insert_events(conn: AsyncConnection, rows: Sequence[Mapping[str, Any]]
 async def insert_attempts(conn: AsyncConnection, rows: Sequence[Mapping[str, Any]]) -> None:
     if rows:
         await conn.execute(attempts.insert(), list(rows))
+
+
+async def event_states(conn: AsyncConnection, event_ids: Sequence[str]) -> dict[str, Any]:
+    """``id -> row(status, attempt_count, payload)`` for the events that exist."""
+    if not event_ids:
+        return {}
+    query = select(events.c.id, events.c.status, events.c.attempt_count, events.c.payload).where(
+        events.c.id.in_(list(event_ids))
+    )
+    return {row.id: row for row in await conn.execute(query)}
+
+
+async def update_outcomes(conn: AsyncConnection, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Set the outcome of events after an attempt. Each row: ``event_id``, ``status``,
+    ``processed_at``, ``attempt_count``, ``payload``."""
+    if not rows:
+        return
+    statement = (
+        update(events)
+        .where(events.c.id == bindparam("event_id"))
+        .values(
+            status=bindparam("status"),
+            processed_at=bindparam("processed_at"),
+            attempt_count=bindparam("attempt_count"),
+            payload=bindparam("payload", type_=events.c.payload.type),
+        )
+    )
+    await conn.execute(statement, list(rows))
 
 
 class EventStore:

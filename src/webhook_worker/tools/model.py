@@ -18,18 +18,36 @@ import jmespath
 import jmespath.exceptions
 import jmespath.parser
 
+from webhook_worker.auth import slack, standard_webhooks, stripe_signature
 from webhook_worker.config import RetryPolicy, parse_duration
 from webhook_worker.errors import ToolConfigError
-from webhook_worker.tools.presets import PRESETS
+from webhook_worker.tools.presets import PRESETS, Preset
 
 PROVIDERS: Final = tuple(PRESETS)
 MODES: Final = ("store_only", "store_and_forward", "transform_and_store")
-AUTH_TYPES: Final = ("none", "token", "hmac", "basic", "bearer")
+AUTH_TYPES: Final = (
+    "none",
+    "token",
+    "hmac",
+    "basic",
+    "bearer",
+    "stripe",
+    "slack",
+    "standard_webhooks",
+)
+# Schemes whose header names are fixed by the provider (``auth.header`` does not apply), with the
+# headers that carry their signatures, lower-cased as Tool.secret_headers reports them.
+FIXED_HEADER_SCHEMES: Final[dict[str, tuple[str, ...]]] = {
+    "stripe": (stripe_signature.HEADER.lower(),),
+    "slack": (slack.SIGNATURE_HEADER.lower(),),
+    "standard_webhooks": standard_webhooks.SIGNATURE_HEADERS,
+}
 HMAC_ALGORITHMS: Final = ("sha256", "sha1", "sha512")
 ENCODINGS: Final = ("hex", "base64")
 
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _HEADER = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+_MAX_SOURCE_HEADERS = 8
 _TOP_LEVEL: Final = frozenset(
     {
         "id",
@@ -62,15 +80,24 @@ class AuthConfig:
     encoding: str = "hex"
     prefix: str = ""
     tolerance: float | None = None
+    """Seconds a signed timestamp may be off; None means the scheme's default (300)."""
+    timestamp_header: str | None = None
+    """hmac only: a header with a Unix timestamp; the signed content is ``{timestamp}.{body}``."""
 
 
 @dataclass(frozen=True, slots=True)
 class FieldSource:
-    """Where a value is read from: a request header or a JMESPath into the JSON body."""
+    """Where a value is read from: the first of ``headers`` the request has, or a JMESPath into
+    the JSON body."""
 
-    header: str | None = None
+    headers: tuple[str, ...] = ()
     path: str | None = None
     compiled: jmespath.parser.ParsedResult | None = field(default=None, compare=False)
+
+    @property
+    def header(self) -> str | None:
+        """The first header name: the one a sender sets. None when read from the body."""
+        return self.headers[0] if self.headers else None
 
     @property
     def needs_body(self) -> bool:
@@ -106,7 +133,10 @@ class Tool:
     @property
     def secret_headers(self) -> frozenset[str]:
         """Lower-cased header names that carry this tool's credentials (never stored)."""
-        return frozenset({self.auth.header.lower()} if self.auth.header else ())
+        names = set(FIXED_HEADER_SCHEMES.get(self.auth.type, ()))
+        if self.auth.header:
+            names.add(self.auth.header.lower())
+        return frozenset(names)
 
 
 def parse_tool(data: Mapping[str, Any], tool_id: str | None = None) -> Tool:
@@ -158,10 +188,10 @@ def parse_tool(data: Mapping[str, Any], tool_id: str | None = None) -> Tool:
         id=identifier,
         provider=provider,
         enabled=enabled,
-        auth=_auth(data.get("auth"), preset["auth"]),
+        auth=_auth(data.get("auth"), preset),
         allowed_ips=_networks(data.get("allowed_ips")),
-        event_type=_source("event_type", data.get("event_type", preset["event_type"])),
-        delivery_id=_source("delivery_id", data.get("delivery_id", preset["delivery_id"])),
+        event_type=_source("event_type", data.get("event_type", preset.event_type)),
+        delivery_id=_source("delivery_id", data.get("delivery_id", preset.delivery_id)),
         mode=mode,
         config=canonical,
         forward=forward,
@@ -170,24 +200,35 @@ def parse_tool(data: Mapping[str, Any], tool_id: str | None = None) -> Tool:
     )
 
 
-def _auth(raw: Any, preset: Mapping[str, Any]) -> AuthConfig:
+_AUTH_FIELDS: Final = frozenset(
+    {
+        "type",
+        "secret",
+        "secrets",
+        "header",
+        "algorithm",
+        "encoding",
+        "prefix",
+        "tolerance",
+        "timestamp_header",
+    }
+)
+
+
+def _auth(raw: Any, preset: Preset) -> AuthConfig:
     if raw is None:
         raw = {}
     if not isinstance(raw, Mapping):
         raise ToolConfigError(
             "auth", 'expected an object such as {"type": "hmac", "secret": "..."}'
         )
-    known = {"type", "secret", "secrets", "header", "algorithm", "encoding", "prefix", "tolerance"}
-    unknown = sorted(set(raw) - known)
+    unknown = sorted(set(raw) - _AUTH_FIELDS)
     if unknown:
         raise ToolConfigError(
-            f"auth.{unknown[0]}", f"unknown field (known: {', '.join(sorted(known))})"
+            f"auth.{unknown[0]}", f"unknown field (known: {', '.join(sorted(_AUTH_FIELDS))})"
         )
-    merged = (
-        {**preset, **raw}
-        if raw.get("type", preset.get("type")) == preset.get("type")
-        else dict(raw)
-    )
+    base = _preset_auth(raw, preset)
+    merged = {**base, **raw} if raw.get("type", base.get("type")) == base.get("type") else dict(raw)
     kind = merged.get("type", "none")
     if kind not in AUTH_TYPES:
         raise ToolConfigError("auth.type", f"expected one of {', '.join(AUTH_TYPES)}, got {kind!r}")
@@ -200,12 +241,30 @@ def _auth(raw: Any, preset: Mapping[str, Any]) -> AuthConfig:
         raise ToolConfigError("auth.secrets", "every secret must be a non-empty string")
     if kind != "none" and not secrets:
         raise ToolConfigError("auth.secret", f"required for auth type {kind!r}")
+    if kind == "standard_webhooks":
+        for secret in secrets:
+            try:
+                standard_webhooks.decode_secret(secret)
+            except ValueError:
+                # The message must not echo the secret.
+                raise ToolConfigError(
+                    "auth.secrets",
+                    "a Standard Webhooks secret is base64, optionally after 'whsec_' "
+                    "(copy it as the sender shows it)",
+                ) from None
 
     header = merged.get("header")
     if kind in ("hmac", "token") and not header:
         raise ToolConfigError("auth.header", f"required for auth type {kind!r}")
-    if header is not None and (not isinstance(header, str) or not _HEADER.match(header)):
-        raise ToolConfigError("auth.header", f"{header!r} is not a valid header name")
+    if kind in FIXED_HEADER_SCHEMES and header is not None:
+        raise ToolConfigError(
+            "auth.header", f"auth type {kind!r} reads fixed headers; remove auth.header"
+        )
+    _header_name("auth.header", header)
+    timestamp_header = merged.get("timestamp_header")
+    if timestamp_header is not None and kind != "hmac":
+        raise ToolConfigError("auth.timestamp_header", "only auth type 'hmac' uses it")
+    _header_name("auth.timestamp_header", timestamp_header)
     algorithm = merged.get("algorithm", "sha256")
     if algorithm not in HMAC_ALGORITHMS:
         raise ToolConfigError("auth.algorithm", f"expected one of {', '.join(HMAC_ALGORITHMS)}")
@@ -218,6 +277,8 @@ def _auth(raw: Any, preset: Mapping[str, Any]) -> AuthConfig:
     tolerance = None
     if merged.get("tolerance") is not None:
         tolerance = _duration("auth.tolerance", merged["tolerance"])
+        if tolerance <= 0:
+            raise ToolConfigError("auth.tolerance", "must be positive, such as 5m")
     return AuthConfig(
         type=kind,
         secrets=tuple(secrets),
@@ -226,7 +287,38 @@ def _auth(raw: Any, preset: Mapping[str, Any]) -> AuthConfig:
         encoding=encoding,
         prefix=prefix,
         tolerance=tolerance,
+        timestamp_header=timestamp_header,
     )
+
+
+def auth_type_of(data: Mapping[str, Any]) -> str:
+    """The auth type a definition resolves to (its own, else its preset's) without validating
+    anything: for summaries of redacted views, whose placeholder secrets would not validate."""
+    preset = PRESETS.get(str(data.get("provider", "generic")), PRESETS["generic"])
+    raw = data.get("auth")
+    auth: Mapping[str, Any] = raw if isinstance(raw, Mapping) else {}
+    return str(auth.get("type", _preset_auth(auth, preset).get("type", "none")))
+
+
+def _preset_auth(raw: Mapping[str, Any], preset: Preset) -> dict[str, Any]:
+    """The preset's auth fields this tool starts from."""
+    if (
+        preset.auth_without_secret is not None
+        and "type" not in raw
+        and not raw.get("secret")
+        and not raw.get("secrets")
+    ):
+        return dict(preset.auth_without_secret)
+    base = dict(preset.auth)
+    algorithm = raw.get("algorithm")
+    if isinstance(algorithm, str) and "header" not in raw:
+        base.update(preset.auth_by_algorithm.get(algorithm, {}))
+    return base
+
+
+def _header_name(name: str, value: Any) -> None:
+    if value is not None and (not isinstance(value, str) or not _HEADER.fullmatch(value)):
+        raise ToolConfigError(name, f"{value!r} is not a valid header name")
 
 
 def _source(name: str, raw: Any) -> FieldSource:
@@ -235,12 +327,22 @@ def _source(name: str, raw: Any) -> FieldSource:
     if isinstance(raw, str):
         raw = {"header": raw}
     if not isinstance(raw, Mapping) or set(raw) - {"header", "path"} or len(raw) != 1:
-        raise ToolConfigError(name, 'expected {"header": "X-Name"} or {"path": "<JMESPath>"}')
+        raise ToolConfigError(
+            name,
+            'expected {"header": "X-Name"}, {"header": ["X-Name", "X-Fallback"]} '
+            'or {"path": "<JMESPath>"}',
+        )
     if "header" in raw:
-        header = raw["header"]
-        if not isinstance(header, str) or not _HEADER.match(header):
-            raise ToolConfigError(f"{name}.header", f"{header!r} is not a valid header name")
-        return FieldSource(header=header)
+        headers = raw["header"]
+        names = [headers] if isinstance(headers, str) else headers
+        if not isinstance(names, list) or not names or len(names) > _MAX_SOURCE_HEADERS:
+            raise ToolConfigError(
+                f"{name}.header",
+                f"expected a header name or a list of 1 to {_MAX_SOURCE_HEADERS} header names",
+            )
+        for header in names:
+            _header_name(f"{name}.header", header)
+        return FieldSource(headers=tuple(names))
     return FieldSource(path=raw["path"], compiled=_compile(f"{name}.path", raw["path"]))
 
 
@@ -301,8 +403,18 @@ def _forward(raw: Any) -> ForwardConfig | None:
     if timeout <= 0:
         raise ToolConfigError("forward.timeout", "must be positive")
     secret = raw.get("signing_secret")
-    if secret is not None and (not isinstance(secret, str) or not secret):
-        raise ToolConfigError("forward.signing_secret", "expected a non-empty string")
+    if secret is not None:
+        if not isinstance(secret, str) or not secret:
+            raise ToolConfigError("forward.signing_secret", "expected a non-empty string")
+        try:
+            standard_webhooks.decode_secret(secret)
+        except ValueError:
+            raise ToolConfigError(
+                "forward.signing_secret",
+                "expected a Standard Webhooks secret: whsec_ followed by base64 "
+                '(make one with: python -c "import base64, os; '
+                "print('whsec_' + base64.b64encode(os.urandom(32)).decode())\")",
+            ) from None
     return ForwardConfig(str(url), method, tuple(headers.items()), timeout, secret)
 
 

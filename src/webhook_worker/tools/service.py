@@ -13,10 +13,10 @@ from typing import Any, Final
 from webhook_worker.clock import iso
 from webhook_worker.errors import NotFoundError
 from webhook_worker.storage.tools import ToolStore
-from webhook_worker.tools.model import parse_tool
+from webhook_worker.tools.model import Tool, parse_tool
+from webhook_worker.tools.secrets import sensitive_header
 
 REDACTED: Final = "********"
-_SENSITIVE_HEADER_WORDS: Final = ("authorization", "token", "secret", "key", "signature", "cookie")
 
 
 class ToolService:
@@ -65,20 +65,29 @@ class ToolService:
     async def apply(self, definitions: Sequence[Mapping[str, Any]]) -> list[tuple[str, str]]:
         """Create or replace each definition. Validates them all before writing any.
         Returns ``(tool_id, "created" | "updated" | "unchanged")`` per definition."""
-        tools = [parse_tool(definition) for definition in definitions]
+        # An exported (redacted) definition gets its stored secrets back before validation.
+        plans: list[tuple[Tool, Mapping[str, Any] | None]] = []
+        for definition in definitions:
+            tool_id = definition.get("id")
+            stored: Mapping[str, Any] | None = None
+            if isinstance(tool_id, str):
+                try:
+                    stored = (await self._store.get(tool_id))["config"]
+                except NotFoundError:
+                    stored = None
+            candidate = restore_secrets(dict(definition), stored) if stored else dict(definition)
+            tool = parse_tool(candidate)
+            self._store.check(tool)
+            plans.append((tool, stored))
         outcomes: list[tuple[str, str]] = []
-        for tool in tools:
-            try:
-                stored = (await self._store.get(tool.id))["config"]
-            except NotFoundError:
+        for tool, stored in plans:
+            if stored is None:
                 await self._store.create(tool)
                 outcomes.append((tool.id, "created"))
-                continue
-            restored = parse_tool(restore_secrets(dict(tool.config), stored))
-            if {"enabled": True, **restored.config} == {"enabled": True, **stored}:
+            elif {"enabled": True, **tool.config} == {"enabled": True, **stored}:
                 outcomes.append((tool.id, "unchanged"))
             else:
-                await self._store.replace(restored)
+                await self._store.replace(tool)
                 outcomes.append((tool.id, "updated"))
         await self._changed()
         return outcomes
@@ -108,13 +117,16 @@ def redact(config: Mapping[str, Any]) -> dict[str, Any]:
         headers = forward.get("headers")
         if isinstance(headers, dict):
             forward["headers"] = {
-                name: REDACTED if _is_sensitive(name) else value for name, value in headers.items()
+                name: REDACTED if sensitive_header(name) else value
+                for name, value in headers.items()
             }
     return result
 
 
 def restore_secrets(config: dict[str, Any], stored: Mapping[str, Any]) -> dict[str, Any]:
-    """Replace every redacted placeholder in ``config`` with the stored value it stands for."""
+    """A copy of ``config`` with every redacted placeholder replaced by the stored value it
+    stands for."""
+    config = copy.deepcopy(config)
     auth, old_auth = config.get("auth"), stored.get("auth") or {}
     if isinstance(auth, dict):
         if auth.get("secret") == REDACTED and "secret" in old_auth:
@@ -149,8 +161,3 @@ def merge_patch(target: Mapping[str, Any], patch: Mapping[str, Any]) -> dict[str
         else:
             result[key] = copy.deepcopy(value)
     return result
-
-
-def _is_sensitive(header: str) -> bool:
-    lowered = header.lower()
-    return any(word in lowered for word in _SENSITIVE_HEADER_WORDS)

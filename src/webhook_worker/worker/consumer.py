@@ -12,19 +12,22 @@ import asyncio
 import contextlib
 import logging
 import random
+import time
 from collections.abc import Awaitable, Callable
 
 from webhook_worker.errors import QueueUnavailableError
 from webhook_worker.observability import metrics
 from webhook_worker.queue.base import Delivery, Queue
+from webhook_worker.replay import Replayer
 from webhook_worker.storage.database import is_unavailable
-from webhook_worker.worker.processor import Processor
+from webhook_worker.worker.processor import Batch, Processor
 
 log = logging.getLogger(__name__)
 
 _BACKOFF_START = 0.1
 _BACKOFF_CAP = 5.0
 _HOUSEKEEPING_INTERVAL = 5.0
+_PROMOTE_INTERVAL = 0.1
 
 _Action = Callable[[], Awaitable[None]]
 
@@ -41,6 +44,9 @@ class Worker:
         reclaim_interval: float = 30.0,
         shutdown_timeout: float = 30.0,
         block: float = 0.25,
+        replayer: Replayer | None = None,
+        dlq_auto_retry_max: int = 3,
+        dlq_auto_retry_interval: float = 300.0,
     ) -> None:
         self._queue = queue
         self._processor = processor
@@ -50,6 +56,9 @@ class Worker:
         self._reclaim_interval = reclaim_interval
         self._shutdown_timeout = shutdown_timeout
         self._block = block
+        self._replayer = replayer
+        self._dlq_auto_retry_max = dlq_auto_retry_max
+        self._dlq_auto_retry_interval = dlq_auto_retry_interval
         self._stopping = asyncio.Event()
         self._in_flight: set[asyncio.Task[None]] = set()
         self.processed = 0
@@ -63,12 +72,15 @@ class Worker:
         log.info("worker started")
         reclaimer = asyncio.create_task(self._reclaim_forever(), name="worker-reclaim")
         gauges = asyncio.create_task(self._housekeeping_forever(), name="worker-housekeeping")
+        promoter = asyncio.create_task(self._promote_forever(), name="worker-promote-retries")
+        dlq = asyncio.create_task(self._retry_dead_letters_forever(), name="worker-dlq-retry")
         try:
             await self._consume()
         finally:
-            reclaimer.cancel()
-            gauges.cancel()
-            await asyncio.gather(reclaimer, gauges, return_exceptions=True)
+            background = (reclaimer, gauges, promoter, dlq)
+            for task in background:
+                task.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
             await self._drain()
             log.info("worker stopped")
 
@@ -108,39 +120,53 @@ class Worker:
     async def _handle(self, deliveries: list[Delivery]) -> None:
         poison = [d for d in deliveries if d.deliveries > self._max_deliveries]
         fresh = [d for d in deliveries if d.deliveries <= self._max_deliveries]
-        if not await self._with_backoff(lambda: self._process(fresh, poison)):
-            return  # stopping while the database is away: leave the batch for redelivery
-        await self._with_backoff(lambda: self._queue.ack(deliveries))
+        if poison and not await self._with_backoff(lambda: self._dead_letter_poison(poison)):
+            return  # stopping while the database is away: leave them for redelivery
+        batch = Batch(started=time.perf_counter())
 
-    async def _process(self, fresh: list[Delivery], poison: list[Delivery]) -> None:
-        if poison:
-            metrics.POISON.inc(len(poison))
-            await self._processor.dead_letter(
-                poison,
-                "poison",
-                f"delivered more than {self._max_deliveries} times without being acknowledged "
-                "(WORKER_MAX_DELIVERIES); a worker may have crashed while processing it",
-            )
-        if not fresh:
-            return
+        async def store() -> None:
+            batch.absorb(await self._store(fresh))
+
+        if fresh:
+            if not await self._with_backoff(store):
+                return
+            await self._processor.forward(batch)
+            if not await self._with_backoff(lambda: self._processor.record(batch)):
+                return
+        self.processed += batch.stored
+        settled = [*poison, *batch.done]
+        if batch.retry:
+            await self._with_backoff(lambda: self._queue.retry_later(batch.retry))
+        await self._with_backoff(lambda: self._queue.ack(settled))
+
+    async def _dead_letter_poison(self, poison: list[Delivery]) -> None:
+        metrics.POISON.inc(len(poison))
+        await self._processor.dead_letter(
+            poison,
+            "poison",
+            f"delivered more than {self._max_deliveries} times without being acknowledged "
+            "(WORKER_MAX_DELIVERIES); a worker may have crashed while processing it",
+        )
+
+    async def _store(self, fresh: list[Delivery]) -> Batch:
         try:
-            self.processed += await self._processor.store(fresh)
+            return await self._processor.store(fresh)
         except Exception as exc:
             if is_unavailable(exc) or len(fresh) == 1:
                 raise
-            # One bad message must not hold back the batch: find it by storing them one by one.
-            log.warning("batch of %d failed (%r); storing its events one by one", len(fresh), exc)
-            for delivery in fresh:
-                await self._store_alone(delivery)
-
-    async def _store_alone(self, delivery: Delivery) -> None:
-        try:
-            self.processed += await self._processor.store([delivery])
-        except Exception as exc:
-            if is_unavailable(exc):
-                raise
-            log.error("event %s cannot be stored: %r", delivery.message.event_id, exc)
-            await self._processor.dead_letter([delivery], "storage_error", _describe(exc))
+        # One bad message must not hold back the batch: find it by storing them one by one.
+        log.warning("a batch of %d failed; storing its events one by one", len(fresh))
+        batch = Batch(started=time.perf_counter())
+        for delivery in fresh:
+            try:
+                batch.absorb(await self._processor.store([delivery]))
+            except Exception as exc:
+                if is_unavailable(exc):
+                    raise
+                log.error("event %s cannot be stored: %r", delivery.message.event_id, exc)
+                await self._processor.dead_letter([delivery], "storage_error", _describe(exc))
+                batch.done.append(delivery)
+        return batch
 
     async def _with_backoff(self, action: _Action) -> bool:
         """Run ``action`` until it succeeds, backing off while the database or queue is away.
@@ -183,6 +209,34 @@ class Worker:
                     self._spawn(deliveries)
             except QueueUnavailableError as exc:
                 log.warning("reclaim skipped, queue unavailable: %s", exc)
+
+    async def _promote_forever(self) -> None:
+        """Move retries that are due back into the queue (Redis keeps them aside until then)."""
+        while True:
+            try:
+                moved = await self._queue.promote_due()
+            except QueueUnavailableError:
+                moved = 0
+            if not moved:
+                await asyncio.sleep(_PROMOTE_INTERVAL)
+
+    async def _retry_dead_letters_forever(self) -> None:
+        """The automatic retry of retryable dead letters (DLQ_AUTO_RETRY_*)."""
+        if self._replayer is None or self._dlq_auto_retry_max == 0:
+            return
+        # Look several times per interval so a due dead letter waits at most a fraction more.
+        tick = min(self._dlq_auto_retry_interval / 4, 30.0)
+        while not self._stopping.is_set():
+            await self._sleep(tick)
+            try:
+                while await self._replayer.retry_due(
+                    self._dlq_auto_retry_max, self._dlq_auto_retry_interval
+                ):
+                    pass
+            except Exception as exc:  # the next tick tries again
+                if not (is_unavailable(exc) or isinstance(exc, QueueUnavailableError)):
+                    raise
+                log.warning("automatic dead letter retry skipped: %r", exc)
 
     async def _housekeeping_forever(self) -> None:
         while True:

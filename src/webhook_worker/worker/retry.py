@@ -16,6 +16,7 @@ error class                retryable  cause
 ``http_429``               yes        rate limited (``Retry-After`` honoured)
 ``database_unavailable``   yes        the database could not be reached
 ``http_4xx``               no         any other 4xx: the request itself is wrong
+``http_3xx``               no         a redirect: forwards do not follow them; fix the URL
 ``transform_error``        no         the tool's transform failed on this payload
 ``filter_error``           no         the tool's filter failed on this payload
 ``invalid_payload``        no         the payload is not what the tool needs (e.g. not JSON)
@@ -59,6 +60,8 @@ def http_failure(status: int, retry_after: str | None = None, detail: str = "") 
     """Classify a non-2xx answer from a forward target."""
     if status >= 500:
         error_class = "http_5xx"
+    elif status < 400:
+        error_class = "http_3xx"  # redirects are not followed: the URL needs fixing
     elif status == 408:
         error_class = "http_408"
     elif status == 429:

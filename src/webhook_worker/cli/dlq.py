@@ -1,0 +1,356 @@
+"""``webhook-worker dlq``: list, inspect, retry and discard dead letters, straight from the
+database.
+
+Filters, pagination and rules are the management API's (``/api/v1/dlq``): newest first, a
+cursor to continue where a page ended; only ``pending`` or ``discarded`` dead letters can be
+retried one by one, and a bulk retry takes the ``pending`` ones. Retrying puts events back on
+the queue, so ``retry`` needs the queue as well as the database (Redis when REDIS_ADDR is set).
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import replace
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+import typer
+from rich.console import Group
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from webhook_worker.cli.common import (
+    console,
+    fail,
+    load_settings,
+    print_json,
+    print_table,
+    run_async,
+    user_errors,
+)
+from webhook_worker.cli.events import (
+    describe_event,
+    parse_when,
+    pipeline_errors,
+    short_time,
+)
+from webhook_worker.config import Settings
+from webhook_worker.runtime import database, open_runtime
+from webhook_worker.storage.deadletters import (
+    DLQ_DISCARDED,
+    DLQ_PENDING,
+    DLQ_RESOLVED,
+    DLQ_RETRYING,
+    DLQ_STATUSES,
+    DeadLetterFilter,
+    DeadLetterStore,
+)
+from webhook_worker.storage.events import MAX_PAGE, EventStore
+
+app = typer.Typer(help="List, inspect, retry and discard dead letters.", no_args_is_help=True)
+
+BULK_CHUNK = 100
+"""Dead letters requeued per call in a bulk retry: small enough for the bar to move."""
+
+_STATUS_STYLES = {
+    DLQ_PENDING: "red",
+    DLQ_RETRYING: "yellow",
+    DLQ_RESOLVED: "green",
+    DLQ_DISCARDED: "dim",
+}
+
+ToolOpt = Annotated[str | None, typer.Option("--tool", help="Only this tool's dead letters.")]
+TypeOpt = Annotated[str | None, typer.Option("--type", help="Only this event type.")]
+ClassOpt = Annotated[
+    str | None,
+    typer.Option("--class", help="Only this error class (e.g. http_4xx, timeout)."),
+]
+SinceOpt = Annotated[
+    str | None,
+    typer.Option("--since", help="Created at or after: ISO 8601 time, or e.g. 2h (ago)."),
+]
+UntilOpt = Annotated[
+    str | None, typer.Option("--until", help="Created before: ISO 8601 time, or e.g. 30m.")
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+IdArg = Annotated[str, typer.Argument(metavar="ID", help="The dead letter id (from `dlq list`).")]
+
+
+@app.command("list")
+def list_dead_letters(
+    tool: ToolOpt = None,
+    event_type: TypeOpt = None,
+    error_class: ClassOpt = None,
+    status: Annotated[
+        str | None, typer.Option("--status", help=f"One of {', '.join(DLQ_STATUSES)}.")
+    ] = None,
+    since: SinceOpt = None,
+    until: UntilOpt = None,
+    limit: Annotated[
+        int, typer.Option("--limit", min=1, max=MAX_PAGE, help="Dead letters per page.")
+    ] = 50,
+    cursor: Annotated[
+        str | None, typer.Option("--cursor", help="Continue after the page that printed it.")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """List dead letters, newest first."""
+    if status is not None and status not in DLQ_STATUSES:
+        fail(f"--status: expected one of {', '.join(DLQ_STATUSES)}, got {status!r}", 2)
+    where = _filter(tool, event_type, error_class, since, until, status=status)
+    settings = load_settings(quiet_logs=True)
+
+    async def page() -> tuple[list[dict[str, Any]], str | None]:
+        async with database(settings) as db:
+            return await DeadLetterStore(db).list(where, limit, cursor)
+
+    with user_errors():
+        try:
+            items, next_cursor = run_async(page())
+        except ValueError as exc:  # only a malformed cursor raises it
+            fail(f"--{exc}", 2)
+    if as_json:
+        print_json({"items": items, "next_cursor": next_cursor})
+        return
+    if not items:
+        console.print(
+            "no dead letters" + (" match" if cursor or where != DeadLetterFilter() else " yet")
+        )
+        return
+    table = Table("id", "event id", "tool", "type", "error class", "retries", "status", "created")
+    table.columns[0].no_wrap = True  # what `dlq show` and `dlq retry` take: never cut
+    for item in items:
+        table.add_row(
+            item["id"],
+            item["event_id"],
+            item["tool_id"],
+            item["event_type"] or "",
+            item["error_class"] or "",
+            str(item["retry_count"]),
+            _styled(item["status"]),
+            short_time(item["created_at"]),
+        )
+    print_table(table)
+    if next_cursor:
+        again = ["webhook-worker dlq list"]
+        for option, value in (
+            ("--tool", tool),
+            ("--type", event_type),
+            ("--class", error_class),
+            ("--status", status),
+            ("--since", since),
+            ("--until", until),
+        ):
+            if value:
+                again.append(f"{option} {value}")
+        if limit != 50:
+            again.append(f"--limit {limit}")
+        again.append(f"--cursor {next_cursor}")
+        console.print(f"more: {' '.join(again)}", highlight=False, soft_wrap=True)
+
+
+@app.command()
+def show(dead_letter_id: IdArg, as_json: JsonOpt = False) -> None:
+    """Show a dead letter with its event: payload, headers and every attempt."""
+    settings = load_settings(quiet_logs=True)
+
+    async def load() -> dict[str, Any]:
+        async with database(settings) as db:
+            letter = await DeadLetterStore(db).get(dead_letter_id)
+            letter["event"] = await EventStore(db).get(letter["event_id"])
+            return letter
+
+    with user_errors():
+        letter = run_async(load())
+    if as_json:
+        print_json(letter)
+        return
+    console.print(_describe(letter))
+
+
+@app.command()
+def retry(
+    dead_letter_id: Annotated[
+        str | None,
+        typer.Argument(metavar="ID", help="One dead letter; leave out to retry by filter."),
+    ] = None,
+    tool: ToolOpt = None,
+    event_type: TypeOpt = None,
+    error_class: ClassOpt = None,
+    since: SinceOpt = None,
+    until: UntilOpt = None,
+    every: Annotated[
+        bool, typer.Option("--all", help="Every pending dead letter (no filter).")
+    ] = False,
+    yes: Annotated[
+        bool,
+        typer.Option(
+            "--yes", "-y", help="Retry by filter without asking (required off a terminal)."
+        ),
+    ] = False,
+) -> None:
+    """Retry one dead letter by ID, or every pending one matching the filters.
+
+    Example: webhook-worker dlq retry --tool github --class http_5xx --yes
+    """
+    filtered = any(value for value in (tool, event_type, error_class, since, until))
+    if dead_letter_id is not None:
+        if filtered or every:
+            fail("give either a dead letter ID or filters (--tool, --type, ...), not both", 2)
+        _retry_one(load_settings(quiet_logs=True), dead_letter_id)
+        return
+    if not filtered and not every:
+        fail(
+            "say what to retry: a dead letter ID, filters (--tool, --type, --class, --since, "
+            "--until), or --all",
+            2,
+        )
+    where = _filter(tool, event_type, error_class, since, until)
+    _retry_matching(load_settings(quiet_logs=True), where, yes)
+
+
+@app.command()
+def discard(dead_letter_id: IdArg) -> None:
+    """Mark a dead letter discarded (no automatic retry; `dlq retry ID` still can)."""
+    settings = load_settings(quiet_logs=True)
+
+    async def go() -> dict[str, Any]:
+        async with database(settings) as db:
+            return await DeadLetterStore(db).discard(dead_letter_id)
+
+    with user_errors():
+        letter = run_async(go())
+    console.print(
+        f"discarded dead letter {letter['id']} (event {letter['event_id']})", highlight=False
+    )
+
+
+def _retry_one(settings: Settings, dead_letter_id: str) -> None:
+    async def go() -> dict[str, Any]:
+        async with open_runtime(settings) as runtime:
+            return await runtime.replayer.retry_dead_letter(dead_letter_id)
+
+    with pipeline_errors():
+        event_id = run_async(go())["event_id"]
+    console.print(
+        f"requeued dead letter {dead_letter_id} (event {event_id}): follow it with "
+        f"`webhook-worker events show {event_id}`",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+def _retry_matching(settings: Settings, where: DeadLetterFilter, yes: bool) -> None:
+    """Count, confirm, then requeue in chunks with a progress bar.
+
+    The queue is opened first, so an unreachable one is reported before anyone is asked
+    anything. At most the number counted up front is requeued: a retried dead letter that
+    fails again at once is ``pending`` again, and without the cap a fast-failing target would
+    keep this loop sending the same events round and round.
+    """
+    progress = Progress(
+        TextColumn("requeueing"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        disable=not console.is_terminal,
+    )
+    requeued = 0
+    started = False
+
+    async def go() -> int:
+        nonlocal requeued, started
+        async with open_runtime(settings) as runtime:
+            total = await DeadLetterStore(runtime.db).count(replace(where, status=DLQ_PENDING))
+            if total == 0:
+                return 0
+            described = f"{total} pending dead letter{'s' if total != 1 else ''}"
+            described += f" ({_summary(where)})"
+            if not yes:
+                if not sys.stdin.isatty():
+                    fail(f"not retrying {described} without confirmation: pass --yes", 1)
+                typer.confirm(f"Retry {described}?", abort=True)
+            started = True
+            started_at = datetime.now(UTC)
+            replayer = runtime.replayer
+            with progress:
+                task = progress.add_task("requeue", total=total)
+                while requeued < total:
+                    chunk = await replayer.retry_matching(
+                        where, min(BULK_CHUNK, total - requeued), before=started_at
+                    )
+                    if chunk == 0:
+                        break
+                    requeued += chunk
+                    progress.update(task, completed=requeued)
+            return total
+
+    try:
+        with pipeline_errors():
+            total = run_async(go())
+    except BaseException:
+        if started:  # what was requeued before the error stays requeued: say how much
+            console.print(f"requeued {requeued} before stopping", highlight=False)
+        raise
+    if total == 0:
+        console.print("requeued 0: no pending dead letters match", highlight=False)
+    else:
+        console.print(f"requeued {requeued}", highlight=False)
+
+
+def _filter(
+    tool: str | None,
+    event_type: str | None,
+    error_class: str | None,
+    since: str | None,
+    until: str | None,
+    status: str | None = None,
+) -> DeadLetterFilter:
+    return DeadLetterFilter(
+        tool_id=tool or None,
+        event_type=event_type or None,
+        error_class=error_class or None,
+        status=status,
+        since=parse_when(since, "--since"),
+        until=parse_when(until, "--until"),
+    )
+
+
+def _summary(where: DeadLetterFilter) -> str:
+    parts = [
+        f"{name} {value}"
+        for name, value in (
+            ("tool", where.tool_id),
+            ("type", where.event_type),
+            ("class", where.error_class),
+            ("since", where.since.isoformat() if where.since else None),
+            ("until", where.until.isoformat() if where.until else None),
+        )
+        if value
+    ]
+    return ", ".join(parts) or "all"
+
+
+def _styled(status: str) -> str:
+    style = _STATUS_STYLES.get(status, "")
+    return f"[{style}]{status}[/]" if style else status
+
+
+def _describe(letter: dict[str, Any]) -> Group:
+    summary = Table.grid(padding=(0, 2))
+    summary.add_column(style="bold")
+    summary.add_column()
+    retryable = "retryable" if letter.get("retryable") else "not retryable"
+    for label, value in (
+        ("dead letter", letter["id"]),
+        ("status", _styled(letter["status"])),
+        ("error class", f"{letter['error_class']} ({retryable})"),
+        ("error", letter["error"] or "-"),
+        ("retries", str(letter["retry_count"])),
+        ("created", letter["created_at"] or "-"),
+        ("last retry", letter["last_retry_at"] or "-"),
+        ("next auto retry", letter.get("next_retry_at") or "-"),
+    ):
+        summary.add_row(label, value)
+    return Group(summary, "", "[bold]event[/]", describe_event(letter["event"]))
