@@ -239,4 +239,18 @@ async def running_service(settings: Settings) -> AsyncIterator[Service]:
             yield Service(runtime, client)
         finally:
             worker.stop()
-            await asyncio.wait_for(task, timeout=15)
+            await stopped(task)
+
+
+async def stopped(task: asyncio.Task[None], within: float = 15) -> None:
+    """Wait for a stopping worker; if it hangs, fail with every task's stack to show where."""
+    done, _ = await asyncio.wait({task}, timeout=within)
+    if not done:
+        stacks = []
+        for other in asyncio.all_tasks():
+            frames = other.get_stack(limit=8)
+            where = " <- ".join(f"{f.f_code.co_name}:{f.f_lineno}" for f in reversed(frames))
+            stacks.append(f"{other.get_name()}: {where}")
+        task.cancel()
+        pytest.fail(f"the worker did not stop within {within}s:\n" + "\n".join(stacks))
+    task.result()
