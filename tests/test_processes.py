@@ -5,6 +5,7 @@ stored exactly once."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -53,6 +54,17 @@ class Processes:
         )
         self.started.append(process)
         return process
+
+    def exit_code(self, process: subprocess.Popen[bytes], within: float = 30) -> int | str:
+        """The exit code; a process that does not exit is asked (SIGUSR1) to log where each of
+        its tasks waits, so the failure shows why."""
+        try:
+            return process.wait(timeout=within)
+        except subprocess.TimeoutExpired:
+            process.send_signal(signal.SIGUSR1)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=2)
+            return f"still running after {within}s"
 
     def output(self) -> str:
         return "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in self.logs.glob("*.log"))
@@ -159,4 +171,4 @@ async def test_sigkilled_worker_loses_nothing_and_duplicates_nothing(
     # The survivors stop gracefully on SIGTERM, exit 0.
     for process in (workers[1], api):
         process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=30) == 0, processes.output()
+        assert processes.exit_code(process) == 0, processes.output()

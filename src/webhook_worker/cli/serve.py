@@ -119,6 +119,15 @@ def _on_signals(callback: Callable[[], None]) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, callback)
+    loop.add_signal_handler(signal.SIGUSR1, _log_tasks)
+
+
+def _log_tasks() -> None:
+    """SIGUSR1: log where every asyncio task is waiting (for a process that seems stuck)."""
+    for task in asyncio.all_tasks():
+        frames = task.get_stack(limit=12)
+        where = " <- ".join(f"{f.f_code.co_name}:{f.f_lineno}" for f in reversed(frames))
+        log.warning("task %s: %s", task.get_name(), where or "(not started)")
 
 
 async def _announce(

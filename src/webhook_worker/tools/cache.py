@@ -7,6 +7,7 @@ bumps the revision; every process sees it within TOOLS_REFRESH_INTERVAL and relo
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from dataclasses import dataclass
@@ -39,6 +40,7 @@ class ToolCache:
         self._revision: int | None = None
         self._task: asyncio.Task[None] | None = None
         self._miss_lock = asyncio.Lock()
+        self._closing = asyncio.Event()
         self._last_miss_reload = -MISS_RELOAD_INTERVAL
 
     def get(self, tool_id: str) -> LiveTool | None:
@@ -90,14 +92,19 @@ class ToolCache:
 
     async def close(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+            self._closing.set()
+            # The loop ends on _closing; a cancel alone could be taken for a database error.
+            done, _ = await asyncio.wait({self._task}, timeout=self._interval + 10)
+            if not done:
+                self._task.cancel()
             self._task = None
 
     async def _refresh_forever(self) -> None:
         failing = False
-        while True:
-            await asyncio.sleep(self._interval)
+        while not self._closing.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._closing.wait(), timeout=self._interval)
+                return
             try:
                 await self.load()
             except Exception as exc:  # keep serving the last good copy while the database is away

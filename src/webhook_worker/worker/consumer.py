@@ -28,6 +28,7 @@ _BACKOFF_START = 0.1
 _BACKOFF_CAP = 5.0
 _HOUSEKEEPING_INTERVAL = 5.0
 _PROMOTE_INTERVAL = 0.1
+_BACKGROUND_STOP_TIMEOUT = 10.0
 
 _Action = Callable[[], Awaitable[None]]
 
@@ -77,10 +78,14 @@ class Worker:
         try:
             await self._consume()
         finally:
+            self._stopping.set()  # also when _consume failed: the loops below end on it
+            # The loops watch _stopping rather than relying on cancellation alone: a cancel
+            # that lands inside a Redis or database call can come back as a connection error,
+            # which a loop built to survive outages would take for one and carry on.
             background = (reclaimer, gauges, promoter, dlq)
-            for task in background:
+            _, stuck = await asyncio.wait(background, timeout=_BACKGROUND_STOP_TIMEOUT)
+            for task in stuck:
                 task.cancel()
-            await asyncio.gather(*background, return_exceptions=True)
             await self._drain()
             log.info("worker stopped")
 
@@ -212,13 +217,13 @@ class Worker:
 
     async def _promote_forever(self) -> None:
         """Move retries that are due back into the queue (Redis keeps them aside until then)."""
-        while True:
+        while not self._stopping.is_set():
             try:
                 moved = await self._queue.promote_due()
             except QueueUnavailableError:
                 moved = 0
             if not moved:
-                await asyncio.sleep(_PROMOTE_INTERVAL)
+                await self._sleep(_PROMOTE_INTERVAL)
 
     async def _retry_dead_letters_forever(self) -> None:
         """The automatic retry of retryable dead letters (DLQ_AUTO_RETRY_*)."""
@@ -239,11 +244,11 @@ class Worker:
                 log.warning("automatic dead letter retry skipped: %r", exc)
 
     async def _housekeeping_forever(self) -> None:
-        while True:
+        while not self._stopping.is_set():
             with contextlib.suppress(QueueUnavailableError):
                 metrics.QUEUE_DEPTH.set(await self._queue.depth())
                 await self._queue.housekeeping()
-            await asyncio.sleep(_HOUSEKEEPING_INTERVAL)
+            await self._sleep(_HOUSEKEEPING_INTERVAL)
 
     async def _drain(self) -> None:
         if not self._in_flight:
