@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 
 from webhook_worker.config import Settings
+from webhook_worker.constants import REDIS_STREAM_SUFFIX, TABLE_QUEUE
 from webhook_worker.errors import WebhookWorkerError
 from webhook_worker.queue.base import Queue
 from webhook_worker.queue.batcher import EnqueueBatcher
@@ -57,7 +58,15 @@ class Runtime:
         )
 
     def processor(self) -> Processor:
-        return Processor(self.db, self.tools, self.forwarder, self.settings)
+        return Processor(
+            self.db, self.tools, self.forwarder, self.settings, *self.queue_destination()
+        )
+
+    def queue_destination(self) -> tuple[str, str]:
+        """``(messaging system, destination name)`` for trace attributes."""
+        if self.settings.uses_redis:
+            return "redis", f"{self.settings.redis_key_prefix}:{REDIS_STREAM_SUFFIX}"
+        return self.db.dialect, TABLE_QUEUE
 
     @property
     def replayer(self) -> Replayer:

@@ -22,8 +22,14 @@ from webhook_worker.storage.deadletters import DeadLetterStore
 
 def create_app(runtime: Runtime) -> Starlette:
     settings = runtime.settings
+    system, destination = runtime.queue_destination()
     ingest = IngestHandler(
-        runtime.tools, runtime.batcher, settings.max_payload_bytes, settings.trusted_proxies
+        runtime.tools,
+        runtime.batcher,
+        settings.max_payload_bytes,
+        settings.trusted_proxies,
+        messaging_system=system,
+        destination=destination,
     )
     management = ManagementAPI(
         runtime.tool_service,

@@ -11,11 +11,13 @@ import hashlib
 import logging
 import time
 from collections.abc import Iterable
+from dataclasses import replace
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address
 from typing import Any
 
 import jmespath.exceptions
 import orjson
+from opentelemetry.trace import SpanKind, StatusCode
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -23,8 +25,8 @@ from webhook_worker.api.responses import JSONResponse, error
 from webhook_worker.auth import AuthError, handshake_reply
 from webhook_worker.errors import QueueUnavailableError
 from webhook_worker.ids import new_id
-from webhook_worker.observability import metrics
-from webhook_worker.queue.base import Message
+from webhook_worker.observability import metrics, tracing
+from webhook_worker.queue.base import EnqueueResult, Message
 from webhook_worker.queue.batcher import EnqueueBatcher
 from webhook_worker.tools.cache import ToolCache
 from webhook_worker.tools.model import FieldSource, Tool
@@ -56,14 +58,45 @@ class IngestHandler:
         batcher: EnqueueBatcher,
         max_payload_bytes: int,
         trusted_proxies: tuple[IPv4Network | IPv6Network, ...] = (),
+        messaging_system: str = "webhook-worker",
+        destination: str = "events",
     ) -> None:
         self._tools = tools
         self._batcher = batcher
         self._max_bytes = max_payload_bytes
         self._trusted_proxies = trusted_proxies
+        self._messaging_system = messaging_system
+        self._destination = destination
 
     async def handle(self, request: Request) -> Response:
+        started = time.perf_counter()
         tool_id: str = request.path_params["tool_id"]
+        if tracing.enabled():
+            with tracing.tracer().start_as_current_span(
+                "POST /webhooks/{tool_id}",
+                context=tracing.context_from_headers(request.headers),
+                kind=SpanKind.SERVER,
+                attributes={
+                    "http.request.method": "POST",
+                    "http.route": "/webhooks/{tool_id}",
+                    "url.path": request.url.path,
+                    "webhook.tool_id": tool_id,
+                },
+            ) as span:
+                response = await self._accept(request, tool_id)
+                span.set_attribute("http.response.status_code", response.status_code)
+                if response.status_code >= 500:
+                    span.set_status(StatusCode.ERROR)
+        else:
+            response = await self._accept(request, tool_id)
+        status = response.status_code
+        # An unknown tool id is whatever a client typed: never a label value.
+        metrics.INGEST_DURATION.labels(tool_id if status != 404 else "", str(status)).observe(
+            time.perf_counter() - started
+        )
+        return response
+
+    async def _accept(self, request: Request, tool_id: str) -> Response:
         live = await self._tools.find(tool_id)
         if live is None:
             return error(404, "unknown_tool", f"no tool {tool_id!r} is configured")
@@ -111,7 +144,10 @@ class IngestHandler:
             body=body,
         )
         try:
-            result = await self._batcher.submit(message)
+            if tracing.enabled():
+                result = await self._enqueue_traced(message)
+            else:
+                result = await self._batcher.submit(message)
         except QueueUnavailableError as exc:
             log.warning("queue unavailable, answering 503 for tool %s: %s", tool_id, exc)
             return error(
@@ -128,6 +164,25 @@ class IngestHandler:
             )
         metrics.EVENTS_RECEIVED.labels(**labels).inc()
         return JSONResponse({"event_id": result.event_id, "status": "accepted"}, status_code=202)
+
+    async def _enqueue_traced(self, message: Message) -> EnqueueResult:
+        """Enqueue inside a PRODUCER span whose context travels with the message."""
+        with tracing.tracer().start_as_current_span(
+            f"send {self._destination}",
+            kind=SpanKind.PRODUCER,
+            attributes={
+                "messaging.system": self._messaging_system,
+                "messaging.operation.type": "send",
+                "messaging.operation.name": "send",
+                "messaging.destination.name": self._destination,
+                "messaging.message.id": message.event_id,
+            },
+        ) as span:
+            traced = replace(message, traceparent=tracing.traceparent(span))
+            result = await self._batcher.submit(traced)
+            if result.duplicate:
+                span.set_attribute("webhook.duplicate_of", result.event_id)
+            return result
 
     async def _read_body(self, request: Request) -> bytes:
         chunks: list[bytes] = []

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 from collections.abc import Callable, Iterator
 
@@ -20,6 +21,7 @@ from starlette.types import ASGIApp
 from webhook_worker.api.app import create_app, health_app
 from webhook_worker.cli.common import console, load_settings, run_async
 from webhook_worker.config import Settings
+from webhook_worker.observability import tracing
 from webhook_worker.observability.health import Health
 from webhook_worker.runtime import apply_migrations, open_runtime
 
@@ -86,6 +88,17 @@ def _server(app: ASGIApp, address: tuple[str, int], settings: Settings) -> _Serv
 
 async def _serve(
     settings: Settings, *, with_api: bool, with_worker: bool, migrate_first: bool
+) -> None:
+    role = "worker" if not with_api else "api" if not with_worker else "run"
+    tracing.configure(os.environ, os.environ.get("OTEL_SERVICE_NAME") or f"webhook-worker-{role}")
+    try:
+        await _serve_roles(settings, with_api, with_worker, migrate_first)
+    finally:
+        tracing.shutdown()
+
+
+async def _serve_roles(
+    settings: Settings, with_api: bool, with_worker: bool, migrate_first: bool
 ) -> None:
     async with open_runtime(settings, migrate_first=migrate_first) as runtime:
         consumer = runtime.worker() if with_worker else None

@@ -23,6 +23,8 @@ _LEVELS = {
 def configure(level: str = "info", fmt: str = "json") -> None:
     shared: list[structlog.types.Processor] = [
         structlog.contextvars.merge_contextvars,
+        # ``extra={"event_id": ..., "trace_id": ...}`` on a stdlib call becomes JSON fields.
+        structlog.stdlib.ExtraAdder(),
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),

@@ -61,3 +61,36 @@ FORWARD_DURATION = Histogram(
     ["tool_id", "status_class"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
+INGEST_DURATION = Histogram(
+    "webhook_ingest_request_duration_seconds",
+    "Time to answer a webhook, by tool and HTTP status (tool_id is empty for unknown tools).",
+    ["tool_id", "status_code"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
+DLQ_DEPTH = Gauge("webhook_dlq_depth", "Dead letters waiting for someone: pending or retrying.")
+SCHEDULED_RETRIES = Gauge(
+    "webhook_queue_scheduled_retries", "Messages waiting for their retry time (the retry queue)."
+)
+OLDEST_MESSAGE_AGE = Gauge(
+    "webhook_queue_oldest_message_age_seconds",
+    "Age of the oldest message still in the queue (0 when it is empty).",
+)
+HEALTH_CHECKS = Counter(
+    "webhook_health_checks_total",
+    "Health checks run, by component and result (healthy, degraded, unhealthy).",
+    ["component", "status"],
+)
+HEALTH_CHECK_DURATION = Histogram(
+    "webhook_health_check_duration_seconds",
+    "Time each health check took.",
+    ["component"],
+    buckets=(0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 2, 5),
+)
+DB_POOL_IN_USE = Gauge("webhook_database_pool_in_use", "Database connections checked out now.")
+DB_POOL_SIZE = Gauge(
+    "webhook_database_pool_size", "Database connections the pool may hold (size plus overflow)."
+)
+MEMORY_LIMIT = Gauge(
+    "webhook_memory_limit_bytes",
+    "The process's memory limit (cgroup memory.max; 0 when there is none).",
+)

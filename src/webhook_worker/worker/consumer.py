@@ -168,7 +168,12 @@ class Worker:
             except Exception as exc:
                 if is_unavailable(exc):
                     raise
-                log.error("event %s cannot be stored: %r", delivery.message.event_id, exc)
+                log.error(
+                    "event %s cannot be stored: %r",
+                    delivery.message.event_id,
+                    exc,
+                    extra={"event_id": delivery.message.event_id},
+                )
                 await self._processor.dead_letter([delivery], "storage_error", _describe(exc))
                 batch.done.append(delivery)
         return batch

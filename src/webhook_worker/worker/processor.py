@@ -13,6 +13,7 @@ database was away) never repeats another's side effects:
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -21,6 +22,7 @@ from typing import Any
 
 import jmespath.exceptions
 import orjson
+from opentelemetry.trace import Span
 
 from webhook_worker.config import Settings
 from webhook_worker.constants import (
@@ -29,9 +31,10 @@ from webhook_worker.constants import (
     STATUS_PENDING,
     STATUS_PROCESSED,
     STATUS_RETRYING,
+    TABLE_EVENTS,
 )
 from webhook_worker.ids import new_id
-from webhook_worker.observability import metrics
+from webhook_worker.observability import metrics, tracing
 from webhook_worker.queue.base import Delivery, Message
 from webhook_worker.storage.database import Database
 from webhook_worker.storage.deadletters import (
@@ -49,6 +52,8 @@ from webhook_worker.tools.cache import ToolCache
 from webhook_worker.worker.forwarder import Forwarder, ForwardOutcome, ForwardRequest
 from webhook_worker.worker.plan import Plan, Plans
 from webhook_worker.worker.retry import Backoff, Failure
+
+log = logging.getLogger(__name__)
 
 _FINAL = frozenset({STATUS_PROCESSED, STATUS_IGNORED, STATUS_DEAD})
 _DONE = frozenset({STATUS_PROCESSED, STATUS_IGNORED})
@@ -69,6 +74,8 @@ class Work:
     """The number of this processing attempt (``events.attempt_count`` after it)."""
     existing: bool = False
     outcome: ForwardOutcome | None = None
+    span: Span | None = None
+    """The event's CONSUMER span when tracing is on; ended when the event is settled."""
 
     @property
     def message(self) -> Message:
@@ -106,8 +113,12 @@ class Processor:
         tools: ToolCache,
         forwarder: Forwarder,
         settings: Settings,
+        messaging_system: str = "webhook-worker",
+        destination: str = "events",
     ) -> None:
         self._db = db
+        self._messaging_system = messaging_system
+        self._destination = destination
         self._tools = tools
         self._forwarder = forwarder
         self._plans = Plans(settings.retry)
@@ -120,16 +131,12 @@ class Processor:
         batch = Batch(started=time.perf_counter())
         now = datetime.now(UTC)
         works = [self._prepare(d) for d in deliveries]
-        async with self._db.begin() as conn:
-            inserted = await insert_events(conn, [_event_row(w, now) for w in works])
-            states = await event_states(
-                conn, [w.message.event_id for w in works if w.message.event_id not in inserted]
-            )
-            new_final = [w for w in works if w.message.event_id in inserted and w.status in _FINAL]
-            await insert_attempts(conn, [_attempt_row(w, now, batch.started) for w in new_final])
-            await upsert_dead_letters(
-                conn, [self._dead_letter(w, now) for w in new_final if w.status == STATUS_DEAD]
-            )
+        for work in works:
+            work.span = self._start_span(work)
+        with tracing.client_span(
+            f"INSERT {TABLE_EVENTS}", self._db_attributes("INSERT"), links=[w.span for w in works]
+        ):
+            inserted, states = await self._insert(works, now, batch.started)
         batch.stored = len(inserted)
         for work in works:
             event_id = work.message.event_id
@@ -138,20 +145,56 @@ class Processor:
                 if work.status == STATUS_PENDING:
                     batch.to_forward.append(work)
                 else:
-                    _count(work, batch.started)
+                    _settled(work, batch.started)
                     batch.done.append(work.delivery)
             elif state is None or state.status in _FINAL:
                 # Already settled, or a repeated delivery id under another event id.
+                tracing.end(work.span)
                 batch.done.append(work.delivery)
             else:
                 # Interrupted earlier, waiting for a retry, or sent back from the dead letter
                 # queue: plan it again (the tool may have changed) and carry on.
                 work.existing = True
                 work.attempt = int(state.attempt_count) + 1
-                (batch.to_forward if work.status == STATUS_PENDING else batch.to_update).append(
-                    work
-                )
+                pending = work.status == STATUS_PENDING
+                (batch.to_forward if pending else batch.to_update).append(work)
         return batch
+
+    async def _insert(
+        self, works: list[Work], now: datetime, started: float
+    ) -> tuple[set[str], dict[str, Any]]:
+        """Insert the new events with what is already known of them; read the others' state."""
+        async with self._db.begin() as conn:
+            inserted = await insert_events(conn, [_event_row(w, now) for w in works])
+            others = [w.message.event_id for w in works if w.message.event_id not in inserted]
+            states = await event_states(conn, others)
+            new_final = [w for w in works if w.message.event_id in inserted and w.status in _FINAL]
+            await insert_attempts(conn, [_attempt_row(w, now, started) for w in new_final])
+            await upsert_dead_letters(
+                conn, [self._dead_letter(w, now) for w in new_final if w.status == STATUS_DEAD]
+            )
+        return inserted, states
+
+    def _start_span(self, work: Work) -> Span | None:
+        message = work.message
+        return tracing.start_consumer(
+            message.traceparent,
+            self._messaging_system,
+            self._destination,
+            {
+                "messaging.message.id": message.event_id,
+                "webhook.tool_id": message.tool_id,
+                "webhook.event_type": message.event_type,
+                "webhook.delivery_id": message.delivery_id,
+            },
+        )
+
+    def _db_attributes(self, operation: str) -> dict[str, str | int]:
+        return {
+            "db.system.name": self._db.dialect,
+            "db.operation.name": operation,
+            "db.collection.name": TABLE_EVENTS,
+        }
 
     def _prepare(self, delivery: Delivery) -> Work:
         message = delivery.message
@@ -195,7 +238,17 @@ class Processor:
             if not work.plan.forwards or config is None:
                 return  # the tool stopped forwarding since: storing was enough
             async with slots:
-                work.outcome = await self._forwarder.send(config, _forward_request(work))
+                attributes: dict[str, str | int] = {
+                    "http.request.method": config.method,
+                    "url.full": config.url,
+                }
+                with tracing.client_span(config.method, attributes, parent=work.span) as span:
+                    request = _forward_request(work)
+                    if span is not None:
+                        request = replace(request, traceparent=tracing.traceparent(span))
+                    work.outcome = await self._forwarder.send(config, request)
+                    if span is not None and work.outcome.http_status is not None:
+                        span.set_attribute("http.response.status_code", work.outcome.http_status)
             outcome = work.outcome
             status_class = (
                 "error" if outcome.http_status is None else f"{outcome.http_status // 100}xx"
@@ -231,19 +284,28 @@ class Processor:
                 retried = replace(work.message, attempt=failures, retry_from=series_start)
                 batch.retry.append((replace(work.delivery, message=retried), delay))
         settled = [*batch.to_forward, *batch.to_update]
+        with tracing.client_span(
+            f"UPDATE {TABLE_EVENTS}", self._db_attributes("UPDATE"), links=[w.span for w in settled]
+        ):
+            await self._record_outcomes(settled, now, batch.started)
+        retrying = {d.message.event_id for d, _ in batch.retry}
+        for work in settled:
+            if work.message.event_id in retrying:
+                tracing.end(work.span, f"retrying: {work.failure.message if work.failure else ''}")
+                log.info("event will be retried", extra=event_fields(work))
+            else:
+                _settled(work, batch.started)
+                batch.done.append(work.delivery)
+
+    async def _record_outcomes(self, settled: list[Work], now: datetime, started: float) -> None:
         async with self._db.begin() as conn:
             await update_outcomes(conn, [_outcome_row(w, now) for w in settled])
-            await insert_attempts(conn, [_attempt_row(w, now, batch.started) for w in settled])
+            await insert_attempts(conn, [_attempt_row(w, now, started) for w in settled])
             await upsert_dead_letters(
                 conn, [self._dead_letter(w, now) for w in settled if w.status == STATUS_DEAD]
             )
             recovered = [w.message.event_id for w in settled if w.existing and w.status in _DONE]
             await resolve_dead_letters(conn, recovered, now)
-        retrying = {d.message.event_id for d, _ in batch.retry}
-        for work in settled:
-            if work.message.event_id not in retrying:
-                _count(work, batch.started)
-                batch.done.append(work.delivery)
 
     async def dead_letter(
         self, deliveries: Sequence[Delivery], error_class: str, error: str
@@ -261,11 +323,12 @@ class Processor:
             await insert_attempts(conn, [_attempt_row(w, now, batch.started) for w in fresh])
             await upsert_dead_letters(conn, [self._dead_letter(w, now) for w in fresh])
         for work in fresh:
-            _count(work, batch.started)
+            _settled(work, batch.started)
 
     def _dead_letter(self, work: Work, now: datetime) -> dict[str, Any]:
         failure = work.failure or Failure("unknown", "no error recorded")
         metrics.DLQ_ENTRIES.labels(work.message.event_type or "", failure.error_class).inc()
+        log.warning("event dead-lettered: %s", failure.message, extra=event_fields(work))
         due = None
         if failure.retryable:
             due = datetime.fromtimestamp(now.timestamp() + self._dlq_auto_retry_interval, UTC)
@@ -285,6 +348,24 @@ class Processor:
         }
 
 
+def event_fields(work: Work) -> dict[str, Any]:
+    """What a log line about an event carries: ids to find it and its trace."""
+    message = work.message
+    fields: dict[str, Any] = {
+        "event_id": message.event_id,
+        "tool_id": message.tool_id,
+        "event_type": message.event_type,
+        "attempt": work.attempt,
+    }
+    if work.span is not None:
+        fields["trace_id"] = tracing.trace_id(work.span)
+    elif message.traceparent:
+        fields["trace_id"] = message.traceparent.split("-")[1]
+    if work.failure is not None:
+        fields["error_class"] = work.failure.error_class
+    return fields
+
+
 def _truthy(value: Any) -> bool:
     """JMESPath truth: false, null and empty strings, lists and objects are false; numbers,
     0 included, are true (unlike Python)."""
@@ -297,10 +378,18 @@ def _dead(work: Work, error_class: str, message: str) -> Work:
     return work
 
 
-def _count(work: Work, started: float) -> None:
+def _settled(work: Work, started: float) -> None:
+    """Count the event's outcome, end its span, and (at debug level) log it."""
     labels = (work.message.event_type or "", work.message.tool_id, work.status)
+    if log.isEnabledFor(logging.DEBUG):
+        log.debug("event %s", work.status, extra=event_fields(work))
     metrics.EVENTS_PROCESSED.labels(*labels).inc()
     metrics.PROCESSING_DURATION.labels(*labels).observe(time.perf_counter() - started)
+    if work.span is not None:
+        work.span.set_attribute("webhook.status", work.status)
+        tracing.end(
+            work.span, work.failure.message if work.status == STATUS_DEAD and work.failure else None
+        )
 
 
 def _forward_request(work: Work) -> ForwardRequest:

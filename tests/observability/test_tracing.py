@@ -1,0 +1,113 @@
+"""One trace per event, from the ingest request to the forward target (in-memory exporter)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import orjson
+import pytest
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind
+
+from tests.support import eventually, running_service, target_server
+from webhook_worker.config import Settings
+from webhook_worker.observability import tracing
+
+CALLER_TRACE = "0af7651916cd43dd8448eb211c80319c"
+
+
+@pytest.fixture
+def spans() -> Iterator[InMemorySpanExporter]:
+    exporter = InMemorySpanExporter()
+    tracing.install(tracing.in_memory_provider(exporter))
+    yield exporter
+    tracing.install(None)
+
+
+async def test_ingest_enqueue_process_and_forward_are_one_trace(
+    spans: InMemorySpanExporter, backend_settings: Settings
+) -> None:
+    async with target_server() as target, running_service(backend_settings) as service:
+        await service.runtime.tool_service.create(
+            {
+                "id": "traced",
+                "auth": {"type": "none"},
+                "mode": "store_and_forward",
+                "forward": {"url": target.url},
+            }
+        )
+        response = await service.post(
+            orjson.dumps({"a": 1}),
+            tool_id="traced",
+            sign=False,
+            headers={"traceparent": f"00-{CALLER_TRACE}-b7ad6b7169203331-01"},
+        )
+        event_id = response.json()["event_id"]
+        await service.settled(event_id)
+
+        def finished(kind: SpanKind) -> list[object]:
+            return [s for s in spans.get_finished_spans() if s.kind == kind]
+
+        async def consumer_done() -> bool:
+            return bool(finished(SpanKind.CONSUMER))
+
+        await eventually(consumer_done, what="the consumer span to end")
+
+    by_kind = {kind: finished(kind) for kind in SpanKind}
+    [server] = by_kind[SpanKind.SERVER]
+    [producer] = by_kind[SpanKind.PRODUCER]
+    [consumer] = by_kind[SpanKind.CONSUMER]
+    forwards = [s for s in by_kind[SpanKind.CLIENT] if s.attributes.get("http.request.method")]
+    [forward] = forwards
+    writes = [s for s in by_kind[SpanKind.CLIENT] if s.attributes.get("db.operation.name")]
+
+    # The caller's trace is continued end to end.
+    for span in (server, producer, consumer, forward):
+        assert format(span.context.trace_id, "032x") == CALLER_TRACE
+    assert producer.parent.span_id == server.context.span_id
+    assert consumer.parent.span_id == producer.context.span_id
+    assert forward.parent.span_id == consumer.context.span_id
+
+    assert server.attributes["http.response.status_code"] == 202
+    assert producer.attributes["messaging.message.id"] == event_id
+    assert producer.attributes["messaging.operation.type"] == "send"
+    assert consumer.attributes["messaging.operation.type"] == "process"
+    assert consumer.attributes["webhook.tool_id"] == "traced"
+    assert consumer.attributes["webhook.status"] == "processed"
+    assert forward.attributes["http.response.status_code"] == 200
+
+    # The batch's database write is linked to the event it stored.
+    assert any(
+        link.context.span_id == consumer.context.span_id for write in writes for link in write.links
+    )
+
+    # The target got the trace context of the forward span.
+    [request] = target.requests
+    assert request.headers["traceparent"].split("-")[1] == CALLER_TRACE
+    assert request.headers["traceparent"].split("-")[2] == format(forward.context.span_id, "016x")
+
+
+async def test_without_configuration_no_spans_and_no_traceparent(tmp_path: object) -> None:
+    assert not tracing.enabled()
+    assert not tracing.configure({}, "webhook-worker")
+    assert not tracing.configure({"OTEL_TRACES_EXPORTER": "none"}, "webhook-worker")
+    settings = Settings(data_dir=tmp_path)  # type: ignore[arg-type]
+    async with target_server() as target, running_service(settings) as service:
+        await service.runtime.tool_service.create(
+            {
+                "id": "plain",
+                "auth": {"type": "none"},
+                "mode": "store_and_forward",
+                "forward": {"url": target.url},
+            }
+        )
+        response = await service.post(b"{}", tool_id="plain", sign=False)
+        await service.settled(response.json()["event_id"])
+    assert "traceparent" not in target.requests[0].headers
+
+
+def test_an_unknown_exporter_is_a_config_error() -> None:
+    from webhook_worker.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"^OTEL_TRACES_EXPORTER"):
+        tracing.configure({"OTEL_TRACES_EXPORTER": "zipkin"}, "webhook-worker")
