@@ -140,6 +140,19 @@ class RetryPolicy:
 
 
 @dataclass(frozen=True, slots=True)
+class HealthThresholds:
+    """When a component of ``/health`` is degraded or unhealthy (docs/operations.md)."""
+
+    check_timeout: float = 2.0
+    database_slow: float = 0.25
+    redis_slow: float = 0.1
+    queue_degraded_depth: int = 1000
+    queue_unhealthy_depth: int = 100_000
+    memory_degraded_percent: float = 80.0
+    memory_unhealthy_percent: float = 95.0
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     """Everything the processes read from the environment. See docs/configuration.md."""
 
@@ -185,6 +198,8 @@ class Settings:
     dlq_auto_retry_interval: float = 300.0
     dlq_auto_retry_max: int = 3
 
+    health: HealthThresholds = HealthThresholds()
+
     log_level: str = "info"
     log_format: str = "json"
 
@@ -228,6 +243,7 @@ class Settings:
         env = _Env(os.environ if environ is None else environ)
         defaults = cls()
         retry_defaults = RetryPolicy()
+        health = HealthThresholds()
         settings = cls(
             database_url=env.text("DATABASE_URL"),
             database_host=env.text("DATABASE_HOST"),
@@ -301,6 +317,23 @@ class Settings:
             ),
             dlq_auto_retry_max=env.integer(
                 "DLQ_AUTO_RETRY_MAX", defaults.dlq_auto_retry_max, low=0
+            ),
+            health=HealthThresholds(
+                check_timeout=env.duration("HEALTH_CHECK_TIMEOUT", health.check_timeout, 0.01),
+                database_slow=env.duration("HEALTH_DATABASE_SLOW", health.database_slow),
+                redis_slow=env.duration("HEALTH_REDIS_SLOW", health.redis_slow),
+                queue_degraded_depth=env.integer(
+                    "HEALTH_QUEUE_DEGRADED_DEPTH", health.queue_degraded_depth, low=1
+                ),
+                queue_unhealthy_depth=env.integer(
+                    "HEALTH_QUEUE_UNHEALTHY_DEPTH", health.queue_unhealthy_depth, low=1
+                ),
+                memory_degraded_percent=env.number(
+                    "HEALTH_MEMORY_DEGRADED_PERCENT", health.memory_degraded_percent, low=1
+                ),
+                memory_unhealthy_percent=env.number(
+                    "HEALTH_MEMORY_UNHEALTHY_PERCENT", health.memory_unhealthy_percent, low=1
+                ),
             ),
             log_level=env.choice(
                 "LOG_LEVEL", defaults.log_level, ("debug", "info", "warning", "warn", "error")

@@ -15,7 +15,8 @@ from starlette.routing import Route
 from webhook_worker.api.ingest import IngestHandler
 from webhook_worker.api.management import ManagementAPI
 from webhook_worker.api.responses import JSONResponse
-from webhook_worker.observability.health import Health
+from webhook_worker.observability import runtime as process_metrics
+from webhook_worker.observability.health import Gauges, Health
 from webhook_worker.runtime import Runtime
 from webhook_worker.storage.deadletters import DeadLetterStore
 
@@ -42,7 +43,7 @@ def create_app(runtime: Runtime) -> Starlette:
         Route("/webhooks/{tool_id}", ingest.handle, methods=["POST"]),
         Route("/api/webhooks/tools/{tool_id}", ingest.handle, methods=["POST"]),
         *management.routes(),
-        *health_routes(Health(runtime.db, runtime.queue, settings.uses_redis)),
+        *health_routes(runtime),
     ]
 
     @asynccontextmanager
@@ -56,8 +57,12 @@ def create_app(runtime: Runtime) -> Starlette:
     return Starlette(routes=routes, lifespan=lifespan)
 
 
-def health_routes(health: Health) -> list[Route]:
+def health_routes(runtime: Runtime) -> list[Route]:
     """``/health``, ``/health/live``, ``/health/ready`` and ``/metrics`` (API and worker)."""
+    settings = runtime.settings
+    health = Health(runtime.db, runtime.queue, settings.uses_redis, settings.health)
+    gauges = Gauges(runtime.db, runtime.queue, settings.health.check_timeout)
+    process_metrics.install_gc_hooks()
 
     async def full(request: Request) -> Response:
         status, body = await health.report()
@@ -74,6 +79,7 @@ def health_routes(health: Health) -> list[Route]:
         )
 
     async def metrics(request: Request) -> Response:
+        await gauges.refresh()
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     return [
@@ -84,6 +90,6 @@ def health_routes(health: Health) -> list[Route]:
     ]
 
 
-def health_app(health: Health) -> Starlette:
+def health_app(runtime: Runtime) -> Starlette:
     """What a worker serves on HEALTH_ENDPOINT."""
-    return Starlette(routes=health_routes(health))
+    return Starlette(routes=health_routes(runtime))

@@ -22,7 +22,6 @@ from webhook_worker.api.app import create_app, health_app
 from webhook_worker.cli.common import console, load_settings, run_async
 from webhook_worker.config import Settings
 from webhook_worker.observability import tracing
-from webhook_worker.observability.health import Health
 from webhook_worker.runtime import apply_migrations, open_runtime
 
 log = logging.getLogger(__name__)
@@ -105,8 +104,7 @@ async def _serve_roles(
         if with_api:
             server = _server(create_app(runtime), settings.api_addr, settings)
         else:
-            health = Health(runtime.db, runtime.queue, settings.uses_redis)
-            server = _server(health_app(health), settings.health_endpoint, settings)
+            server = _server(health_app(runtime), settings.health_endpoint, settings)
 
         def stop() -> None:
             server.should_exit = True

@@ -21,6 +21,8 @@ from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from webhook_worker.observability.metrics import MEMORY_LIMIT
+
 GOROUTINES = Gauge("webhook_goroutines_total", "asyncio tasks alive in the event loop.")
 MEMORY = Gauge("webhook_memory_allocated_bytes", "Resident memory of the process (RSS), in bytes.")
 GC_RUNS = Counter("webhook_gc_runs_total", "Garbage collections, all generations.")
@@ -59,6 +61,22 @@ def resident_bytes() -> int:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+def memory_limit_bytes() -> int:
+    """The cgroup memory limit of this process (containers), 0 when there is none."""
+    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            with open(path) as limit_file:
+                text = limit_file.read().strip()
+        except OSError:
+            continue
+        if text == "max" or not text.isdigit():
+            return 0
+        limit = int(text)
+        # cgroup v1 reports "no limit" as a number near 2**63.
+        return 0 if limit >= 2**60 else limit
+    return 0
+
+
 def task_count() -> int:
     try:
         return len(asyncio.all_tasks())
@@ -70,3 +88,4 @@ def refresh() -> None:
     """Update the gauges (called on each scrape, in the event loop)."""
     GOROUTINES.set(task_count())
     MEMORY.set(resident_bytes())
+    MEMORY_LIMIT.set(memory_limit_bytes())

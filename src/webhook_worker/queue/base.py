@@ -102,6 +102,11 @@ class Queue(Protocol):
         """Messages waiting for a retry."""
         ...
 
+    async def oldest_age(self) -> float:
+        """Seconds the oldest message available to workers (waiting or in flight) has been so;
+        0 when there is none. A growing value means the workers are not keeping up."""
+        ...
+
     async def depth(self) -> int:
         """Messages in the queue: waiting plus received but not yet acknowledged."""
         ...

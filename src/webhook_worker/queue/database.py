@@ -229,6 +229,17 @@ class DatabaseQueue:
         """Nothing to move: ``receive`` takes rows once their ``available_at`` has passed."""
         return 0
 
+    async def oldest_age(self) -> float:
+        """From the earliest ``available_at`` among rows available now (waiting or leased)."""
+        now = time.time()
+        query = select(func.min(queue_messages.c.available_at)).where(
+            queue_messages.c.available_at <= now
+        )
+        with _unavailable("read the oldest message"):
+            async with self._db.connect() as conn:
+                oldest = await conn.scalar(query)
+        return 0.0 if oldest is None else max(0.0, now - float(oldest))
+
     async def scheduled_count(self) -> int:
         """Rows waiting for a retry (not leased, available only later)."""
         now = time.time()

@@ -279,6 +279,15 @@ class RedisStreamsQueue:
             )
         return int(moved)
 
+    async def oldest_age(self) -> float:
+        """From the id of the first stream entry (its milliseconds part is when it was added)."""
+        with self._unavailable("read the oldest entry"):
+            first = await self._client.xrange(self._stream, count=1)
+        if not first:
+            return 0.0
+        added_ms = int(str(_text(first[0][0] or b"0")).split("-", 1)[0])
+        return max(0.0, time.time() - added_ms / 1000)
+
     async def scheduled_count(self) -> int:
         """Messages waiting for a retry."""
         with self._unavailable("count scheduled retries"):

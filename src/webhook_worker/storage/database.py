@@ -94,10 +94,12 @@ class Database:
         return (time.perf_counter() - started) * 1000
 
     def pool_status(self) -> dict[str, int]:
+        """``open_connections`` checked out now; ``capacity`` the most the pool hands out."""
         pool: Any = self.engine.pool
         checked_out = pool.checkedout() if hasattr(pool, "checkedout") else 0
         size = pool.size() if hasattr(pool, "size") else 0
-        return {"open_connections": int(checked_out), "pool_size": int(size)}
+        overflow = max(getattr(pool, "_max_overflow", 0), 0)
+        return {"open_connections": int(checked_out), "capacity": int(size) + int(overflow)}
 
     async def close(self) -> None:
         await self.engine.dispose()
