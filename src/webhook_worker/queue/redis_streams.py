@@ -31,18 +31,8 @@ from redis.typing import EncodableT, FieldT
 
 from webhook_worker.config import Settings
 from webhook_worker.constants import (
-    FIELD_ATTEMPT,
-    FIELD_BODY,
-    FIELD_DELIVERY_ID,
-    FIELD_EVENT_ID,
-    FIELD_EVENT_TYPE,
-    FIELD_HEADERS,
     FIELD_MALFORMED_ERROR,
     FIELD_MALFORMED_SOURCE_ID,
-    FIELD_RECEIVED_AT,
-    FIELD_RETRY_FROM,
-    FIELD_TOOL_ID,
-    FIELD_TRACEPARENT,
     REDIS_DEDUPE_SUFFIX,
     REDIS_GROUP,
     REDIS_MALFORMED_SUFFIX,
@@ -51,6 +41,7 @@ from webhook_worker.constants import (
 )
 from webhook_worker.errors import QueueUnavailableError
 from webhook_worker.queue.base import Delivery, EnqueueResult, Message
+from webhook_worker.queue.redis_codec import decode, encode, pairs
 from webhook_worker.queue.redis_connection import connect
 from webhook_worker.queue.redis_scripts import ENQUEUE, PROMOTE_DUE
 
@@ -150,7 +141,7 @@ class RedisStreamsQueue:
         args: list[bytes | str | int] = [self._ttl]
         for message in messages:
             keys.append(self.dedupe_key(message.tool_id, message.delivery_id))
-            fields = _encode(message)
+            fields = encode(message)
             args += [message.event_id, len(fields), *fields]
         with self._unavailable("enqueue"):
             reply = await self._enqueue_script(keys=keys, args=args)
@@ -167,7 +158,7 @@ class RedisStreamsQueue:
         with self._unavailable("requeue"):
             async with self._client.pipeline(transaction=True) as pipe:
                 for message in messages:
-                    pipe.xadd(self._stream, dict(_pairs(_encode(message))))
+                    pipe.xadd(self._stream, dict(pairs(encode(message))))
                 await pipe.execute()
 
     async def receive(self, count: int, block: float) -> list[Delivery]:
@@ -261,10 +252,10 @@ class RedisStreamsQueue:
             async with self._client.pipeline(transaction=True) as pipe:
                 for delivery, delay in deliveries:
                     event_id = delivery.message.event_id
-                    fields = _encode(delivery.message)
+                    fields = encode(delivery.message)
                     holder = self._retry_prefix + event_id
                     pipe.delete(holder)
-                    pipe.hset(holder, mapping=dict(_pairs(fields)))
+                    pipe.hset(holder, mapping=dict(pairs(fields)))
                     pipe.zadd(self._retry, {event_id: now + delay})
                 ids = [delivery.receipt for delivery, _ in deliveries]
                 pipe.xack(self._stream, REDIS_GROUP, *ids)
@@ -352,7 +343,7 @@ class RedisStreamsQueue:
                 gone.append(entry_id)
                 continue
             try:
-                message = _decode(fields)
+                message = decode(fields)
             except (KeyError, ValueError) as exc:
                 await self._set_aside(entry_id, fields, exc)
                 continue
@@ -396,56 +387,6 @@ class RedisStreamsQueue:
                 f"Redis at {self._where} could not {action} ({type(exc).__name__}: {exc}); "
                 "check that Redis is running and REDIS_ADDR and its credentials are right"
             ) from exc
-
-
-def _encode(message: Message) -> list[bytes]:
-    fields = [
-        FIELD_EVENT_ID,
-        message.event_id.encode(),
-        FIELD_TOOL_ID,
-        message.tool_id.encode(),
-        FIELD_DELIVERY_ID,
-        message.delivery_id.encode(),
-        FIELD_RECEIVED_AT,
-        repr(float(message.received_at)).encode(),
-        FIELD_HEADERS,
-        message.headers,
-        FIELD_BODY,
-        message.body,
-    ]
-    # Absent optional fields are omitted, so None and "" stay distinct on the way back.
-    if message.event_type is not None:
-        fields += [FIELD_EVENT_TYPE, message.event_type.encode()]
-    if message.traceparent is not None:
-        fields += [FIELD_TRACEPARENT, message.traceparent.encode()]
-    if message.attempt:
-        fields += [FIELD_ATTEMPT, str(message.attempt).encode()]
-    if message.retry_from is not None:
-        fields += [FIELD_RETRY_FROM, repr(float(message.retry_from)).encode()]
-    return fields
-
-
-def _pairs(fields: list[bytes]) -> Iterator[tuple[bytes, bytes]]:
-    return zip(fields[::2], fields[1::2], strict=True)
-
-
-def _decode(fields: Mapping[bytes, bytes]) -> Message:
-    """Raises KeyError for a missing field, ValueError (UnicodeDecodeError) for a bad one."""
-    event_type = fields.get(FIELD_EVENT_TYPE)
-    traceparent = fields.get(FIELD_TRACEPARENT)
-    retry_from = fields.get(FIELD_RETRY_FROM)
-    return Message(
-        event_id=fields[FIELD_EVENT_ID].decode(),
-        tool_id=fields[FIELD_TOOL_ID].decode(),
-        event_type=None if event_type is None else event_type.decode(),
-        delivery_id=fields[FIELD_DELIVERY_ID].decode(),
-        received_at=float(fields[FIELD_RECEIVED_AT]),
-        headers=fields[FIELD_HEADERS],
-        body=fields[FIELD_BODY],
-        traceparent=None if traceparent is None else traceparent.decode(),
-        attempt=int(fields.get(FIELD_ATTEMPT, b"0")),
-        retry_from=None if retry_from is None else float(retry_from),
-    )
 
 
 def _is_nogroup(exc: ResponseError) -> bool:

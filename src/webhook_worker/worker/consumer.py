@@ -20,7 +20,8 @@ from webhook_worker.observability import metrics
 from webhook_worker.queue.base import Delivery, Queue
 from webhook_worker.replay import Replayer
 from webhook_worker.storage.database import is_unavailable
-from webhook_worker.worker.processor import Batch, Processor
+from webhook_worker.worker.processor import Processor
+from webhook_worker.worker.work import Batch
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -35,7 +35,7 @@ from webhook_worker.constants import (
 )
 from webhook_worker.ids import new_id
 from webhook_worker.observability import metrics, tracing
-from webhook_worker.queue.base import Delivery, Message
+from webhook_worker.queue.base import Delivery
 from webhook_worker.storage.database import Database
 from webhook_worker.storage.deadletters import (
     DLQ_PENDING,
@@ -49,61 +49,24 @@ from webhook_worker.storage.events import (
     update_outcomes,
 )
 from webhook_worker.tools.cache import ToolCache
-from webhook_worker.worker.forwarder import Forwarder, ForwardOutcome, ForwardRequest
-from webhook_worker.worker.plan import Plan, Plans
+from webhook_worker.worker.forwarder import Forwarder
+from webhook_worker.worker.plan import Plans
 from webhook_worker.worker.retry import Backoff, Failure
+from webhook_worker.worker.work import (
+    DONE,
+    FINAL,
+    Batch,
+    Work,
+    attempt_row,
+    event_fields,
+    event_row,
+    forward_request,
+    outcome_row,
+)
 
 log = logging.getLogger(__name__)
 
-_FINAL = frozenset({STATUS_PROCESSED, STATUS_IGNORED, STATUS_DEAD})
-_DONE = frozenset({STATUS_PROCESSED, STATUS_IGNORED})
 _FORWARDS_AT_ONCE = 64
-
-
-@dataclass(slots=True)
-class Work:
-    """One event's way through the phases."""
-
-    delivery: Delivery
-    plan: Plan
-    status: str
-    payload: Any = None
-    """The stored JSON when it differs from the body (a transform ran), else None."""
-    failure: Failure | None = None
-    attempt: int = 1
-    """The number of this processing attempt (``events.attempt_count`` after it)."""
-    existing: bool = False
-    outcome: ForwardOutcome | None = None
-    span: Span | None = None
-    """The event's CONSUMER span when tracing is on; ended when the event is settled."""
-
-    @property
-    def message(self) -> Message:
-        return self.delivery.message
-
-
-@dataclass(slots=True)
-class Batch:
-    """A batch's progress. ``done`` and ``retry`` together hold every message once the batch
-    went through :meth:`Processor.record`."""
-
-    started: float
-    done: list[Delivery] = field(default_factory=list)
-    """Settled: acknowledge them."""
-    to_forward: list[Work] = field(default_factory=list)
-    to_update: list[Work] = field(default_factory=list)
-    """Existing events whose new outcome :meth:`Processor.record` writes."""
-    retry: list[tuple[Delivery, float]] = field(default_factory=list)
-    """To deliver again after the delay (acknowledged by scheduling the retry)."""
-    stored: int = 0
-
-    def absorb(self, other: Batch) -> None:
-        """Take over another (partial) batch's work: used when a batch is split up."""
-        self.done += other.done
-        self.to_forward += other.to_forward
-        self.to_update += other.to_update
-        self.retry += other.retry
-        self.stored += other.stored
 
 
 class Processor:
@@ -147,7 +110,7 @@ class Processor:
                 else:
                     _settled(work, batch.started)
                     batch.done.append(work.delivery)
-            elif state is None or state.status in _FINAL:
+            elif state is None or state.status in FINAL:
                 # Already settled, or a repeated delivery id under another event id.
                 tracing.end(work.span)
                 batch.done.append(work.delivery)
@@ -165,11 +128,11 @@ class Processor:
     ) -> tuple[set[str], dict[str, Any]]:
         """Insert the new events with what is already known of them; read the others' state."""
         async with self._db.begin() as conn:
-            inserted = await insert_events(conn, [_event_row(w, now) for w in works])
+            inserted = await insert_events(conn, [event_row(w, now) for w in works])
             others = [w.message.event_id for w in works if w.message.event_id not in inserted]
             states = await event_states(conn, others)
-            new_final = [w for w in works if w.message.event_id in inserted and w.status in _FINAL]
-            await insert_attempts(conn, [_attempt_row(w, now, started) for w in new_final])
+            new_final = [w for w in works if w.message.event_id in inserted and w.status in FINAL]
+            await insert_attempts(conn, [attempt_row(w, now, started) for w in new_final])
             await upsert_dead_letters(
                 conn, [self._dead_letter(w, now) for w in new_final if w.status == STATUS_DEAD]
             )
@@ -243,7 +206,7 @@ class Processor:
                     "url.full": config.url,
                 }
                 with tracing.client_span(config.method, attributes, parent=work.span) as span:
-                    request = _forward_request(work)
+                    request = forward_request(work)
                     if span is not None:
                         request = replace(request, traceparent=tracing.traceparent(span))
                     work.outcome = await self._forwarder.send(config, request)
@@ -299,12 +262,12 @@ class Processor:
 
     async def _record_outcomes(self, settled: list[Work], now: datetime, started: float) -> None:
         async with self._db.begin() as conn:
-            await update_outcomes(conn, [_outcome_row(w, now) for w in settled])
-            await insert_attempts(conn, [_attempt_row(w, now, started) for w in settled])
+            await update_outcomes(conn, [outcome_row(w, now) for w in settled])
+            await insert_attempts(conn, [attempt_row(w, now, started) for w in settled])
             await upsert_dead_letters(
                 conn, [self._dead_letter(w, now) for w in settled if w.status == STATUS_DEAD]
             )
-            recovered = [w.message.event_id for w in settled if w.existing and w.status in _DONE]
+            recovered = [w.message.event_id for w in settled if w.existing and w.status in DONE]
             await resolve_dead_letters(conn, recovered, now)
 
     async def dead_letter(
@@ -318,9 +281,9 @@ class Processor:
             for d in deliveries
         ]
         async with self._db.begin() as conn:
-            inserted = await insert_events(conn, [_event_row(w, now) for w in works])
+            inserted = await insert_events(conn, [event_row(w, now) for w in works])
             fresh = [w for w in works if w.message.event_id in inserted]
-            await insert_attempts(conn, [_attempt_row(w, now, batch.started) for w in fresh])
+            await insert_attempts(conn, [attempt_row(w, now, batch.started) for w in fresh])
             await upsert_dead_letters(conn, [self._dead_letter(w, now) for w in fresh])
         for work in fresh:
             _settled(work, batch.started)
@@ -348,24 +311,6 @@ class Processor:
         }
 
 
-def event_fields(work: Work) -> dict[str, Any]:
-    """What a log line about an event carries: ids to find it and its trace."""
-    message = work.message
-    fields: dict[str, Any] = {
-        "event_id": message.event_id,
-        "tool_id": message.tool_id,
-        "event_type": message.event_type,
-        "attempt": work.attempt,
-    }
-    if work.span is not None:
-        fields["trace_id"] = tracing.trace_id(work.span)
-    elif message.traceparent:
-        fields["trace_id"] = message.traceparent.split("-")[1]
-    if work.failure is not None:
-        fields["error_class"] = work.failure.error_class
-    return fields
-
-
 def _truthy(value: Any) -> bool:
     """JMESPath truth: false, null and empty strings, lists and objects are false; numbers,
     0 included, are true (unlike Python)."""
@@ -390,73 +335,3 @@ def _settled(work: Work, started: float) -> None:
         tracing.end(
             work.span, work.failure.message if work.status == STATUS_DEAD and work.failure else None
         )
-
-
-def _forward_request(work: Work) -> ForwardRequest:
-    message = work.message
-    if work.payload is not None or work.plan.transform is not None:
-        body, content_type = orjson.dumps(work.payload), "application/json"
-    else:
-        headers = orjson.loads(message.headers)
-        body, content_type = message.body, headers.get("content-type", "application/octet-stream")
-    return ForwardRequest(
-        event_id=message.event_id,
-        tool_id=message.tool_id,
-        event_type=message.event_type,
-        body=body,
-        content_type=content_type,
-        traceparent=message.traceparent,
-    )
-
-
-def _event_row(work: Work, now: datetime) -> dict[str, Any]:
-    message = work.message
-    final = work.status in _FINAL
-    return {
-        "id": message.event_id,
-        "tool_id": message.tool_id,
-        "event_type": message.event_type,
-        "delivery_id": message.delivery_id,
-        "status": work.status,
-        "received_at": datetime.fromtimestamp(message.received_at, UTC),
-        "processed_at": now if final else None,
-        "headers": orjson.loads(message.headers),
-        "body": message.body,
-        "payload": work.payload,
-        "attempt_count": 1 if final else 0,
-    }
-
-
-def _outcome_row(work: Work, now: datetime) -> dict[str, Any]:
-    return {
-        "event_id": work.message.event_id,
-        "status": work.status,
-        "processed_at": now if work.status in _FINAL else None,
-        "attempt_count": work.attempt,
-        "payload": work.payload,
-    }
-
-
-_OUTCOMES = {
-    STATUS_PROCESSED: "stored",
-    STATUS_IGNORED: "ignored",
-    STATUS_DEAD: "dead",
-    STATUS_RETRYING: "failed",
-}
-
-
-def _attempt_row(work: Work, now: datetime, started: float) -> dict[str, Any]:
-    outcome, failure = work.outcome, work.failure
-    label = _OUTCOMES[work.status]
-    if outcome is not None and outcome.failure is None:
-        label = "forwarded"
-    return {
-        "event_id": work.message.event_id,
-        "attempt": work.attempt,
-        "started_at": now,
-        "duration_ms": outcome.duration_ms if outcome else (time.perf_counter() - started) * 1000,
-        "outcome": label,
-        "error_class": failure.error_class if failure else None,
-        "error": failure.message if failure else None,
-        "http_status": outcome.http_status if outcome else None,
-    }

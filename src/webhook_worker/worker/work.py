@@ -1,0 +1,160 @@
+"""One event's and one batch's way through the processor's phases, and the rows they become."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from opentelemetry.trace import Span
+
+from webhook_worker.constants import (
+    STATUS_DEAD,
+    STATUS_IGNORED,
+    STATUS_PROCESSED,
+    STATUS_RETRYING,
+)
+from webhook_worker.observability import tracing
+from webhook_worker.queue.base import Delivery, Message
+from webhook_worker.worker.forwarder import ForwardOutcome, ForwardRequest
+from webhook_worker.worker.plan import Plan
+from webhook_worker.worker.retry import Failure
+
+FINAL = frozenset({STATUS_PROCESSED, STATUS_IGNORED, STATUS_DEAD})
+DONE = frozenset({STATUS_PROCESSED, STATUS_IGNORED})
+
+
+@dataclass(slots=True)
+class Work:
+    """One event's way through the phases."""
+
+    delivery: Delivery
+    plan: Plan
+    status: str
+    payload: Any = None
+    """The stored JSON when it differs from the body (a transform ran), else None."""
+    failure: Failure | None = None
+    attempt: int = 1
+    """The number of this processing attempt (``events.attempt_count`` after it)."""
+    existing: bool = False
+    outcome: ForwardOutcome | None = None
+    span: Span | None = None
+    """The event's CONSUMER span when tracing is on; ended when the event is settled."""
+
+    @property
+    def message(self) -> Message:
+        return self.delivery.message
+
+
+@dataclass(slots=True)
+class Batch:
+    """A batch's progress. ``done`` and ``retry`` together hold every message once the batch
+    went through :meth:`Processor.record`."""
+
+    started: float
+    done: list[Delivery] = field(default_factory=list)
+    """Settled: acknowledge them."""
+    to_forward: list[Work] = field(default_factory=list)
+    to_update: list[Work] = field(default_factory=list)
+    """Existing events whose new outcome :meth:`Processor.record` writes."""
+    retry: list[tuple[Delivery, float]] = field(default_factory=list)
+    """To deliver again after the delay (acknowledged by scheduling the retry)."""
+    stored: int = 0
+
+    def absorb(self, other: Batch) -> None:
+        """Take over another (partial) batch's work: used when a batch is split up."""
+        self.done += other.done
+        self.to_forward += other.to_forward
+        self.to_update += other.to_update
+        self.retry += other.retry
+        self.stored += other.stored
+
+
+def event_fields(work: Work) -> dict[str, Any]:
+    """What a log line about an event carries: ids to find it and its trace."""
+    message = work.message
+    fields: dict[str, Any] = {
+        "event_id": message.event_id,
+        "tool_id": message.tool_id,
+        "event_type": message.event_type,
+        "attempt": work.attempt,
+    }
+    if work.span is not None:
+        fields["trace_id"] = tracing.trace_id(work.span)
+    elif message.traceparent:
+        fields["trace_id"] = message.traceparent.split("-")[1]
+    if work.failure is not None:
+        fields["error_class"] = work.failure.error_class
+    return fields
+
+
+def forward_request(work: Work) -> ForwardRequest:
+    message = work.message
+    if work.payload is not None or work.plan.transform is not None:
+        body, content_type = orjson.dumps(work.payload), "application/json"
+    else:
+        headers = orjson.loads(message.headers)
+        body, content_type = message.body, headers.get("content-type", "application/octet-stream")
+    return ForwardRequest(
+        event_id=message.event_id,
+        tool_id=message.tool_id,
+        event_type=message.event_type,
+        body=body,
+        content_type=content_type,
+        traceparent=message.traceparent,
+    )
+
+
+def event_row(work: Work, now: datetime) -> dict[str, Any]:
+    message = work.message
+    final = work.status in FINAL
+    return {
+        "id": message.event_id,
+        "tool_id": message.tool_id,
+        "event_type": message.event_type,
+        "delivery_id": message.delivery_id,
+        "status": work.status,
+        "received_at": datetime.fromtimestamp(message.received_at, UTC),
+        "processed_at": now if final else None,
+        "headers": orjson.loads(message.headers),
+        "body": message.body,
+        "payload": work.payload,
+        "attempt_count": 1 if final else 0,
+    }
+
+
+def outcome_row(work: Work, now: datetime) -> dict[str, Any]:
+    return {
+        "event_id": work.message.event_id,
+        "status": work.status,
+        "processed_at": now if work.status in FINAL else None,
+        "attempt_count": work.attempt,
+        "payload": work.payload,
+    }
+
+
+_OUTCOMES = {
+    STATUS_PROCESSED: "stored",
+    STATUS_IGNORED: "ignored",
+    STATUS_DEAD: "dead",
+    STATUS_RETRYING: "failed",
+}
+
+
+def attempt_row(work: Work, now: datetime, started: float) -> dict[str, Any]:
+    outcome, failure = work.outcome, work.failure
+    label = _OUTCOMES[work.status]
+    if outcome is not None and outcome.failure is None:
+        label = "forwarded"
+    return {
+        "event_id": work.message.event_id,
+        "attempt": work.attempt,
+        "started_at": now,
+        "duration_ms": outcome.duration_ms if outcome else (time.perf_counter() - started) * 1000,
+        "outcome": label,
+        "error_class": failure.error_class if failure else None,
+        "error": failure.message if failure else None,
+        "http_status": outcome.http_status if outcome else None,
+    }
