@@ -99,13 +99,13 @@ REQUIRED_ALERTS = {
 # helpers
 
 
-def _require(tool: str, package: str) -> str:
+def _require(tool: str, package: str, alternative: str = "") -> str:
     path = shutil.which(tool)
     if path is None:
         pytest.fail(
             f"{tool} is not on PATH, and the deployment checks need it. Install it with "
             f"`apt-get install --no-install-recommends {package}` (Debian/Ubuntu; `bash .ci/run` "
-            f"does this), or put the binary from the upstream release on PATH.",
+            f"does this){alternative}.",
             pytrace=False,
         )
     return path
@@ -126,17 +126,20 @@ def _ok(command: list[str], env: dict[str, str] | None = None) -> str:
 
 
 def _promtool(*args: str) -> str:
-    return _ok([_require("promtool", "prometheus"), *args])
+    promtool = _require(
+        "promtool", "prometheus", ", or put a Prometheus release's promtool on PATH"
+    )
+    return _ok([promtool, *args])
 
 
 def _compose_command() -> list[str]:
-    if shutil.which("docker-compose"):
-        return ["docker-compose"]
-    docker = shutil.which("docker")
-    if docker and _run([docker, "compose", "version"]).returncode == 0:
-        return [docker, "compose"]
-    _require("docker-compose", "docker-compose")
-    raise AssertionError("unreachable")
+    """docker-compose (v1, what CI installs), else the `docker compose` plugin."""
+    if shutil.which("docker-compose") is None:
+        docker = shutil.which("docker")
+        if docker and _run([docker, "compose", "version"]).returncode == 0:
+            return [docker, "compose"]
+    hint = ", or install Docker's compose plugin (`docker compose`)"
+    return [_require("docker-compose", "docker-compose", hint)]
 
 
 def _compose_env(**overrides: str) -> dict[str, str]:
@@ -685,6 +688,8 @@ def test_image_healthcheck_asks_health_live(status: int, healthy: bool) -> None:
             "PATH": os.environ.get("PATH", ""),
             "API_ADDR": f"0.0.0.0:{_free_port()}",
             "HEALTH_ENDPOINT": f"127.0.0.1:{server.server_port}",
+            "HTTP_PROXY": f"http://127.0.0.1:{_free_port()}",  # must not be used
+            "http_proxy": f"http://127.0.0.1:{_free_port()}",
         }
         result = _run([sys.executable, str(DEPLOY / "healthcheck.py")], env)
     finally:

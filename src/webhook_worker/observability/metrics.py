@@ -52,7 +52,8 @@ DLQ_ENTRIES = Counter(
 )
 DLQ_RETRIES = Counter(
     "webhook_dlq_retries_total",
-    "Dead letters sent back for processing, by how (manual, bulk, automatic).",
+    "Dead letter retries: status=requeued when one is sent back (by hand, in bulk or "
+    "automatically), status=resolved when a retried event then got through.",
     ["status"],
 )
 FORWARD_DURATION = Histogram(

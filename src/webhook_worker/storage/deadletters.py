@@ -48,15 +48,18 @@ async def upsert_dead_letters(conn: AsyncConnection, rows: Sequence[Mapping[str,
     await conn.execute(statement, list(rows))
 
 
-async def resolve_dead_letters(conn: AsyncConnection, event_ids: Sequence[str], now: Any) -> None:
-    """Mark the dead letters of events that have now been processed as ``resolved``."""
-    if event_ids:
-        await conn.execute(
-            update(dead_letters)
-            .where(dead_letters.c.event_id.in_(list(event_ids)))
-            .where(dead_letters.c.status == DLQ_RETRYING)
-            .values(status=DLQ_RESOLVED, updated_at=now, next_retry_at=None)
-        )
+async def resolve_dead_letters(conn: AsyncConnection, event_ids: Sequence[str], now: Any) -> int:
+    """Mark the dead letters of events that have now been processed as ``resolved``; returns
+    how many were."""
+    if not event_ids:
+        return 0
+    result = await conn.execute(
+        update(dead_letters)
+        .where(dead_letters.c.event_id.in_(list(event_ids)))
+        .where(dead_letters.c.status == DLQ_RETRYING)
+        .values(status=DLQ_RESOLVED, updated_at=now, next_retry_at=None)
+    )
+    return int(result.rowcount or 0)
 
 
 @dataclass(frozen=True, slots=True)

@@ -268,7 +268,8 @@ class Processor:
                 conn, [self._dead_letter(w, now) for w in settled if w.status == STATUS_DEAD]
             )
             recovered = [w.message.event_id for w in settled if w.existing and w.status in DONE]
-            await resolve_dead_letters(conn, recovered, now)
+            if resolved := await resolve_dead_letters(conn, recovered, now):
+                metrics.DLQ_RETRIES.labels("resolved").inc(resolved)
 
     async def dead_letter(
         self, deliveries: Sequence[Delivery], error_class: str, error: str
