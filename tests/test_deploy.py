@@ -287,19 +287,30 @@ def _alert_rules() -> list[dict[str, Any]]:
     return [rule for group in _load_yaml(ALERTS)["groups"] for rule in group["rules"]]
 
 
-def _runbook_anchors() -> set[str]:
+def _anchors(path: Path) -> set[str]:
     """GitHub's heading anchors: lower case, punctuation dropped, spaces to hyphens."""
     anchors = []
     in_code = False
-    for line in RUNBOOK.read_text().splitlines():
+    for line in path.read_text().splitlines():
         if line.startswith("```"):
             in_code = not in_code
         elif not in_code and (match := re.match(r"#{1,6}\s+(.*)", line)):
             title = re.sub(r"[`*_]", "", match.group(1)).strip().lower()
             anchors.append(re.sub(r"[^\w\- ]", "", title).replace(" ", "-"))
     duplicates = {anchor for anchor in anchors if anchors.count(anchor) > 1}
-    assert not duplicates, f"docs/operations.md repeats headings {duplicates}: anchors get -1"
+    assert not duplicates, f"{path.name} repeats headings {duplicates}: anchors get -1"
     return set(anchors)
+
+
+def _runbook_anchors() -> set[str]:
+    return _anchors(RUNBOOK)
+
+
+def test_runbook_links_lead_somewhere() -> None:
+    """Links from docs/operations.md to its own sections and the other docs' sections."""
+    for match in re.finditer(r"\]\(([\w.-]*)#([\w-]+)\)", RUNBOOK.read_text()):
+        target = RUNBOOK.parent / (match[1] or RUNBOOK.name)
+        assert match[2] in _anchors(target), f"{match[0]}: no such heading in {target.name}"
 
 
 def test_promtool_accepts_the_config_and_the_rules() -> None:

@@ -27,3 +27,18 @@ async def test_tables_exist(db: Database) -> None:
             await conn.execute(text("SELECT value FROM metadata WHERE key = 'tools_revision'"))
         ).scalar()
     assert value == 0
+
+
+async def test_a_schema_newer_than_this_release_is_accepted(db: Database) -> None:
+    # A newer release migrated the database during a rolling upgrade: keep serving.
+    async with db.begin() as conn:
+        await conn.execute(text("UPDATE alembic_version SET version_num = 'from-the-future'"))
+    try:
+        await migrate.require_current(db)
+        assert await migrate.upgrade(db) == ("from-the-future", "from-the-future")
+    finally:
+        async with db.begin() as conn:
+            await conn.execute(
+                text("UPDATE alembic_version SET version_num = :head"),
+                {"head": migrate.head_revision()},
+            )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from alembic import command
@@ -13,6 +14,8 @@ from sqlalchemy.engine import Connection
 
 from webhook_worker.errors import SchemaOutOfDateError
 from webhook_worker.storage.database import Database
+
+log = logging.getLogger(__name__)
 
 _SCRIPTS = Path(__file__).with_name("migrations")
 # Serialises concurrent `migrate` runs (several pods starting at once) on PostgreSQL.
@@ -43,15 +46,38 @@ async def current_revision(db: Database) -> str | None:
 
 
 async def require_current(db: Database) -> None:
-    """Raise SchemaOutOfDateError unless the database is at the newest revision."""
+    """Raise SchemaOutOfDateError when the database is behind this release.
+
+    A schema *ahead* of this release (a newer release migrated it during a rolling upgrade) is
+    accepted with a warning: migrations add before they remove, so the previous release keeps
+    working until its processes are replaced.
+    """
     current = await current_revision(db)
     head = head_revision()
-    if current != head:
-        found = "an empty database" if current is None else f"revision {current}"
-        raise SchemaOutOfDateError(
-            f"the database schema is behind ({found}, this release needs {head}): "
-            "run `webhook-worker migrate` first"
+    if current == head:
+        return
+    known = {
+        script.revision for script in ScriptDirectory.from_config(alembic_config()).walk_revisions()
+    }
+    if current is not None and current not in known:
+        log.warning(
+            "the database schema (revision %s) is newer than this release (%s); "
+            "upgrade this process",
+            current,
+            head,
         )
+        return
+    found = "an empty database" if current is None else f"revision {current}"
+    raise SchemaOutOfDateError(
+        f"the database schema is behind ({found}, this release needs {head}): "
+        "run `webhook-worker migrate` first"
+    )
+
+
+def _is_newer(revision: str | None) -> bool:
+    """A revision this release does not know: written by a newer release."""
+    scripts = ScriptDirectory.from_config(alembic_config())
+    return revision is not None and revision not in {s.revision for s in scripts.walk_revisions()}
 
 
 def _current(conn: Connection) -> str | None:
@@ -62,6 +88,12 @@ def _upgrade(conn: Connection) -> tuple[str | None, str]:
     if conn.dialect.name == "postgresql":
         conn.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": _ADVISORY_LOCK_ID})
     before = _current(conn)
+    if _is_newer(before):
+        assert before is not None
+        log.warning(
+            "the database schema (revision %s) is newer than this release; nothing to do", before
+        )
+        return before, before
     config = alembic_config()
     config.attributes["connection"] = conn
     command.upgrade(config, "head")
