@@ -138,6 +138,8 @@ def backend_settings(request: pytest.FixtureRequest, tmp_path: Path, redis_prefi
         "tools_refresh_interval": 0.1,
         "worker_reclaim_idle": 1.0,
         "worker_consumer_name": "test",
+        # Forward targets in the tests are local servers, which the SSRF guard would refuse.
+        "allow_private_forward": True,
     }
     if request.param == "sqlite":
         return Settings(data_dir=tmp_path, **fast)  # type: ignore[arg-type]

@@ -180,6 +180,7 @@ class Settings:
     secrets_key: str | None = field(default=None, repr=False)
     trusted_proxies: tuple[IPv4Network | IPv6Network, ...] = ()
     max_payload_bytes: int = 5 * 1024 * 1024
+    allow_private_forward: bool = False
 
     worker_consumer_name: str = field(
         default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}"
@@ -277,6 +278,9 @@ class Settings:
             admin_token=env.text("ADMIN_TOKEN"),
             secrets_key=env.checked("SECRETS_KEY", None, _secrets_key),
             trusted_proxies=env.checked("TRUSTED_PROXIES", (), _parse_networks),
+            allow_private_forward=env.boolean(
+                "ALLOW_PRIVATE_FORWARD", defaults.allow_private_forward
+            ),
             max_payload_bytes=env.checked(
                 "MAX_PAYLOAD_BYTES", defaults.max_payload_bytes, _positive_size
             ),

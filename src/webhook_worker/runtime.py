@@ -25,6 +25,7 @@ from webhook_worker.tools.service import ToolService
 from webhook_worker.worker.consumer import Worker
 from webhook_worker.worker.forwarder import Forwarder
 from webhook_worker.worker.processor import Processor
+from webhook_worker.worker.target_guard import TargetGuard
 
 
 class StartupError(WebhookWorkerError):
@@ -127,7 +128,7 @@ async def open_runtime(
     secrets = SecretsAtRest.from_settings(settings)  # a bad SECRETS_KEY stops us before I/O
     async with database(settings, migrate_first=migrate_first) as db:
         queue = await _open_queue(settings, db)
-        forwarder = Forwarder()
+        forwarder = Forwarder(guard=TargetGuard(settings.allow_private_forward))
         try:
             store = ToolStore(db, secrets)
             await store.reencrypt()  # after a key is set or rotated, nothing waits for an edit

@@ -131,6 +131,7 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
         API_ADDR=f"127.0.0.1:{port}",
         TOOLS_REFRESH_INTERVAL="100ms",
         RETRY_TIME_SCALE="0.001",
+        ALLOW_PRIVATE_FORWARD="true",
         DLQ_AUTO_RETRY_MAX="0",  # nothing retries behind the tests' backs
     )
     cli = Cli(env)

@@ -91,7 +91,7 @@ async def test_without_configuration_no_spans_and_no_traceparent(tmp_path: objec
     assert not tracing.enabled()
     assert not tracing.configure({}, "webhook-worker")
     assert not tracing.configure({"OTEL_TRACES_EXPORTER": "none"}, "webhook-worker")
-    settings = Settings(data_dir=tmp_path)  # type: ignore[arg-type]
+    settings = Settings(data_dir=tmp_path, allow_private_forward=True)  # type: ignore[arg-type]
     async with target_server() as target, running_service(settings) as service:
         await service.runtime.tool_service.create(
             {

@@ -424,3 +424,15 @@ async def test_replaying_a_dead_event_resolves_its_dead_letter(
     await service.settled(event_id, "processed")
     [letter], _ = await DeadLetterStore(service.runtime.db).list(DeadLetterFilter())
     assert letter["status"] == "resolved"
+
+
+async def test_a_private_target_is_refused_without_allow_private_forward(
+    backend_settings: Settings, target: Target
+) -> None:
+    settings = replace(backend_settings, allow_private_forward=False)
+    async with running_service(settings) as service:
+        await add_forwarding_tool(service, target)
+        event = await service.settled(await send(service, {"n": 13}), "dead")
+    assert event["attempts"][0]["error_class"] == "forbidden_target"
+    assert "ALLOW_PRIVATE_FORWARD" in event["attempts"][0]["error"]
+    assert target.requests == []

@@ -168,9 +168,12 @@ def _commit(rng: random.Random, sha: str, files: int, message_lines: int) -> dic
     paths = [
         f"src/{_REPO.replace('-', '_')}/module_{rng.randrange(1000):03d}.py" for _ in range(files)
     ]
-    message = "Handle retries in the consumer loop\n\n" + "\n".join(
-        f"- step {n}: keep the batch until the commit is acknowledged ({_sha(rng)[:12]})"
-        for n in range(message_lines)
+    message = "\n".join(
+        ["Handle retries in the consumer loop", ""][: 2 if message_lines else 1]
+        + [
+            f"- step {n}: keep the batch until the commit is acknowledged ({_sha(rng)[:12]})"
+            for n in range(message_lines)
+        ]
     )
     author = {"name": "Mona Octocat", "email": "mona@example.com", "username": "mona"}
     return {
@@ -200,22 +203,7 @@ def _push(seed: int, commits: int, files: int, message_lines: int) -> dict[str, 
         "after": UNIQUE_MARKER,
         "repository": _repository(),
         "pusher": {"name": "mona", "email": "mona@example.com"},
-        "organization": {
-            "login": _OWNER,
-            "id": 6811672,
-            "node_id": "MDEyOk9yZ2FuaXphdGlvbjY4MTE2NzI=",
-            "url": f"{_API}/orgs/{_OWNER}",
-            "repos_url": f"{_API}/orgs/{_OWNER}/repos",
-            "events_url": f"{_API}/orgs/{_OWNER}/events",
-            "hooks_url": f"{_API}/orgs/{_OWNER}/hooks",
-            "issues_url": f"{_API}/orgs/{_OWNER}/issues",
-            "members_url": f"{_API}/orgs/{_OWNER}/members{{/member}}",
-            "public_members_url": f"{_API}/orgs/{_OWNER}/public_members{{/member}}",
-            "avatar_url": "https://avatars.githubusercontent.com/u/6811672?v=4",
-            "description": "Octo organisation",
-        },
         "sender": _user("mona", 583231),
-        "installation": {"id": 42917338, "node_id": "MDIzOkludGVncmF0aW9uSW5zdGFsbGF0aW9uNDI5"},
         "created": False,
         "deleted": False,
         "forced": False,
@@ -230,7 +218,12 @@ def _small() -> dict[str, Any]:
     return {
         "action": "created",
         "starred_at": "2024-01-15T10:30:00Z",
-        "repository": {"id": 186853002, "node_id": UNIQUE_MARKER, "full_name": "octo-org/app"},
+        "repository": {
+            "id": 186853002,
+            "node_id": UNIQUE_MARKER,
+            "full_name": "octo-org/app",
+            "private": False,
+        },
         "sender": {"login": "mona", "id": 583231, "type": "User", "site_admin": False},
         "installation": {"id": 42917338},
     }
@@ -245,8 +238,8 @@ def _build(name: str) -> Payload:
     if name == "small":
         return _template(name, "star", _small())
     if name == "github-push":
-        return _template(name, "push", _push(seed=7, commits=3, files=6, message_lines=2))
-    return _template(name, "push", _push(seed=64, commits=40, files=30, message_lines=8))
+        return _template(name, "push", _push(seed=7, commits=1, files=2, message_lines=0))
+    return _template(name, "push", _push(seed=64, commits=27, files=30, message_lines=8))
 
 
 NAMES: Final = ("github-push", "small", "large")

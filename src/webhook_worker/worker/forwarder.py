@@ -15,6 +15,7 @@ import httpx
 from webhook_worker.auth import standard_webhooks
 from webhook_worker.tools.model import ForwardConfig
 from webhook_worker.worker.retry import Failure, http_failure
+from webhook_worker.worker.target_guard import TargetGuard
 
 USER_AGENT = "webhook-worker"
 _DETAIL_BYTES = 200
@@ -40,7 +41,10 @@ class ForwardOutcome:
 
 
 class Forwarder:
-    def __init__(self, client: httpx.AsyncClient | None = None) -> None:
+    def __init__(
+        self, client: httpx.AsyncClient | None = None, guard: TargetGuard | None = None
+    ) -> None:
+        self._guard = guard or TargetGuard()
         self._client = client or httpx.AsyncClient(
             limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
             follow_redirects=False,
@@ -51,6 +55,14 @@ class Forwarder:
         await self._client.aclose()
 
     async def send(self, config: ForwardConfig, request: ForwardRequest) -> ForwardOutcome:
+        started = time.perf_counter()
+        try:
+            refusal = await self._guard.refusal(config.url)
+        except OSError as exc:
+            failure = Failure("connection_error", f"cannot resolve the target: {exc}"[:500])
+            return _outcome(started, None, failure)
+        if refusal is not None:
+            return _outcome(started, None, Failure("forbidden_target", refusal))
         headers = {name: value for name, value in config.headers}
         headers.update(
             {
@@ -69,7 +81,6 @@ class Forwarder:
             headers["webhook-signature"] = standard_webhooks.sign(
                 config.signing_secret, request.event_id, now, request.body
             )
-        started = time.perf_counter()
         try:
             response = await self._client.request(
                 config.method,

@@ -17,6 +17,7 @@ error class                retryable  cause
 ``database_unavailable``   yes        the database could not be reached
 ``http_4xx``               no         any other 4xx: the request itself is wrong
 ``http_3xx``               no         a redirect: forwards do not follow them; fix the URL
+``forbidden_target``       no         the target is in a private network (SSRF guard)
 ``transform_error``        no         the tool's transform failed on this payload
 ``filter_error``           no         the tool's filter failed on this payload
 ``invalid_payload``        no         the payload is not what the tool needs (e.g. not JSON)
