@@ -3,6 +3,7 @@ that starts and stops the runtime's background parts."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -19,6 +20,8 @@ from webhook_worker.observability import runtime as process_metrics
 from webhook_worker.observability.health import Gauges, Health
 from webhook_worker.runtime import Runtime
 from webhook_worker.storage.deadletters import DeadLetterStore
+
+log = logging.getLogger(__name__)
 
 
 def create_app(runtime: Runtime) -> Starlette:
@@ -48,6 +51,11 @@ def create_app(runtime: Runtime) -> Starlette:
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        if settings.admin_token is None:
+            log.warning(
+                "ADMIN_TOKEN is not set: the management API (/api/v1) answers loopback clients "
+                "only; set ADMIN_TOKEN to manage tools and events from elsewhere"
+            )
         await runtime.start()
         try:
             yield
