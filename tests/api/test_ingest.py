@@ -220,3 +220,20 @@ async def test_a_tool_added_elsewhere_is_served_on_the_first_request(service: Se
         await other.tool_service.create({"id": "fresh", "auth": {"type": "none"}})
     response = await service.post(b'{"a": 1}', tool_id="fresh", sign=False)
     assert response.status_code == 202, response.text
+
+
+async def test_a_tool_rate_limit_answers_429_with_retry_after(service: Service) -> None:
+    await service.add_tool(
+        "limited",
+        provider="generic",
+        auth={"type": "none"},
+        rate_limit={"requests": 2, "per": "1h"},
+    )
+    await service.add_tool("free", provider="generic", auth={"type": "none"})
+    answers = [
+        await service.post(uuid.uuid4().bytes, tool_id="limited", sign=False) for _ in range(3)
+    ]
+    assert [r.status_code for r in answers] == [202, 202, 429]
+    assert answers[2].json()["error"] == "rate_limited"
+    assert 1 <= int(answers[2].headers["retry-after"]) <= 1800
+    assert (await service.post(b"{}", tool_id="free", sign=False)).status_code == 202

@@ -21,6 +21,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 from starlette.requests import Request
 from starlette.responses import Response
 
+from webhook_worker.api.rate_limit import RateLimiter, retry_after
 from webhook_worker.api.responses import JSONResponse, error
 from webhook_worker.auth import AuthError, handshake_reply
 from webhook_worker.errors import QueueUnavailableError
@@ -65,6 +66,7 @@ class IngestHandler:
         self._batcher = batcher
         self._max_bytes = max_payload_bytes
         self._trusted_proxies = trusted_proxies
+        self._limiter = RateLimiter()
         self._messaging_system = messaging_system
         self._destination = destination
 
@@ -103,6 +105,17 @@ class IngestHandler:
         tool = live.tool
         if not tool.enabled:
             return error(403, "tool_disabled", f"tool {tool_id!r} is disabled")
+        if tool.rate_limit is not None:
+            wait = self._limiter.wait(tool_id, tool.rate_limit)
+            if wait:
+                metrics.INGEST_REJECTED.labels(tool_id=tool_id, reason="rate_limit").inc()
+                return error(
+                    429,
+                    "rate_limited",
+                    f"tool {tool_id!r} accepts {tool.rate_limit.requests} webhooks per "
+                    f"{tool.rate_limit.per:g}s; retry later",
+                    headers={"Retry-After": retry_after(wait)},
+                )
         if tool.allowed_ips and not self._client_allowed(request, tool):
             return error(
                 403, "ip_not_allowed", "the client address is not in the tool's allowed_ips"

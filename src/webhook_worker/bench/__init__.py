@@ -13,3 +13,9 @@ One module per part of a run:
 - ``observe``: what is read while the load runs (stored count, queue depth, RSS).
 - ``runner``: one benchmark from start to report; ``report``: the table and the JSON.
 """
+
+from webhook_worker.errors import WebhookWorkerError
+
+
+class BenchError(WebhookWorkerError):
+    """The benchmark could not run or lost events. The message says what and where to look."""

@@ -64,6 +64,7 @@ _TOP_LEVEL: Final = frozenset(
         "transform",
         "forward",
         "retry",
+        "rate_limit",
     }
 )
 _SERVER_FIELDS: Final = frozenset({"created_at", "updated_at"})
@@ -114,6 +115,14 @@ class ForwardConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class RateLimit:
+    """At most ``requests`` webhooks per ``per`` seconds (bursts up to ``requests``)."""
+
+    requests: int
+    per: float
+
+
+@dataclass(frozen=True, slots=True)
 class Tool:
     """One integration. ``config`` keeps the definition as given (secrets included)."""
 
@@ -129,6 +138,7 @@ class Tool:
     forward: ForwardConfig | None = None
     retry: RetryPolicy | None = None
     description: str = ""
+    rate_limit: RateLimit | None = None
 
     @property
     def secret_headers(self) -> frozenset[str]:
@@ -197,6 +207,7 @@ def parse_tool(data: Mapping[str, Any], tool_id: str | None = None) -> Tool:
         forward=forward,
         retry=_retry(data.get("retry")),
         description=description,
+        rate_limit=_rate_limit(data.get("rate_limit")),
     )
 
 
@@ -416,6 +427,20 @@ def _forward(raw: Any) -> ForwardConfig | None:
                 "print('whsec_' + base64.b64encode(os.urandom(32)).decode())\")",
             ) from None
     return ForwardConfig(str(url), method, tuple(headers.items()), timeout, secret)
+
+
+def _rate_limit(raw: Any) -> RateLimit | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, Mapping) or set(raw) - {"requests", "per"}:
+        raise ToolConfigError("rate_limit", 'expected {"requests": 100, "per": "1s"}')
+    requests = raw.get("requests")
+    if not isinstance(requests, int) or isinstance(requests, bool) or requests < 1:
+        raise ToolConfigError("rate_limit.requests", "expected a whole number >= 1")
+    per = _duration("rate_limit.per", raw.get("per", "1s"))
+    if per <= 0:
+        raise ToolConfigError("rate_limit.per", "must be positive")
+    return RateLimit(requests, per)
 
 
 def _retry(raw: Any) -> RetryPolicy | None:
