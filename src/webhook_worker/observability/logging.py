@@ -20,6 +20,19 @@ _LEVELS = {
 }
 
 
+_CHATTY_LIBRARIES = (
+    "aiosqlite",
+    "asyncpg",
+    "sqlalchemy",
+    "httpx",
+    "httpcore",
+    "hpack",
+    "redis",
+    "urllib3",
+    "opentelemetry",
+)
+
+
 def configure(level: str = "info", fmt: str = "json") -> None:
     shared: list[structlog.types.Processor] = [
         structlog.contextvars.merge_contextvars,
@@ -59,3 +72,7 @@ def configure(level: str = "info", fmt: str = "json") -> None:
         logging.DEBUG if level == "debug" else logging.WARNING
     )
     logging.getLogger("alembic").setLevel(logging.WARNING if level != "debug" else logging.DEBUG)
+    # Libraries whose debug lines carry SQL parameters or request details (tool configs with
+    # secrets, signature headers): LOG_LEVEL=debug is for this service's own detail only.
+    for name in _CHATTY_LIBRARIES:
+        logging.getLogger(name).setLevel(max(_LEVELS[level], logging.INFO))
