@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck unit format clean
+.PHONY: run test lint typecheck unit format clean bench
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -30,6 +30,10 @@ typecheck: $(STAMP)
 
 unit: $(STAMP)
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+## bench: the load benchmark (docs/performance.md); e.g. BENCH_ARGS="--start postgres-redis --duration 20"
+bench: $(STAMP)
+	$(BIN)/webhook-worker bench $(BENCH_ARGS)
 
 format: $(STAMP)
 	$(BIN)/ruff check --fix src tests

@@ -7,12 +7,14 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from webhook_worker.api import openapi
 from webhook_worker.api.ingest import IngestHandler
 from webhook_worker.api.management import ManagementAPI
 from webhook_worker.api.responses import JSONResponse
@@ -47,6 +49,7 @@ def create_app(runtime: Runtime) -> Starlette:
         Route("/api/webhooks/tools/{tool_id}", ingest.handle, methods=["POST"]),
         *management.routes(),
         *health_routes(runtime),
+        Route("/openapi.json", _openapi, methods=["GET"], include_in_schema=False),
     ]
 
     @asynccontextmanager
@@ -63,6 +66,13 @@ def create_app(runtime: Runtime) -> Starlette:
             await runtime.stop()
 
     return Starlette(routes=routes, lifespan=lifespan)
+
+
+_OPENAPI = orjson.dumps(openapi.document())
+
+
+async def _openapi(request: Request) -> Response:
+    return Response(_OPENAPI, media_type="application/json")
 
 
 def health_routes(runtime: Runtime) -> list[Route]:

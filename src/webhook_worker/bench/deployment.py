@@ -54,6 +54,8 @@ class Child:
     role: str
     process: subprocess.Popen[bytes]
     log: Path
+    url: str = ""
+    """Where it serves, for the helper servers."""
 
     @property
     def pid(self) -> int:
@@ -72,8 +74,6 @@ class Deployment:
     mode: str
     """``embedded``, ``postgres-redis``, ``postgres``, or ``url`` for one already running."""
     api_url: str
-    metrics_url: str
-    """Where queue depth is read (a worker's health endpoint when there is one)."""
     tool: Tool
     settings: Settings
     """How the benchmark reaches the deployment's database."""
@@ -101,13 +101,17 @@ class Deployment:
 
     def check_alive(self) -> None:
         """BenchError with the log's tail when a started process has exited."""
-        for child in self.children:
-            code = child.process.poll()
-            if code is not None:
-                raise BenchError(
-                    f"webhook-worker {child.role} exited with {code}; its log {child.log} "
-                    f"ends:\n{child.tail()}"
-                )
+        check_alive(self.children)
+
+
+def check_alive(children: list[Child]) -> None:
+    for child in children:
+        code = child.process.poll()
+        if code is not None:
+            raise BenchError(
+                f"{child.role} (pid {child.pid}) exited with {code}; its log {child.log} "
+                f"ends:\n{child.tail()}"
+            )
 
 
 def free_port() -> int:
@@ -185,6 +189,8 @@ async def started(
     env = child_environment(
         mode, os.environ if base_env is None else base_env, workdir, database_url, redis_addr
     )
+    if forward_url is not None:
+        env["ALLOW_PRIVATE_FORWARD"] = "true"  # the sink is on loopback, which is refused else
     settings = _settings(env)
     if mode != "embedded" and settings.is_embedded:
         raise BenchError(
@@ -199,7 +205,8 @@ async def started(
     api_url = f"http://127.0.0.1:{api_port}"
     logs = workdir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    deployment = Deployment(mode, api_url, f"{api_url}/metrics", tool, settings)
+    deployment = Deployment(mode, api_url, tool, settings)
+    ready = [f"{api_url}/health/live"]
     try:
         if mode == "embedded":
             run = _spawn("run", env | {"API_ADDR": f"127.0.0.1:{api_port}"}, logs)
@@ -216,8 +223,8 @@ async def started(
             worker = _spawn("worker", worker_env, logs)
             deployment.children.append(worker)
             deployment.pids = {"api": api.pid, "worker": worker.pid}
-            deployment.metrics_url = f"http://127.0.0.1:{health_port}/metrics"
-        await _ready(deployment, [f"{api_url}/health/live", deployment.metrics_url])
+            ready.append(f"http://127.0.0.1:{health_port}/health/live")
+        await wait_ready(ready, deployment.children)
         yield deployment
     finally:
         await asyncio.gather(*(stop(child) for child in deployment.children))
@@ -230,7 +237,6 @@ async def attached(
     tool_id: str,
     settings: Settings,
     *,
-    metrics_url: str | None = None,
     pids: Mapping[str, int] | None = None,
 ) -> Deployment:
     """A deployment already running at ``url`` (whose database ``settings`` reach), driving its
@@ -247,22 +253,38 @@ async def attached(
         )
     tool = parse_tool(row["config"])
     base = url.rstrip("/")
-    deployment = Deployment("url", base, metrics_url or f"{base}/metrics", tool, settings)
+    deployment = Deployment("url", base, tool, settings)
     deployment.pids = dict(pids or {})
-    await _ready(deployment, [f"{base}/health/live"])
+    await wait_ready([f"{base}/health/live"], [])
     return deployment
 
 
 def _spawn(role: str, env: Mapping[str, str], logs: Path) -> Child:
+    return spawn(role, ["-m", "webhook_worker", role], logs, env)
+
+
+def spawn(
+    role: str,
+    args: list[str],
+    logs: Path,
+    env: Mapping[str, str] | None = None,
+    stdin: bytes | None = None,
+) -> Child:
+    """Start ``python args...`` with its output in ``logs/<role>.log`` (and ``stdin`` written
+    to it, then closed)."""
     log = logs / f"{role}.log"
     with log.open("wb") as output:
         process = subprocess.Popen(
-            [sys.executable, "-m", "webhook_worker", role],
-            env=dict(env),
-            stdin=subprocess.DEVNULL,
+            [sys.executable, *args],
+            env=None if env is None else dict(env),
+            stdin=subprocess.DEVNULL if stdin is None else subprocess.PIPE,
             stdout=output,
             stderr=subprocess.STDOUT,
         )
+    if stdin is not None:
+        assert process.stdin is not None
+        process.stdin.write(stdin)
+        process.stdin.close()
     return Child(role, process, log)
 
 
@@ -279,13 +301,13 @@ async def stop(child: Child, within: float = _STOP_WITHIN) -> int | None:
     return process.returncode
 
 
-async def _ready(deployment: Deployment, urls: list[str]) -> None:
-    """Wait until every URL answers 200 (a started process that exits ends the wait)."""
+async def wait_ready(urls: list[str], children: list[Child]) -> None:
+    """Wait until every URL answers 200 (one of ``children`` exiting ends the wait)."""
     deadline = time.monotonic() + _START_WITHIN
     async with httpx.AsyncClient(timeout=5) as client:
         for url in urls:
             while True:
-                deployment.check_alive()
+                check_alive(children)
                 with contextlib.suppress(httpx.TransportError):
                     if (await client.get(url)).status_code == 200:
                         break

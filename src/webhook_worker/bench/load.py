@@ -230,7 +230,9 @@ async def _connection(
     rate: float | None,
 ) -> None:
     streams: _Streams | None = opened
-    interval = plan.connections / rate if rate else 0.0
+    # With a rate, this connection sends requests index, index + connections, ... of the
+    # schedule; request n is due n / rate seconds after the start.
+    sent = 0
     due = started + index / rate if rate else 0.0
     while True:
         if rate:
@@ -247,7 +249,9 @@ async def _connection(
         # With a set rate, latency counts from when the request was due, so a server that falls
         # behind shows it (no coordinated omission).
         begun = due if rate else time.perf_counter()
-        due += interval
+        sent += 1
+        if rate:
+            due = started + (index + sent * plan.connections) / rate
         try:
             if streams is None:
                 streams = await asyncio.open_connection(plan.host, plan.port)
@@ -255,10 +259,12 @@ async def _connection(
                 status = await _exchange(*streams, data)
         except _Answered as answered:
             tally.answered(answered.status, time.perf_counter() - begun)
-            streams = _closed(streams)
+            _closed(streams)
+            streams = None
         except _FAILURES as exc:
             tally.errors[type(exc).__name__] += 1
-            streams = _closed(streams)
+            _closed(streams)
+            streams = None
             if isinstance(exc, OSError):
                 await asyncio.sleep(0.05)  # the server is away: do not spin
         else:

@@ -16,7 +16,7 @@ import asyncio
 import json
 import sys
 import time
-from typing import Any
+from typing import Any, Literal
 
 import uvicorn
 from starlette.applications import Starlette
@@ -89,7 +89,7 @@ async def _answer(send: Send, status: int, body: bytes) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-def serve(app: Any, port: int, *, lifespan: str = "auto") -> None:
+def serve(app: Any, port: int, *, lifespan: Literal["auto", "on", "off"] = "auto") -> None:
     """Serve ``app`` on 127.0.0.1 with the uvicorn settings ``webhook-worker api`` uses."""
     config = uvicorn.Config(
         app,

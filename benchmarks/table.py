@@ -1,0 +1,67 @@
+"""Print a Markdown table of ``webhook-worker bench --json`` reports, one row per report.
+
+    .venv/bin/python benchmarks/table.py benchmarks/results/*.json
+
+docs/performance.md's tables of measured figures are made with it.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+COLUMNS = (
+    "run",
+    "ceiling req/s",
+    "ingest accepted/s",
+    "ratio",
+    "p50 / p95 / p99 ms",
+    "end-to-end events/s",
+    "forwarded events/s",
+    "queue depth max",
+    "peak RSS api / worker MiB",
+    "client CPU",
+    "load avg",
+)
+
+
+def row(report: dict[str, Any], name: str) -> list[str]:
+    ingest, ceiling = report["ingest"], report["ceiling"]
+    latency = ingest["latency_ms"]
+    forward = report["forward"]
+    rss = report["rss_peak_mb"]
+    options = report["options"]
+    paced = f" @{options['rate']:g}/s" if options.get("rate") else ""
+    return [
+        f"{report['deployment']['mode']}{paced} ({name})",
+        f"{ceiling['requests_per_s']:,.0f}" if ceiling else "-",
+        f"{ingest['accepted_per_s']:,.0f}",
+        f"{report['ratio_to_ceiling']:.2f}" if report["ratio_to_ceiling"] else "-",
+        f"{latency['p50']:.1f} / {latency['p95']:.1f} / {latency['p99']:.1f}",
+        _rate(report["end_to_end"]),
+        _rate(forward) if forward else "-",
+        f"{report['queue_depth']['max']:,.0f}",
+        f"{rss['api']:.0f} / {rss['worker']:.0f}",
+        f"{report['client']['ingest']['cpu_percent_of_one_core']:.0f}%",
+        f"{report['machine']['load_average_at_start'][0]:.1f}",
+    ]
+
+
+def _rate(part: dict[str, Any]) -> str:
+    rate = part["events_per_s"]
+    complete = part.get("all_stored", part.get("all_forwarded"))
+    return (f"{rate:,.0f}" if rate else "-") + ("" if complete else " (LOST)")
+
+
+def main(paths: list[str]) -> None:
+    print("| " + " | ".join(COLUMNS) + " |")
+    print("|" + "---|" * len(COLUMNS))
+    for path in paths:
+        report = json.loads(Path(path).read_text())
+        print("| " + " | ".join(row(report, Path(path).stem)) + " |")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

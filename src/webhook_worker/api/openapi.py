@@ -1,0 +1,387 @@
+"""``GET /openapi.json``: the OpenAPI 3.1 description of the HTTP API (SPEC "HTTP API")."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from webhook_worker import __version__
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _error(description: str) -> dict[str, Any]:
+    return _json(_ref("Error"), description)
+
+
+def _page(item: str) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "required": ["items", "next_cursor"],
+        "properties": {
+            "items": {"type": "array", "items": _ref(item)},
+            "next_cursor": {"type": ["string", "null"]},
+        },
+    }
+
+
+def _query(name: str, description: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "query",
+        "required": False,
+        "description": description,
+        "schema": schema or {"type": "string"},
+    }
+
+
+def _path(name: str) -> dict[str, Any]:
+    return {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+
+
+_PAGING = [
+    _query(
+        "limit", "page size (1-500, default 50)", {"type": "integer", "minimum": 1, "maximum": 500}
+    ),
+    _query("cursor", "next_cursor of the previous page"),
+    _query("since", "ISO 8601 time, inclusive", {"type": "string", "format": "date-time"}),
+    _query("until", "ISO 8601 time, exclusive", {"type": "string", "format": "date-time"}),
+    _query("tool_id", "only this tool"),
+    _query("event_type", "only this event type"),
+]
+_TOOL_FIELDS = (
+    "id, provider, enabled, auth, allowed_ips, event_type, delivery_id, mode, events, filter, "
+    "transform, forward, retry, rate_limit (see docs/providers.md and docs/processing.md)"
+)
+_COMMON = {"401": _error("missing or wrong ADMIN_TOKEN"), "403": _error("not a loopback client")}
+_TIME = {"type": ["string", "null"], "format": "date-time"}
+
+
+def document() -> dict[str, Any]:
+    tool_id, event_id, dlq_id = _path("tool_id"), _path("event_id"), _path("dlq_id")
+    ingest = {
+        "post": {
+            "summary": "Receive a webhook for a tool",
+            "parameters": [tool_id],
+            "security": [],
+            "requestBody": {"required": True, "content": {"*/*": {"schema": {}}}},
+            "responses": {
+                "202": _json(_ref("Accepted"), "durably enqueued"),
+                "200": _json(
+                    _ref("Accepted"),
+                    "a delivery id already seen (status duplicate), or a handshake answer",
+                ),
+                "401": _error("bad or missing signature or token, or a timestamp out of tolerance"),
+                "403": _error("tool disabled or client address not allowed"),
+                "404": _error("unknown tool"),
+                "413": _error("body larger than MAX_PAYLOAD_BYTES"),
+                "429": _error("the tool's rate limit"),
+                "503": _error("the queue is unavailable; nothing was enqueued"),
+            },
+        }
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "webhook-worker", "version": __version__},
+        "components": {
+            "securitySchemes": {"admin": {"type": "http", "scheme": "bearer"}},
+            "schemas": {
+                "Error": {
+                    "type": "object",
+                    "required": ["error", "detail"],
+                    "properties": {
+                        "error": {"type": "string"},
+                        "detail": {"type": "string"},
+                        "field": {"type": "string"},
+                    },
+                },
+                "Accepted": {
+                    "type": "object",
+                    "required": ["event_id", "status"],
+                    "properties": {
+                        "event_id": {"type": "string"},
+                        "status": {"enum": ["accepted", "duplicate"]},
+                    },
+                },
+                "Tool": {
+                    "type": "object",
+                    "required": ["id", "created_at", "updated_at"],
+                    "properties": {
+                        "id": {"type": "string"},
+                        "provider": {"type": "string"},
+                        "enabled": {"type": "boolean"},
+                        "created_at": _TIME,
+                        "updated_at": _TIME,
+                    },
+                    "additionalProperties": True,
+                },
+                "ToolDefinition": {
+                    "type": "object",
+                    "additionalProperties": True,
+                    "description": _TOOL_FIELDS,
+                },
+                "Attempt": {
+                    "type": "object",
+                    "properties": {
+                        "attempt": {"type": "integer"},
+                        "started_at": _TIME,
+                        "duration_ms": {"type": "number"},
+                        "outcome": {"type": "string"},
+                        "error_class": {"type": ["string", "null"]},
+                        "error": {"type": ["string", "null"]},
+                        "http_status": {"type": ["integer", "null"]},
+                    },
+                },
+                "Event": {
+                    "type": "object",
+                    "required": ["id", "tool_id", "status", "received_at", "attempts"],
+                    "properties": {
+                        "id": {"type": "string"},
+                        "tool_id": {"type": "string"},
+                        "event_type": {"type": ["string", "null"]},
+                        "delivery_id": {"type": "string"},
+                        "status": {"enum": ["pending", "processed", "ignored", "retrying", "dead"]},
+                        "received_at": _TIME,
+                        "processed_at": _TIME,
+                        "payload": {},
+                        "raw_payload": {},
+                        "headers": {"type": "object"},
+                        "attempts": {"type": "array", "items": _ref("Attempt")},
+                    },
+                },
+                "DeadLetter": {
+                    "type": "object",
+                    "required": ["id", "event_id", "status"],
+                    "properties": {
+                        "id": {"type": "string"},
+                        "event_id": {"type": "string"},
+                        "tool_id": {"type": "string"},
+                        "event_type": {"type": ["string", "null"]},
+                        "error": {"type": "string"},
+                        "error_class": {"type": "string"},
+                        "retryable": {"type": "boolean"},
+                        "retry_count": {"type": "integer"},
+                        "status": {"enum": ["pending", "retrying", "resolved", "discarded"]},
+                        "created_at": _TIME,
+                        "last_retry_at": _TIME,
+                        "next_retry_at": _TIME,
+                        "event": _ref("Event"),
+                    },
+                },
+                "DeadLetterFilter": {
+                    "type": "object",
+                    "properties": {
+                        "tool_id": {"type": "string"},
+                        "event_type": {"type": "string"},
+                        "error_class": {"type": "string"},
+                        "since": _TIME,
+                        "until": _TIME,
+                    },
+                },
+            },
+        },
+        "security": [{"admin": []}],
+        "paths": {
+            "/webhooks/{tool_id}": ingest,
+            "/api/webhooks/tools/{tool_id}": ingest,
+            "/api/v1/tools": {
+                "get": {
+                    "summary": "List tools",
+                    "responses": {"200": _json(_page("Tool"), "tools"), **_COMMON},
+                },
+                "post": {
+                    "summary": "Create a tool",
+                    "requestBody": _json(_ref("ToolDefinition"), "definition"),
+                    "responses": {
+                        "201": _json(_ref("Tool"), "created"),
+                        "400": _error("invalid; names the field"),
+                        **_COMMON,
+                    },
+                },
+            },
+            "/api/v1/tools/{tool_id}": {
+                "parameters": [tool_id],
+                "get": {
+                    "summary": "Show a tool (secrets redacted)",
+                    "responses": {
+                        "200": _json(_ref("Tool"), "tool"),
+                        "404": _error("unknown"),
+                        **_COMMON,
+                    },
+                },
+                "put": {
+                    "summary": "Replace a tool",
+                    "requestBody": _json(_ref("ToolDefinition"), "definition"),
+                    "responses": {
+                        "200": _json(_ref("Tool"), "replaced"),
+                        "400": _error("invalid"),
+                        "404": _error("unknown"),
+                        **_COMMON,
+                    },
+                },
+                "patch": {
+                    "summary": "Change a tool (JSON merge patch)",
+                    "requestBody": _json(_ref("ToolDefinition"), "patch"),
+                    "responses": {
+                        "200": _json(_ref("Tool"), "changed"),
+                        "400": _error("invalid"),
+                        "404": _error("unknown"),
+                        **_COMMON,
+                    },
+                },
+                "delete": {
+                    "summary": "Remove a tool",
+                    "responses": {
+                        "204": {"description": "removed"},
+                        "404": _error("unknown"),
+                        **_COMMON,
+                    },
+                },
+            },
+            "/api/v1/events": {
+                "get": {
+                    "summary": "List events, newest first",
+                    "parameters": [
+                        *_PAGING,
+                        _query("status", "pending, processed, ignored, retrying or dead"),
+                    ],
+                    "responses": {
+                        "200": _json(_page("Event"), "events"),
+                        "400": _error("bad filter"),
+                        **_COMMON,
+                    },
+                }
+            },
+            "/api/v1/events/{event_id}": {
+                "get": {
+                    "summary": "Show an event with every attempt",
+                    "parameters": [event_id],
+                    "responses": {
+                        "200": _json(_ref("Event"), "event"),
+                        "404": _error("unknown"),
+                        **_COMMON,
+                    },
+                }
+            },
+            "/api/v1/events/{event_id}/replay": {
+                "post": {
+                    "summary": "Process an event again",
+                    "parameters": [event_id],
+                    "responses": {
+                        "202": _json({"type": "object"}, "requeued"),
+                        "404": _error("unknown"),
+                        "503": _error("queue unavailable"),
+                        **_COMMON,
+                    },
+                }
+            },
+            "/api/v1/dlq": {
+                "get": {
+                    "summary": "List dead letters, newest first",
+                    "parameters": [
+                        *_PAGING,
+                        _query("error_class", "only this error class"),
+                        _query("status", "pending, retrying, resolved or discarded"),
+                    ],
+                    "responses": {
+                        "200": _json(_page("DeadLetter"), "dead letters"),
+                        "400": _error("bad filter"),
+                        **_COMMON,
+                    },
+                }
+            },
+            "/api/v1/dlq/retry": {
+                "post": {
+                    "summary": "Retry every pending dead letter matching a filter",
+                    "requestBody": {
+                        "required": False,
+                        "content": {"application/json": {"schema": _ref("DeadLetterFilter")}},
+                    },
+                    "responses": {
+                        "200": _json(
+                            {
+                                "type": "object",
+                                "required": ["requeued"],
+                                "properties": {"requeued": {"type": "integer"}},
+                            },
+                            "how many were requeued",
+                        ),
+                        "400": _error("bad filter"),
+                        "503": _error("queue unavailable"),
+                        **_COMMON,
+                    },
+                }
+            },
+            "/api/v1/dlq/{dlq_id}": {
+                "parameters": [dlq_id],
+                "get": {
+                    "summary": "Show a dead letter with its event",
+                    "responses": {
+                        "200": _json(_ref("DeadLetter"), "dead letter"),
+                        "404": _error("unknown"),
+                        **_COMMON,
+                    },
+                },
+                "delete": {
+                    "summary": "Discard a dead letter",
+                    "responses": {
+                        "200": _json(_ref("DeadLetter"), "discarded"),
+                        "404": _error("unknown"),
+                        **_COMMON,
+                    },
+                },
+            },
+            "/api/v1/dlq/{dlq_id}/retry": {
+                "post": {
+                    "summary": "Retry one dead letter",
+                    "parameters": [dlq_id],
+                    "responses": {
+                        "202": _json(_ref("DeadLetter"), "sent back"),
+                        "404": _error("unknown"),
+                        "409": _error("not pending or discarded"),
+                        "503": _error("queue unavailable"),
+                        **_COMMON,
+                    },
+                }
+            },
+            "/health": {
+                "get": {
+                    "summary": "Health in the SPEC shape",
+                    "security": [],
+                    "responses": {
+                        "200": {"description": "healthy or degraded"},
+                        "503": {"description": "unhealthy"},
+                    },
+                }
+            },
+            "/health/live": {
+                "get": {
+                    "summary": "The process answers",
+                    "security": [],
+                    "responses": {"200": {"description": "alive"}},
+                }
+            },
+            "/health/ready": {
+                "get": {
+                    "summary": "Database, queue and schema ready",
+                    "security": [],
+                    "responses": {
+                        "200": {"description": "ready"},
+                        "503": {"description": "not ready"},
+                    },
+                }
+            },
+            "/metrics": {
+                "get": {
+                    "summary": "Prometheus metrics",
+                    "security": [],
+                    "responses": {"200": {"description": "text exposition"}},
+                }
+            },
+        },
+    }

@@ -1,0 +1,145 @@
+"""What the benchmark reads from the deployment while and after the load runs: events stored
+for its tool, events forwarded to the sink, queue depth, and the memory of the processes
+(``/proc/<pid>/status``).
+
+Queue depth is read where the queue lives (the stream's length, or the queue table's rows:
+waiting plus in flight, as ``webhook_queue_depth`` counts), not from a process's ``/metrics``,
+whose gauges a busy process refreshes late.
+
+The embedded SQLite file is read through a plain synchronous engine (in a thread): its reads
+are plain read transactions, which in WAL mode never block the writer, whereas the service's
+own engine begins every transaction as a writer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+from sqlalchemy import Select, create_engine, func, select
+
+from webhook_worker.bench.deployment import Deployment
+from webhook_worker.constants import REDIS_STREAM_SUFFIX
+from webhook_worker.queue import redis_connection
+from webhook_worker.storage.database import Database
+from webhook_worker.storage.schema import events, queue_messages
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    t: float
+    """Seconds since the measured phase started."""
+    queue_depth: int
+    stored: int
+    api_rss_mb: float | None
+    worker_rss_mb: float | None
+
+
+class Observer:
+    def __init__(self, deployment: Deployment, sink_url: str | None = None) -> None:
+        self._tool_id = deployment.tool.id
+        self._sink_url = sink_url
+        self._pids = deployment.pids
+        settings = deployment.settings
+        self._redis = redis_connection.connect(settings) if settings.uses_redis else None
+        self._stream = f"{settings.redis_key_prefix}:{REDIS_STREAM_SUFFIX}"
+        url = settings.sqlalchemy_url()
+        self._sqlite = (
+            create_engine(url.replace("+aiosqlite", ""), connect_args={"timeout": 30})
+            if url.startswith("sqlite")
+            else None
+        )
+        self._db = None if self._sqlite else Database.from_url(url, pool_size=2)
+        self._http = httpx.AsyncClient(timeout=5)
+
+    async def close(self) -> None:
+        await self._http.aclose()
+        if self._redis is not None:
+            await self._redis.aclose()
+        if self._db is not None:
+            await self._db.close()
+        if self._sqlite is not None:
+            self._sqlite.dispose()
+
+    async def stored(self) -> int:
+        """Events of the tool in the events table (any status)."""
+        query = select(func.count()).select_from(events).where(events.c.tool_id == self._tool_id)
+        return int(await self._scalar(query) or 0)
+
+    async def last_stored_at(self) -> float | None:
+        """Unix time of the tool's latest ``processed_at``."""
+        query = select(func.max(events.c.processed_at)).where(events.c.tool_id == self._tool_id)
+        value = await self._scalar(query)
+        return _epoch(value) if isinstance(value, datetime) else None
+
+    async def queue_depth(self) -> int:
+        """Messages in the queue, waiting or in flight (every tool's)."""
+        if self._redis is not None:
+            return int(await self._redis.xlen(self._stream))
+        return int(await self._scalar(select(func.count()).select_from(queue_messages)) or 0)
+
+    async def _scalar(self, query: Select[Any]) -> Any:
+        if self._sqlite is not None:
+            return await asyncio.to_thread(self._sqlite_scalar, query)
+        assert self._db is not None
+        async with self._db.connect() as conn:
+            return await conn.scalar(query)
+
+    def _sqlite_scalar(self, query: Select[Any]) -> Any:
+        assert self._sqlite is not None
+        with self._sqlite.connect() as conn:
+            return conn.scalar(query)
+
+    async def forwarded(self) -> tuple[int, float | None]:
+        """Distinct events the sink received, and when it received the last one."""
+        if self._sink_url is None:
+            return 0, None
+        answer = (await self._http.get(f"{self._sink_url}/count")).json()
+        return int(answer["distinct"]), answer["last_at"]
+
+    def rss_mb(self, role: str, field: str = "VmRSS") -> float | None:
+        """Resident memory of the ``api`` or ``worker`` process (``VmHWM``: its peak)."""
+        pid = self._pids.get(role)
+        return None if pid is None else process_memory_mb(pid, field)
+
+    async def sample(self, since: float) -> Sample:
+        return Sample(
+            t=round(time.time() - since, 2),
+            queue_depth=await self.queue_depth(),
+            stored=await self.stored(),
+            api_rss_mb=self.rss_mb("api"),
+            worker_rss_mb=self.rss_mb("worker"),
+        )
+
+
+def process_memory_mb(pid: int, field: str = "VmRSS") -> float | None:
+    """``VmRSS`` (now) or ``VmHWM`` (peak) of a process, in MiB; None when it is gone."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    for line in status.splitlines():
+        if line.startswith(f"{field}:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    return None
+
+
+async def sample_until(
+    observer: Observer, since: float, done: asyncio.Event, into: list[Sample], every: float = 1.0
+) -> None:
+    """Append a sample every ``every`` seconds until ``done`` is set."""
+    while not done.is_set():
+        into.append(await observer.sample(since))
+        try:
+            await asyncio.wait_for(done.wait(), every)
+        except TimeoutError:
+            continue
+
+
+def _epoch(value: datetime) -> float:
+    return (value if value.tzinfo else value.replace(tzinfo=UTC)).timestamp()

@@ -1,0 +1,348 @@
+"""One benchmark, from start to report.
+
+1. Start the deployment (or attach to one), and the forward sink when asked.
+2. The ceiling: the bare handler (servers.py) driven by the same load generator for the same
+   duration, so the figures below can be read as a ratio of what this stack does on this
+   machine right now.
+3. The measured run: warm-up, wait until every warm-up event is stored, then the load; queue
+   depth, stored count and memory sampled every second.
+4. Drain: wait until every accepted event is stored (and forwarded), then read peak memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from webhook_worker.bench import BenchError, report
+from webhook_worker.bench.deployment import (
+    Child,
+    Deployment,
+    attached,
+    free_port,
+    spawn,
+    started,
+    stop,
+    wait_ready,
+)
+from webhook_worker.bench.load import LoadPlan, Phase, Signing
+from webhook_worker.bench.observe import Observer, Sample, process_memory_mb, sample_until
+from webhook_worker.bench.payloads import payload
+from webhook_worker.bench.profile import Profiler
+from webhook_worker.config import Settings
+from webhook_worker.tools.model import Tool
+
+
+@dataclass(frozen=True, slots=True)
+class Options:
+    start: str | None = "embedded"
+    """A mode from deployment.MODES, or None to drive ``url``."""
+    url: str | None = None
+    tool_id: str | None = None
+    settings: Settings | None = None
+    """With ``url``: how to reach the running deployment's database."""
+    database_url: str | None = None
+    redis_addr: str | None = None
+    payload: str = "github-push"
+    connections: int = 32
+    duration: float = 10.0
+    events: int | None = None
+    rate: float | None = None
+    warmup: float = 1.0
+    timeout: float = 30.0
+    forward: bool = False
+    ceiling: bool = True
+    drain_timeout: float = 300.0
+    keep: bool = False
+    pids: tuple[tuple[str, int], ...] = ()
+    profile: Path | None = None
+
+
+async def run(
+    options: Options, on_progress: Callable[[str], None] = lambda _: None
+) -> dict[str, Any]:
+    """Run the benchmark; the report (see docs/performance.md for every field)."""
+    # SIGTERM stops a run like Ctrl-C does: the processes it started are stopped, not orphaned.
+    main = asyncio.current_task()
+    assert main is not None
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main.cancel)
+    machine = report.machine_facts()
+    workdir = Path(tempfile.mkdtemp(prefix="webhook-worker-bench-"))
+    succeeded = False
+    try:
+        async with AsyncExitStack() as stack:
+            sink_url = None
+            if options.forward:
+                sink_url = await stack.enter_async_context(_sink(workdir))
+            deployment = await stack.enter_async_context(
+                _deployment(options, workdir, sink_url and f"{sink_url}/hook")
+            )
+            on_progress(f"deployment ready: {deployment.mode} at {deployment.api_url}")
+            observer = Observer(deployment, sink_url)
+            stack.push_async_callback(observer.close)
+            plan = _plan(deployment.tool, deployment.port, options)
+            ceiling = None
+            if options.ceiling:
+                on_progress("measuring the ceiling (bare handler, same stack)")
+                ceiling = await _ceiling(plan, deployment.tool, workdir)
+            on_progress("measuring the deployment")
+            measured = await _measure(plan, deployment, observer, options, workdir)
+        succeeded = bool(measured["end_to_end"]["all_stored"])
+        return report.assemble(options_view(options), machine, deployment, plan, ceiling, measured)
+    finally:
+        if succeeded and not options.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+        else:
+            on_progress(f"logs kept in {workdir}")
+
+
+def options_view(options: Options) -> dict[str, Any]:
+    view = asdict(options)
+    view.pop("settings")
+    view["profile"] = str(options.profile) if options.profile else None
+    view["pids"] = dict(options.pids)
+    view["payload_bytes"] = payload(options.payload).size
+    return view
+
+
+@asynccontextmanager
+async def _deployment(
+    options: Options, workdir: Path, forward_url: str | None
+) -> AsyncIterator[Deployment]:
+    if options.start is not None:
+        async with started(
+            options.start,
+            workdir,
+            database_url=options.database_url,
+            redis_addr=options.redis_addr,
+            forward_url=forward_url,
+            keep=options.keep,
+        ) as deployment:
+            yield deployment
+        return
+    assert options.url is not None and options.tool_id is not None
+    assert options.settings is not None
+    yield await attached(
+        options.url,
+        options.tool_id,
+        options.settings,
+        pids=dict(options.pids),
+    )
+
+
+@asynccontextmanager
+async def _server(role: str, workdir: Path, stdin: bytes | None = None) -> AsyncIterator[Child]:
+    port = free_port()
+    child = spawn(
+        role, ["-m", "webhook_worker.bench.servers", role, str(port)], workdir, stdin=stdin
+    )
+    child.url = f"http://127.0.0.1:{port}"
+    try:
+        await wait_ready([f"{child.url}/{'count' if role == 'sink' else 'health/live'}"], [child])
+        yield child
+    finally:
+        await stop(child)
+
+
+@asynccontextmanager
+async def _sink(workdir: Path) -> AsyncIterator[str]:
+    async with _server("sink", workdir) as child:
+        yield child.url
+
+
+def _plan(tool: Tool, port: int, options: Options) -> LoadPlan:
+    auth = tool.auth
+    if auth.type not in ("hmac", "none"):
+        raise BenchError(
+            f"bench signs tools whose auth type is hmac (github, jira, bitbucket, shopify, "
+            f"generic) or none; tool {tool.id!r} uses {auth.type!r}"
+        )
+    signing = Signing(
+        header=auth.header if auth.type == "hmac" else None,
+        secret=auth.secrets[0] if auth.secrets else "",
+        algorithm=auth.algorithm,
+        encoding=auth.encoding,
+        prefix=auth.prefix,
+        timestamp_header=auth.timestamp_header,
+    )
+    extra: tuple[tuple[str, str], ...] = ()
+    if tool.provider == "github":
+        extra = (
+            ("X-GitHub-Hook-ID", "292929"),
+            ("X-GitHub-Hook-Installation-Target-ID", "186853002"),
+            ("X-GitHub-Hook-Installation-Target-Type", "repository"),
+        )
+    return LoadPlan(
+        port=port,
+        path=f"/webhooks/{tool.id}",
+        payload=options.payload,
+        connections=options.connections,
+        duration=None if options.events is not None else options.duration,
+        events=options.events,
+        rate=options.rate,
+        warmup=options.warmup,
+        timeout=options.timeout,
+        signing=signing,
+        event_header=tool.event_type.header,
+        delivery_header=tool.delivery_id.header,
+        extra_headers=extra,
+    )
+
+
+async def _drive(
+    plan: LoadPlan,
+    workdir: Path,
+    on_warmed: Callable[[Phase], Awaitable[None]] | None = None,
+) -> tuple[Phase, Phase]:
+    """Run the load generator process: warm-up, ``on_warmed``, then the measured phase."""
+    log = (workdir / "load.log").open("ab")
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "webhook_worker.bench.load",
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=log,
+    )
+    assert process.stdin is not None and process.stdout is not None
+    try:
+        process.stdin.write(plan.to_json().encode() + b"\n")
+        warmup = Phase(**_line(await process.stdout.readline(), "warmup", workdir))
+        if on_warmed is not None:
+            await on_warmed(warmup)
+        process.stdin.write(b"go\n")
+        await process.stdin.drain()
+        limit = None if plan.duration is None else plan.duration + plan.timeout + 60
+        line = await asyncio.wait_for(process.stdout.readline(), limit)
+        result = Phase(**_line(line, "result", workdir))
+        await process.wait()
+        return warmup, result
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+        log.close()
+
+
+def _line(line: bytes, key: str, workdir: Path) -> dict[str, Any]:
+    if not line:
+        tail = (workdir / "load.log").read_text(errors="replace")[-2000:]
+        raise BenchError(f"the load generator stopped before its {key} report:\n{tail}")
+    data: dict[str, Any] = json.loads(line)[key]
+    return data
+
+
+async def _ceiling(plan: LoadPlan, tool: Tool, workdir: Path) -> dict[str, Any]:
+    definition = json.dumps(dict(tool.config)).encode() + b"\n"
+    async with _server("ceiling", workdir, stdin=definition) as child:
+        # Flat out even when the measured run is paced: the ceiling is a capacity.
+        flat_out = replace(plan, port=int(child.url.rsplit(":", 1)[1]), rate=None)
+        _, phase = await _drive(flat_out, workdir)
+        peak = process_memory_mb(child.pid, "VmHWM")
+    return {**asdict(phase), "rss_peak_mb": peak}
+
+
+async def _measure(
+    plan: LoadPlan,
+    deployment: Deployment,
+    observer: Observer,
+    options: Options,
+    workdir: Path,
+) -> dict[str, Any]:
+    baseline = await observer.stored()
+    baseline_forwarded, _ = await observer.forwarded()
+    samples: list[Sample] = []
+    done = asyncio.Event()
+    profiler = Profiler(options.profile, deployment.pids)
+    sampler: asyncio.Task[None] | None = None
+    since = time.time()
+
+    async def warmed(warmup: Phase) -> None:
+        nonlocal sampler, since
+        await _settled(deployment, observer, baseline, baseline_forwarded, warmup.accepted, options)
+        profiler.start()
+        since = time.time()
+        sampler = asyncio.create_task(sample_until(observer, since, done, samples))
+
+    try:
+        warmup, result = await _drive(plan, workdir, warmed)
+        load_ended = time.time()
+        expected = warmup.accepted + result.accepted
+        stored, forwarded = await _settled(
+            deployment, observer, baseline, baseline_forwarded, expected, options
+        )
+        drained = time.time()
+    finally:
+        done.set()
+        if sampler is not None:
+            await sampler
+        # The profile covers the load and the drain: the worker's share is mostly the drain.
+        profile = await profiler.stop()
+    last_stored = await observer.last_stored_at()
+    end_to_end = _rate(result, "all_stored", stored - baseline == expected, last_stored)
+    end_to_end.update(
+        expected=expected,
+        stored=stored - baseline,
+        drain_s=round(drained - load_ended, 2),
+    )
+    forward = None
+    if options.forward:
+        _, last_forwarded = await observer.forwarded()
+        complete = forwarded - baseline_forwarded >= expected
+        forward = _rate(result, "all_forwarded", complete, last_forwarded)
+        forward.update(expected=expected, forwarded=forwarded - baseline_forwarded)
+    samples.append(await observer.sample(since))
+    return {
+        "warmup": asdict(warmup),
+        "ingest": asdict(result),
+        "end_to_end": end_to_end,
+        "forward": forward,
+        "samples": [asdict(sample) for sample in samples],
+        "rss_peak_mb": {role: observer.rss_mb(role, "VmHWM") for role in ("api", "worker")},
+        "profile": profile,
+    }
+
+
+def _rate(result: Phase, key: str, complete: bool, last_at: float | None) -> dict[str, Any]:
+    """From the first accepted request to the last event stored (or forwarded)."""
+    first = result.first_accept_at
+    seconds = (last_at - first) if last_at is not None and first is not None else None
+    per_s = result.accepted / seconds if seconds and seconds > 0 else None
+    return {
+        key: complete,
+        "seconds": round(seconds, 3) if seconds is not None else None,
+        "events_per_s": round(per_s, 1) if per_s is not None else None,
+    }
+
+
+async def _settled(
+    deployment: Deployment,
+    observer: Observer,
+    baseline: int,
+    baseline_forwarded: int,
+    expected: int,
+    options: Options,
+) -> tuple[int, int]:
+    """Poll until ``expected`` events beyond the baselines are stored (and forwarded), or the
+    drain timeout passes; the counts last seen."""
+    deadline = time.monotonic() + options.drain_timeout
+    while True:
+        deployment.check_alive()
+        stored = await observer.stored()
+        forwarded, _ = await observer.forwarded()
+        done = stored - baseline >= expected and (
+            not options.forward or forwarded - baseline_forwarded >= expected
+        )
+        if done or time.monotonic() > deadline:
+            return stored, forwarded
+        await asyncio.sleep(0.1)

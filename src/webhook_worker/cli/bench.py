@@ -1,0 +1,185 @@
+"""``webhook-worker bench``: load the service with signed webhooks and report what it sustains.
+
+The work is in :mod:`webhook_worker.bench`; this module turns options into a run and prints the
+report. docs/performance.md has the commands and what each figure means.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Annotated
+from urllib.parse import urlsplit
+
+import typer
+
+from webhook_worker.bench import BenchError, report, runner
+from webhook_worker.bench.deployment import MODES
+from webhook_worker.bench.load import HOST
+from webhook_worker.bench.payloads import NAMES
+from webhook_worker.bench.profile import py_spy
+from webhook_worker.cli.common import console, errors, fail, load_settings, print_table, run_async
+
+
+def register(app: typer.Typer) -> None:
+    app.command(help="Load the service with signed webhooks; report ingest, latency, throughput.")(
+        bench
+    )
+
+
+def bench(
+    start: Annotated[
+        str | None,
+        typer.Option(
+            "--start",
+            help=f"Start a deployment: {', '.join(MODES)} (the default unless --url is given).",
+        ),
+    ] = None,
+    url: Annotated[
+        str | None,
+        typer.Option("--url", help=f"Drive a running API instead, e.g. http://{HOST}:8080."),
+    ] = None,
+    tool: Annotated[
+        str | None,
+        typer.Option("--tool", help="With --url: the tool to post to (secret read from the DB)."),
+    ] = None,
+    database_url: Annotated[
+        str | None,
+        typer.Option("--database-url", help="With --start postgres*: (default DATABASE_URL)."),
+    ] = None,
+    redis_addr: Annotated[
+        str | None,
+        typer.Option("--redis-addr", help="With --start postgres-redis (default REDIS_ADDR)."),
+    ] = None,
+    duration: Annotated[
+        float, typer.Option("--duration", help="Seconds of measured load.", min=0.1)
+    ] = 10.0,
+    events: Annotated[
+        int | None,
+        typer.Option("--events", help="Send exactly this many requests instead.", min=1),
+    ] = None,
+    connections: Annotated[
+        int, typer.Option("--connections", help="Concurrent keep-alive connections.", min=1)
+    ] = 32,
+    rate: Annotated[
+        float | None,
+        typer.Option(
+            "--rate", help="Pace the load at this many requests/s (default: flat out).", min=1
+        ),
+    ] = None,
+    payload: Annotated[
+        str,
+        typer.Option("--payload", help=f"Body sent: {', '.join(NAMES)}."),
+    ] = "github-push",
+    warmup: Annotated[
+        float, typer.Option("--warmup", help="Seconds of unmeasured load first.", min=0)
+    ] = 1.0,
+    forward: Annotated[
+        bool,
+        typer.Option(
+            "--forward", help="store_and_forward to a local sink; report until forwarded."
+        ),
+    ] = False,
+    ceiling: Annotated[
+        bool, typer.Option("--ceiling/--no-ceiling", help="Measure the bare-handler ceiling too.")
+    ] = True,
+    drain_timeout: Annotated[
+        float,
+        typer.Option("--drain-timeout", help="Seconds to wait for every event to be stored."),
+    ] = 300.0,
+    json_path: Annotated[
+        Path | None, typer.Option("--json", metavar="PATH", help="Also write the report here.")
+    ] = None,
+    profile: Annotated[
+        Path | None,
+        typer.Option("--profile", metavar="DIR", help="py-spy the API and worker into DIR."),
+    ] = None,
+    api_pid: Annotated[
+        int | None, typer.Option("--api-pid", help="With --url: the API's pid, for its memory.")
+    ] = None,
+    worker_pid: Annotated[
+        int | None,
+        typer.Option("--worker-pid", help="With --url: the worker's pid, for its memory."),
+    ] = None,
+    keep: Annotated[
+        bool,
+        typer.Option("--keep", help="Keep the logs, data, tool and events of a started run."),
+    ] = False,
+) -> None:
+    """Run one benchmark; exit 1 when it could not run or an accepted event was not stored."""
+    if payload not in NAMES:
+        fail(f"--payload: expected one of {', '.join(NAMES)}, got {payload!r}")
+    settings = None
+    if url is not None:
+        if start is not None:
+            fail("--url drives a running deployment and --start starts one: give one of them")
+        if tool is None:
+            fail("--url needs --tool: the tool whose webhooks to send")
+        _check_loopback(url, "--url")
+        settings = load_settings(quiet_logs=True)
+    else:
+        start = start or "embedded"
+        if start not in MODES:
+            fail(f"--start: expected one of {', '.join(MODES)}, got {start!r}")
+        if tool is not None:
+            fail("--tool is for --url; a started deployment gets a tool of its own")
+        load_settings(quiet_logs=True)  # the logging set-up; a bad variable stops us here
+    if profile is not None:
+        try:
+            py_spy()
+        except BenchError as exc:
+            fail(str(exc))
+    pids = tuple((role, pid) for role, pid in (("api", api_pid), ("worker", worker_pid)) if pid)
+    options = runner.Options(
+        start=None if url is not None else start,
+        url=url,
+        tool_id=tool,
+        settings=settings,
+        database_url=database_url,
+        redis_addr=redis_addr,
+        payload=payload,
+        connections=connections,
+        duration=duration,
+        events=events,
+        rate=rate,
+        warmup=warmup,
+        forward=forward,
+        ceiling=ceiling,
+        drain_timeout=drain_timeout,
+        keep=keep,
+        pids=pids,
+        profile=profile,
+    )
+    try:
+        result = run_async(runner.run(options, _progress))
+    except BenchError as exc:
+        fail(str(exc), 1)
+    except asyncio.CancelledError:
+        fail("stopped by SIGTERM; the processes it started were stopped", 143)
+    print_table(report.table(result))
+    hot = report.profile_table(result)
+    if hot is not None:
+        print_table(hot)
+    if json_path is not None:
+        report.write_json(result, json_path)
+        console.print(f"report written to {json_path}", highlight=False)
+    if not result["end_to_end"]["all_stored"]:
+        part = result["end_to_end"]
+        fail(
+            f"only {part['stored']} of {part['expected']} accepted events were stored within "
+            f"--drain-timeout {drain_timeout:g}s",
+            1,
+        )
+    forwarded = result["forward"]
+    if forwarded is not None and not forwarded["all_forwarded"]:
+        fail(f"only {forwarded['forwarded']} of {forwarded['expected']} events were forwarded", 1)
+
+
+def _check_loopback(url: str, option: str) -> None:
+    parts = urlsplit(url)
+    if parts.scheme != "http" or parts.hostname != HOST:
+        fail(f"{option}: the benchmark only sends load to http://{HOST}; got {url!r}")
+
+
+def _progress(message: str) -> None:
+    errors.print(f"[dim]bench:[/] {message}", highlight=False, soft_wrap=True)
