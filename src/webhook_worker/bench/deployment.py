@@ -24,6 +24,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
+from urllib.parse import urlsplit
 
 import httpx
 from cryptography.fernet import Fernet
@@ -83,7 +84,7 @@ class Deployment:
 
     @property
     def port(self) -> int:
-        return int(self.api_url.rsplit(":", 1)[1].split("/", 1)[0])
+        return urlsplit(self.api_url).port or 80
 
     def describe(self) -> dict[str, Any]:
         settings = self.settings
@@ -95,8 +96,7 @@ class Deployment:
             "redis_key_prefix": settings.redis_key_prefix if settings.uses_redis else None,
             "tool_id": self.tool.id,
             "tool_mode": self.tool.mode,
-            "api_processes": 1 if "api" in self.pids or self.mode != "url" else None,
-            "worker_processes": 1 if "worker" in self.pids or self.mode != "url" else None,
+            "pids": dict(self.pids),
         }
 
     def check_alive(self) -> None:

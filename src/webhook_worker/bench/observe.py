@@ -35,7 +35,6 @@ class Sample:
     t: float
     """Seconds since the measured phase started."""
     queue_depth: int
-    stored: int
     api_rss_mb: float | None
     worker_rss_mb: float | None
 
@@ -67,7 +66,8 @@ class Observer:
             self._sqlite.dispose()
 
     async def stored(self) -> int:
-        """Events of the tool in the events table (any status)."""
+        """Events of the tool in the events table (any status). A count over a table that grows
+        by thousands of rows a second is not free: call it when the queue is empty, or seldom."""
         query = select(func.count()).select_from(events).where(events.c.tool_id == self._tool_id)
         return int(await self._scalar(query) or 0)
 
@@ -111,7 +111,6 @@ class Observer:
         return Sample(
             t=round(time.time() - since, 2),
             queue_depth=await self.queue_depth(),
-            stored=await self.stored(),
             api_rss_mb=self.rss_mb("api"),
             worker_rss_mb=self.rss_mb("worker"),
         )

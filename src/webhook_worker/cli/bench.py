@@ -45,7 +45,9 @@ def bench(
     ] = None,
     database_url: Annotated[
         str | None,
-        typer.Option("--database-url", help="With --start postgres*: (default DATABASE_URL)."),
+        typer.Option(
+            "--database-url", help="With --start postgres*: the database (default DATABASE_URL)."
+        ),
     ] = None,
     redis_addr: Annotated[
         str | None,

@@ -75,4 +75,4 @@ def configure(level: str = "info", fmt: str = "json") -> None:
     # Libraries whose debug lines carry SQL parameters or request details (tool configs with
     # secrets, signature headers): LOG_LEVEL=debug is for this service's own detail only.
     for name in _CHATTY_LIBRARIES:
-        logging.getLogger(name).setLevel(max(_LEVELS[level], logging.INFO))
+        logging.getLogger(name).setLevel(max(_LEVELS[level], logging.WARNING))
