@@ -1,9 +1,10 @@
 """The bodies the benchmark sends, shaped like real GitHub deliveries.
 
-Each payload is a JSON template with one 40-hex-digit field (a commit sha, or a node id in the
-small one) that the load generator fills with fresh random digits per request, so every body and
+Each payload is a compact JSON template with one changing value of 40 hex digits (a push's
+``after`` sha, which GitHub repeats as the newest commit's id and in its URL; the small one's
+node id) that the load generator fills with fresh random digits per request, so every body and
 every signature differs, as they would from a real sender. The rest is fixed and deterministic
-(seeded), so runs compare. ``benchmarks/github-push.json`` is the default one as a file.
+(seeded), so runs compare. ``benchmarks/github-push.json`` is the default one, pretty-printed.
 """
 
 from __future__ import annotations
