@@ -146,3 +146,14 @@ def _yaml_problem(exc: yaml.YAMLError) -> str:
         mark = exc.problem_mark
         return f"line {mark.line + 1}, column {mark.column + 1}: {exc.problem}"
     return str(exc).splitlines()[0]
+
+
+def print_next_page(
+    command: str, filters: list[tuple[str, str | None]], limit: int, cursor: str
+) -> None:
+    """The command line that prints the next page, with the same filters."""
+    again = [command, *(f"{option} {value}" for option, value in filters if value)]
+    if limit != 50:
+        again.append(f"--limit {limit}")
+    again.append(f"--cursor {cursor}")
+    console.print(f"more: {' '.join(again)}", highlight=False, soft_wrap=True)

@@ -24,6 +24,7 @@ from webhook_worker.cli.common import (
     fail,
     load_settings,
     print_json,
+    print_next_page,
     print_table,
     run_async,
     user_errors,
@@ -132,21 +133,15 @@ def list_dead_letters(
         )
     print_table(table)
     if next_cursor:
-        again = ["webhook-worker dlq list"]
-        for option, value in (
+        filters = [
             ("--tool", tool),
             ("--type", event_type),
             ("--class", error_class),
             ("--status", status),
             ("--since", since),
             ("--until", until),
-        ):
-            if value:
-                again.append(f"{option} {value}")
-        if limit != 50:
-            again.append(f"--limit {limit}")
-        again.append(f"--cursor {next_cursor}")
-        console.print(f"more: {' '.join(again)}", highlight=False, soft_wrap=True)
+        ]
+        print_next_page("webhook-worker dlq list", filters, limit, next_cursor)
 
 
 @app.command()
