@@ -185,7 +185,8 @@ class Settings:
     worker_consumer_name: str = field(
         default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}"
     )
-    worker_concurrency: int = 4
+    worker_concurrency: int = 1000
+    worker_tool_concurrency: int = 64
     worker_batch_size: int = 500
     worker_idempotency_ttl: float = 24 * 3600.0
     worker_reclaim_idle: float = 60.0
@@ -287,6 +288,9 @@ class Settings:
             worker_consumer_name=env.text("WORKER_CONSUMER_NAME") or defaults.worker_consumer_name,
             worker_concurrency=env.integer(
                 "WORKER_CONCURRENCY", defaults.worker_concurrency, low=1
+            ),
+            worker_tool_concurrency=env.integer(
+                "WORKER_TOOL_CONCURRENCY", defaults.worker_tool_concurrency, low=1
             ),
             worker_batch_size=env.integer("WORKER_BATCH_SIZE", defaults.worker_batch_size, low=1),
             worker_idempotency_ttl=env.duration(

@@ -10,11 +10,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
+from sqlalchemy import select
 
 from webhook_worker.errors import QueueUnavailableError
 from webhook_worker.queue.base import Delivery, Message
 from webhook_worker.queue.database import DatabaseQueue
 from webhook_worker.storage.database import Database
+from webhook_worker.storage.schema import queue_messages
 
 TTL = 3600.0
 LEASE = 60.0
@@ -315,3 +317,32 @@ async def test_unreachable_postgres_raises_queue_unavailable() -> None:
             assert caught.value.__cause__ is not None
     finally:
         await nowhere.close()
+
+
+async def test_renewed_leases_are_not_reclaimed_and_renewal_never_steals(db: Database) -> None:
+    holder = queue(db, "holder", reclaim_idle=0.3)
+    await holder.enqueue([message(), message()])
+    held = await holder.receive(10, 0.0)
+    assert len(held) == 2
+    rescuer = queue(db, "rescuer", reclaim_idle=0.3)
+
+    # Renewed every 0.1 s for a second (over three leases): nothing is taken over.
+    deadline = time.monotonic() + 1.0
+    while time.monotonic() < deadline:
+        await holder.renew(held)
+        assert await rescuer.reclaim(10) == []
+        await asyncio.sleep(0.1)
+
+    # The holder goes quiet: the leases run out and the rescuer takes the rows; a late renewal
+    # by the holder does not extend the rescuer's leases into its own.
+    reclaimed = await until(lambda: rescuer.reclaim(10))
+    assert sorted(d.receipt for d in reclaimed) == sorted(d.receipt for d in held)
+    leases = select(queue_messages.c.locked_by, queue_messages.c.locked_until)
+    async with db.connect() as conn:
+        before = sorted((await conn.execute(leases)).all())
+    await holder.renew(held)
+    async with db.connect() as conn:
+        after = sorted((await conn.execute(leases)).all())
+    assert after == before
+    assert {owner for owner, _ in after} == {"rescuer"}
+    await rescuer.ack(reclaimed)

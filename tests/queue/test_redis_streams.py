@@ -440,3 +440,34 @@ async def test_redis_restart_makes_the_queue_unavailable_then_usable_again(
         assert [d.message for d in deliveries] == [after]
     await private_queue.ack(deliveries)
     assert await private_queue.depth() == 0
+
+
+async def test_renewed_messages_are_not_reclaimed_and_renewal_never_steals(
+    make_queue: Callable[..., Awaitable[RedisStreamsQueue]],
+) -> None:
+    holder = await make_queue("holder")
+    await holder.enqueue([message(), message()])
+    held = await holder.receive(10, 1.0)
+    assert len(held) == 2
+    rescuer = await make_queue("rescuer", reclaim_idle=0.3)
+
+    # Renewed every 0.1 s for a second (over three reclaim idle times): nothing is taken over.
+    deadline = time.monotonic() + 1.0
+    while time.monotonic() < deadline:
+        await holder.renew(held)
+        assert await rescuer.reclaim(10) == []
+        await asyncio.sleep(0.1)
+
+    # The holder goes quiet: its messages are taken over, and a late renewal leaves them with
+    # the rescuer (claiming them back would have two consumers process them).
+    reclaimed: list[Delivery] = []
+
+    async def taken_over() -> bool:
+        reclaimed.extend(await rescuer.reclaim(10))
+        return len(reclaimed) == 2
+
+    await eventually(taken_over, what="the rescuer to reclaim the unrenewed messages")
+    await holder.renew(held)
+    assert await holder.reclaim(10) == []
+    await rescuer.ack(reclaimed)
+    assert await rescuer.pending_count() == 0

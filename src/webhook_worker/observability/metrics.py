@@ -62,6 +62,12 @@ FORWARD_DURATION = Histogram(
     ["tool_id", "status_class"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
+FORWARDS_DEFERRED = Counter(
+    "webhook_forward_deferred_total",
+    "Events sent back to the queue for a moment, untried, because their tool already had as many "
+    "forwards in flight and waiting as WORKER_TOOL_CONCURRENCY allows (a slow or hanging target).",
+    ["tool_id"],
+)
 INGEST_DURATION = Histogram(
     "webhook_ingest_request_duration_seconds",
     "Time to answer a webhook, by tool and HTTP status (tool_id is empty for unknown tools).",

@@ -86,6 +86,11 @@ class Queue(Protocol):
         """Remove processed messages from the queue for good."""
         ...
 
+    async def renew(self, deliveries: Sequence[Delivery]) -> None:
+        """Tell the queue this consumer is still working on ``deliveries`` (reset their idle
+        time or extend their lease), so they are not reclaimed while a slow forward runs."""
+        ...
+
     async def retry_later(self, deliveries: Sequence[tuple[Delivery, float]]) -> None:
         """Acknowledge each delivery (by its receipt) and deliver its message (as given: the
         caller counts ``attempt`` up) again after the given delay in seconds. Atomic per

@@ -194,6 +194,25 @@ class DatabaseQueue:
                 for chunk in _chunks(ids):
                     await conn.execute(delete(queue_messages).where(queue_messages.c.id.in_(chunk)))
 
+    async def renew(self, deliveries: Sequence[Delivery]) -> None:
+        """Extend this consumer's lease on rows it still holds (a lease another consumer took
+        over since is left alone)."""
+        ids = [int(d.receipt) for d in deliveries]
+        if not ids:
+            return
+        until = time.time() + self._reclaim_idle
+        with _unavailable("renew leases"):
+            async with self._db.begin() as conn:
+                for chunk in _chunks(ids):
+                    await conn.execute(
+                        update(queue_messages)
+                        .where(
+                            queue_messages.c.id.in_(chunk),
+                            queue_messages.c.locked_by == self._consumer,
+                        )
+                        .values(locked_until=until)
+                    )
+
     async def retry_later(self, deliveries: Sequence[tuple[Delivery, float]]) -> None:
         """Release each row with ``available_at`` pushed ``delay`` seconds ahead: one UPDATE per
         row in one transaction. The delivery count starts again, since it counts crashes."""

@@ -50,3 +50,19 @@ for _, event_id in ipairs(due) do
 end
 return #due
 """
+
+# KEYS[1] the stream. ARGV[1] the group, ARGV[2] this consumer, ARGV[3..] entry ids.
+# Resets the idle time of each entry still pending for this consumer (XCLAIM with JUSTID does
+# not count a delivery). An entry another consumer took over meanwhile is left alone: claiming
+# it back would have two workers process it. Returns how many were renewed.
+RENEW: Final = """
+local renewed = 0
+for i = 3, #ARGV do
+  local owner = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1, ARGV[2])
+  if #owner > 0 then
+    redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'JUSTID')
+    renewed = renewed + 1
+  end
+end
+return renewed
+"""

@@ -43,7 +43,7 @@ from webhook_worker.errors import QueueUnavailableError
 from webhook_worker.queue.base import Delivery, EnqueueResult, Message
 from webhook_worker.queue.redis_codec import decode, encode, pairs
 from webhook_worker.queue.redis_connection import connect
-from webhook_worker.queue.redis_scripts import ENQUEUE, PROMOTE_DUE
+from webhook_worker.queue.redis_scripts import ENQUEUE, PROMOTE_DUE, RENEW
 
 logger = logging.getLogger(__name__)
 
@@ -91,6 +91,7 @@ class RedisStreamsQueue:
         )
         self._enqueue_script = client.register_script(ENQUEUE)
         self._promote_script = client.register_script(PROMOTE_DUE)
+        self._renew_script = client.register_script(RENEW)
 
     @classmethod
     async def open(cls, settings: Settings) -> RedisStreamsQueue:
@@ -225,6 +226,17 @@ class RedisStreamsQueue:
                 pipe.xack(self._stream, REDIS_GROUP, *ids)
                 pipe.xdel(self._stream, *ids)
                 await pipe.execute()
+
+    async def renew(self, deliveries: Sequence[Delivery]) -> None:
+        """Reset the idle time of entries this consumer still holds, so that a long forward is
+        not taken for a dead worker's message and reclaimed by another worker."""
+        if not deliveries:
+            return
+        with self._unavailable("renew pending entries"):
+            await self._renew_script(
+                keys=[self._stream],
+                args=[REDIS_GROUP, self._consumer, *(d.receipt for d in deliveries)],
+            )
 
     async def depth(self) -> int:
         """Entries in the stream: waiting plus pending, since acknowledged entries are deleted."""

@@ -42,6 +42,8 @@ class ToolCache:
         self._miss_lock = asyncio.Lock()
         self._closing = asyncio.Event()
         self._last_miss_reload = -MISS_RELOAD_INTERVAL
+        self._checked_at = 0.0
+        """Wall-clock time at which the last successful :meth:`load` started."""
 
     def get(self, tool_id: str) -> LiveTool | None:
         return self._tools.get(tool_id)
@@ -65,13 +67,28 @@ class ToolCache:
                     log.debug("tool reload on a miss failed: %r", exc)
         return self._tools.get(tool_id)
 
+    async def as_of(self, tool_id: str, when: float) -> LiveTool | None:
+        """The tool as configured at wall-clock time ``when`` or later: a miss reloads unless
+        the cache was checked after ``when``. The worker asks this for an event accepted at
+        ``when`` (its tool existed then), so a tool added a moment ago is never taken for a
+        missing one. Raises when the database is down."""
+        live = self._tools.get(tool_id)
+        if live is not None or self._checked_at > when:
+            return live
+        async with self._miss_lock:
+            if self._checked_at <= when:
+                await self.load()
+        return self._tools.get(tool_id)
+
     def __len__(self) -> int:
         return len(self._tools)
 
     async def load(self) -> None:
         """Read the revision and, if it moved, every tool. Raises when the database is down."""
+        started = time.time()
         revision = await self._store.revision()
         if revision == self._revision:
+            self._checked_at = started
             return
         tools: dict[str, LiveTool] = {}
         for row in await self._store.list_all():
@@ -84,6 +101,7 @@ class ToolCache:
             tools[tool.id] = LiveTool(tool, build_verifier(tool.auth))
         self._tools = tools
         self._revision = revision
+        self._checked_at = started
         log.info("loaded %d tools (revision %d)", len(tools), revision)
 
     def start(self) -> None:

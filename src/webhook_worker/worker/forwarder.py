@@ -46,7 +46,7 @@ class Forwarder:
     ) -> None:
         self._guard = guard or TargetGuard()
         self._client = client or httpx.AsyncClient(
-            limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
+            limits=httpx.Limits(max_connections=200, max_keepalive_connections=200),
             follow_redirects=False,
             headers={"User-Agent": USER_AGENT},
         )

@@ -49,7 +49,7 @@ from webhook_worker.storage.events import (
     update_outcomes,
 )
 from webhook_worker.tools.cache import ToolCache
-from webhook_worker.worker.forwarder import Forwarder
+from webhook_worker.worker.forwarder import Forwarder, ForwardOutcome
 from webhook_worker.worker.plan import Plans
 from webhook_worker.worker.retry import Backoff, Failure
 from webhook_worker.worker.work import (
@@ -91,7 +91,8 @@ class Processor:
     # Phase 1 -----------------------------------------------------------------------------
 
     async def store(self, deliveries: Sequence[Delivery]) -> Batch:
-        batch = Batch(started=time.perf_counter())
+        batch = Batch()
+        await self._know_tools(deliveries)
         now = datetime.now(UTC)
         works = [self._prepare(d) for d in deliveries]
         for work in works:
@@ -99,7 +100,7 @@ class Processor:
         with tracing.client_span(
             f"INSERT {TABLE_EVENTS}", self._db_attributes("INSERT"), links=[w.span for w in works]
         ):
-            inserted, states = await self._insert(works, now, batch.started)
+            inserted, states = await self._insert(works, now)
         batch.stored = len(inserted)
         for work in works:
             event_id = work.message.event_id
@@ -108,7 +109,7 @@ class Processor:
                 if work.status == STATUS_PENDING:
                     batch.to_forward.append(work)
                 else:
-                    _settled(work, batch.started)
+                    _settled(work)
                     batch.done.append(work.delivery)
             elif state is None or state.status in FINAL:
                 # Already settled, or a repeated delivery id under another event id.
@@ -123,20 +124,29 @@ class Processor:
                 (batch.to_forward if pending else batch.to_update).append(work)
         return batch
 
-    async def _insert(
-        self, works: list[Work], now: datetime, started: float
-    ) -> tuple[set[str], dict[str, Any]]:
+    async def _insert(self, works: list[Work], now: datetime) -> tuple[set[str], dict[str, Any]]:
         """Insert the new events with what is already known of them; read the others' state."""
         async with self._db.begin() as conn:
             inserted = await insert_events(conn, [event_row(w, now) for w in works])
             others = [w.message.event_id for w in works if w.message.event_id not in inserted]
             states = await event_states(conn, others)
             new_final = [w for w in works if w.message.event_id in inserted and w.status in FINAL]
-            await insert_attempts(conn, [attempt_row(w, now, started) for w in new_final])
+            await insert_attempts(conn, [attempt_row(w, now) for w in new_final])
             await upsert_dead_letters(
                 conn, [self._dead_letter(w, now) for w in new_final if w.status == STATUS_DEAD]
             )
         return inserted, states
+
+    async def _know_tools(self, deliveries: Sequence[Delivery]) -> None:
+        """Make sure the tool cache is at least as new as each event (a tool another process
+        added a moment ago is not mistaken for a deleted one and its event merely stored)."""
+        newest: dict[str, float] = {}
+        for delivery in deliveries:
+            message = delivery.message
+            if self._tools.get(message.tool_id) is None:
+                newest[message.tool_id] = max(newest.get(message.tool_id, 0.0), message.received_at)
+        for tool_id, received_at in newest.items():
+            await self._tools.as_of(tool_id, received_at)
 
     def _start_span(self, work: Work) -> Span | None:
         message = work.message
@@ -194,33 +204,55 @@ class Processor:
     # Phase 2 -----------------------------------------------------------------------------
 
     async def forward(self, batch: Batch) -> None:
+        """Forward a batch's events, a bounded number at once (the worker forwards event by
+        event through :meth:`forward_one`; this is the same for a batch held as a whole)."""
         slots = asyncio.Semaphore(_FORWARDS_AT_ONCE)
 
         async def one(work: Work) -> None:
-            config = work.plan.forward
-            if not work.plan.forwards or config is None:
-                return  # the tool stopped forwarding since: storing was enough
             async with slots:
-                attributes: dict[str, str | int] = {
-                    "http.request.method": config.method,
-                    "url.full": config.url,
-                }
-                with tracing.client_span(config.method, attributes, parent=work.span) as span:
-                    request = forward_request(work)
-                    if span is not None:
-                        request = replace(request, traceparent=tracing.traceparent(span))
-                    work.outcome = await self._forwarder.send(config, request)
-                    if span is not None and work.outcome.http_status is not None:
-                        span.set_attribute("http.response.status_code", work.outcome.http_status)
-            outcome = work.outcome
-            status_class = (
-                "error" if outcome.http_status is None else f"{outcome.http_status // 100}xx"
-            )
-            metrics.FORWARD_DURATION.labels(work.message.tool_id, status_class).observe(
-                outcome.duration_ms / 1000
-            )
+                await self.forward_one(work)
 
         await asyncio.gather(*(one(work) for work in batch.to_forward))
+
+    async def forward_one(self, work: Work) -> None:
+        """Send one event to its tool's target and keep the outcome on ``work``. Never raises
+        (but for cancellation): an unexpected error is a retryable failure of the attempt."""
+        config = work.plan.forward
+        if not work.plan.forwards or config is None:
+            return  # the tool stopped forwarding since: storing was enough
+        attributes: dict[str, str | int] = {
+            "http.request.method": config.method,
+            "url.full": config.url,
+        }
+        with tracing.client_span(config.method, attributes, parent=work.span) as span:
+            request = forward_request(work)
+            if span is not None:
+                request = replace(request, traceparent=tracing.traceparent(span))
+            try:
+                work.outcome = await self._forwarder.send(config, request)
+            except Exception as exc:
+                log.exception("forwarding failed unexpectedly", extra=event_fields(work))
+                failure = Failure("connection_error", f"unexpected error: {exc!r}"[:500])
+                work.outcome = ForwardOutcome(0.0, None, failure)
+            if span is not None and work.outcome.http_status is not None:
+                span.set_attribute("http.response.status_code", work.outcome.http_status)
+        outcome = work.outcome
+        status_class = "error" if outcome.http_status is None else f"{outcome.http_status // 100}xx"
+        metrics.FORWARD_DURATION.labels(work.message.tool_id, status_class).observe(
+            outcome.duration_ms / 1000
+        )
+
+    def deferred(self, work: Work, delay: float) -> None:
+        """The event goes back to the queue untried, for ``delay`` seconds, because its tool
+        has as many forwards in flight and waiting as it may have (a slow target)."""
+        metrics.FORWARDS_DEFERRED.labels(work.message.tool_id).inc()
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "forward deferred for %.1fs: the tool is busy", delay, extra=event_fields(work)
+            )
+        if work.span is not None:
+            work.span.set_attribute("webhook.status", "deferred")
+        tracing.end(work.span)
 
     # Phase 3 -----------------------------------------------------------------------------
 
@@ -250,20 +282,20 @@ class Processor:
         with tracing.client_span(
             f"UPDATE {TABLE_EVENTS}", self._db_attributes("UPDATE"), links=[w.span for w in settled]
         ):
-            await self._record_outcomes(settled, now, batch.started)
+            await self._record_outcomes(settled, now)
         retrying = {d.message.event_id for d, _ in batch.retry}
         for work in settled:
             if work.message.event_id in retrying:
                 tracing.end(work.span, f"retrying: {work.failure.message if work.failure else ''}")
                 log.info("event will be retried", extra=event_fields(work))
             else:
-                _settled(work, batch.started)
+                _settled(work)
                 batch.done.append(work.delivery)
 
-    async def _record_outcomes(self, settled: list[Work], now: datetime, started: float) -> None:
+    async def _record_outcomes(self, settled: list[Work], now: datetime) -> None:
         async with self._db.begin() as conn:
             await update_outcomes(conn, [outcome_row(w, now) for w in settled])
-            await insert_attempts(conn, [attempt_row(w, now, started) for w in settled])
+            await insert_attempts(conn, [attempt_row(w, now) for w in settled])
             await upsert_dead_letters(
                 conn, [self._dead_letter(w, now) for w in settled if w.status == STATUS_DEAD]
             )
@@ -276,7 +308,6 @@ class Processor:
     ) -> None:
         """Store each event as ``dead`` with a dead letter, without processing it (poison)."""
         now = datetime.now(UTC)
-        batch = Batch(started=time.perf_counter())
         works = [
             _dead(Work(d, self._plans.for_event(None, None), STATUS_DEAD), error_class, error)
             for d in deliveries
@@ -284,10 +315,10 @@ class Processor:
         async with self._db.begin() as conn:
             inserted = await insert_events(conn, [event_row(w, now) for w in works])
             fresh = [w for w in works if w.message.event_id in inserted]
-            await insert_attempts(conn, [attempt_row(w, now, batch.started) for w in fresh])
+            await insert_attempts(conn, [attempt_row(w, now) for w in fresh])
             await upsert_dead_letters(conn, [self._dead_letter(w, now) for w in fresh])
         for work in fresh:
-            _settled(work, batch.started)
+            _settled(work)
 
     def _dead_letter(self, work: Work, now: datetime) -> dict[str, Any]:
         failure = work.failure or Failure("unknown", "no error recorded")
@@ -324,13 +355,13 @@ def _dead(work: Work, error_class: str, message: str) -> Work:
     return work
 
 
-def _settled(work: Work, started: float) -> None:
+def _settled(work: Work) -> None:
     """Count the event's outcome, end its span, and (at debug level) log it."""
     labels = (work.message.event_type or "", work.message.tool_id, work.status)
     if log.isEnabledFor(logging.DEBUG):
         log.debug("event %s", work.status, extra=event_fields(work))
     metrics.EVENTS_PROCESSED.labels(*labels).inc()
-    metrics.PROCESSING_DURATION.labels(*labels).observe(time.perf_counter() - started)
+    metrics.PROCESSING_DURATION.labels(*labels).observe(time.perf_counter() - work.started)
     if work.span is not None:
         work.span.set_attribute("webhook.status", work.status)
         tracing.end(

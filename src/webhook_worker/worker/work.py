@@ -42,6 +42,8 @@ class Work:
     outcome: ForwardOutcome | None = None
     span: Span | None = None
     """The event's CONSUMER span when tracing is on; ended when the event is settled."""
+    started: float = field(default_factory=time.perf_counter)
+    """When the worker took the event up (``time.perf_counter``), for the processing time."""
 
     @property
     def message(self) -> Message:
@@ -53,7 +55,6 @@ class Batch:
     """A batch's progress. ``done`` and ``retry`` together hold every message once the batch
     went through :meth:`Processor.record`."""
 
-    started: float
     done: list[Delivery] = field(default_factory=list)
     """Settled: acknowledge them."""
     to_forward: list[Work] = field(default_factory=list)
@@ -143,7 +144,7 @@ _OUTCOMES = {
 }
 
 
-def attempt_row(work: Work, now: datetime, started: float) -> dict[str, Any]:
+def attempt_row(work: Work, now: datetime) -> dict[str, Any]:
     outcome, failure = work.outcome, work.failure
     label = _OUTCOMES[work.status]
     if outcome is not None and outcome.failure is None:
@@ -152,7 +153,9 @@ def attempt_row(work: Work, now: datetime, started: float) -> dict[str, Any]:
         "event_id": work.message.event_id,
         "attempt": work.attempt,
         "started_at": now,
-        "duration_ms": outcome.duration_ms if outcome else (time.perf_counter() - started) * 1000,
+        "duration_ms": outcome.duration_ms
+        if outcome
+        else (time.perf_counter() - work.started) * 1000,
         "outcome": label,
         "error_class": failure.error_class if failure else None,
         "error": failure.message if failure else None,
