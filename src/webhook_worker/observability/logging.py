@@ -25,6 +25,7 @@ _CHATTY_LIBRARIES = (
     "asyncpg",
     "sqlalchemy",
     "httpx",
+    "aiohttp",
     "httpcore",
     "hpack",
     "redis",

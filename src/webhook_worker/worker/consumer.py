@@ -9,9 +9,10 @@ and are acknowledged.
 
 Forwards are not tied to their batch: an event is settled (outcome written, message acknowledged,
 both in small groups) as soon as its own forward ends. Each tool may have ``tool_concurrency``
-forwards in flight and as many waiting; an event beyond that goes back to the queue untried
-for a moment. So a hanging or slow target occupies a bounded share of the worker, never all of
-it, and other tools' events keep flowing.
+forwards in flight; while its target keeps up, more events wait their turn; once it is slow
+(see :mod:`~webhook_worker.worker.lanes`) it keeps at most as many waiting and the rest go back
+to the queue untried for a moment. So a hanging or slow target occupies a bounded share of the
+worker, never all of it, and other tools' events keep flowing.
 """
 
 from __future__ import annotations
@@ -41,6 +42,10 @@ _PROMOTE_INTERVAL = 0.1
 _BACKGROUND_STOP_TIMEOUT = 10.0
 _BATCHES_AT_ONCE = 4
 """Batches being received and stored at once (their forwards run on beyond this)."""
+_SLOW_AFTER = 1.0
+"""A tool whose oldest forward in flight started longer ago than this is slow: it keeps at most
+``tool_concurrency`` events waiting, and the rest go back to the queue for a moment."""
+_SHED_INTERVAL = 0.25
 _DEFER_MIN, _DEFER_MAX = 0.5, 5.0
 """Bounds of how long an event waits in the queue when its tool is busy (a quarter of the
 tool's forward timeout in between)."""
@@ -74,7 +79,9 @@ class Worker:
         self._batch_size = batch_size
         self._batches = asyncio.Semaphore(_BATCHES_AT_ONCE)
         self._holding = _Holding(concurrency)
-        self._lanes: ToolLanes[Work] = ToolLanes(max(1, min(tool_concurrency, concurrency // 4)))
+        self._lanes: ToolLanes[Work] = ToolLanes(
+            max(1, min(tool_concurrency, concurrency // 4)), _SLOW_AFTER
+        )
         self._max_deliveries = max_deliveries
         self._reclaim_interval = reclaim_interval
         self._lease_renewal = lease_renewal
@@ -101,6 +108,7 @@ class Worker:
             asyncio.create_task(self._housekeeping_forever(), name="worker-housekeeping"),
             asyncio.create_task(self._promote_forever(), name="worker-promote-retries"),
             asyncio.create_task(self._retry_dead_letters_forever(), name="worker-dlq-retry"),
+            asyncio.create_task(self._shed_forever(), name="worker-shed-slow-lanes"),
             asyncio.create_task(self._renew_forever(), name="worker-renew-leases"),
         )
         try:
@@ -192,12 +200,22 @@ class Worker:
         if admission is Admission.START:
             self._start_forward(work)
         elif admission is Admission.DEFER:
-            config = work.plan.forward
-            timeout = config.timeout if config is not None else _DEFER_MIN
-            delay = min(max(timeout / 4, _DEFER_MIN), _DEFER_MAX) * random.uniform(0.8, 1.2)
-            self._processor.deferred(work, delay)
-            self._settler.defer(work.delivery, delay)
+            self._defer(work)
         # Admission.WAIT: the lane starts it when one of the tool's forwards ends.
+
+    def _defer(self, work: Work) -> None:
+        config = work.plan.forward
+        timeout = config.timeout if config is not None else _DEFER_MIN
+        delay = min(max(timeout / 4, _DEFER_MIN), _DEFER_MAX) * random.uniform(0.8, 1.2)
+        self._processor.deferred(work, delay)
+        self._settler.defer(work.delivery, delay)
+
+    async def _shed_forever(self) -> None:
+        """Send back to the queue what slow tools hold in line beyond their share."""
+        while not self._stopping.is_set():
+            for work in self._lanes.shed():
+                self._defer(work)
+            await self._sleep(_SHED_INTERVAL)
 
     def _start_forward(self, work: Work) -> None:
         task = asyncio.create_task(self._forward(work))
@@ -211,7 +229,7 @@ class Worker:
             # Cancelled (a stop that ran out of time): not settled, so redelivered later.
             if work.outcome is not None or not work.plan.forwards:
                 self._settler.settle(work, forwarded=True)
-            nxt = self._lanes.finish(work.message.tool_id)
+            nxt = self._lanes.finish(work.message.tool_id, work)
             if nxt is not None:
                 self._start_forward(nxt)
 

@@ -1,5 +1,5 @@
-"""Sends an event to its tool's ``forward.url``: one pooled HTTP client for every tool, a
-timeout per tool, Standard Webhooks signatures when the tool has a ``signing_secret``.
+"""Sends an event to its tool's ``forward.url``: one pooled HTTP client (aiohttp) for every tool,
+a timeout per tool, Standard Webhooks signatures when the tool has a ``signing_secret``.
 
 Every request carries ``webhook-id`` (the event id: the same on every retry, so a target can
 de-duplicate), the event type and tool id, and the W3C ``traceparent`` of the event's trace.
@@ -10,15 +10,18 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-import httpx
+import aiohttp
 
 from webhook_worker.auth import standard_webhooks
 from webhook_worker.tools.model import ForwardConfig
 from webhook_worker.worker.retry import Failure, http_failure
-from webhook_worker.worker.target_guard import TargetGuard
+from webhook_worker.worker.target_guard import ForbiddenTargetError, GuardedResolver, TargetGuard
 
 USER_AGENT = "webhook-worker"
 _DETAIL_BYTES = 200
+_CONNECTIONS = 256
+"""Connections open at once, all targets together (a tool's own share is bounded by
+WORKER_TOOL_CONCURRENCY)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,18 +44,31 @@ class ForwardOutcome:
 
 
 class Forwarder:
-    def __init__(
-        self, client: httpx.AsyncClient | None = None, guard: TargetGuard | None = None
-    ) -> None:
+    def __init__(self, guard: TargetGuard | None = None) -> None:
         self._guard = guard or TargetGuard()
-        self._client = client or httpx.AsyncClient(
-            limits=httpx.Limits(max_connections=200, max_keepalive_connections=200),
-            follow_redirects=False,
-            headers={"User-Agent": USER_AGENT},
-        )
+        self._session: aiohttp.ClientSession | None = None
+
+    def _client(self) -> aiohttp.ClientSession:
+        # Made on first use, inside the running event loop, as aiohttp requires.
+        if self._session is None:
+            connector = aiohttp.TCPConnector(
+                limit=_CONNECTIONS,
+                limit_per_host=0,
+                resolver=GuardedResolver(self._guard.allow_private),
+                ttl_dns_cache=10,
+            )
+            self._session = aiohttp.ClientSession(
+                connector=connector,
+                headers={"User-Agent": USER_AGENT},
+                auto_decompress=False,
+                cookie_jar=aiohttp.DummyCookieJar(),
+            )
+        return self._session
 
     async def close(self) -> None:
-        await self._client.aclose()
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
 
     async def send(self, config: ForwardConfig, request: ForwardRequest) -> ForwardOutcome:
         started = time.perf_counter()
@@ -82,25 +98,35 @@ class Forwarder:
                 config.signing_secret, request.event_id, now, request.body
             )
         try:
-            response = await self._client.request(
+            async with self._client().request(
                 config.method,
                 config.url,
-                content=request.body,
+                data=request.body,
                 headers=headers,
-                timeout=config.timeout,
-            )
-        except httpx.TimeoutException:
+                timeout=aiohttp.ClientTimeout(total=config.timeout),
+                allow_redirects=False,
+            ) as response:
+                status = response.status
+                if 200 <= status < 300:
+                    return _outcome(started, status, None)
+                detail_bytes = await response.content.read(_DETAIL_BYTES)
+                retry_after = response.headers.get("Retry-After")
+        except TimeoutError:
             return _outcome(
                 started, None, Failure("timeout", f"no answer within {config.timeout:g}s")
             )
-        except httpx.HTTPError as exc:
-            message = f"{type(exc).__name__}: {exc}".strip()[:500]
-            return _outcome(started, None, Failure("connection_error", message))
-        if 200 <= response.status_code < 300:
-            return _outcome(started, response.status_code, None)
-        detail = response.content[:_DETAIL_BYTES].decode("utf-8", errors="replace").strip()
-        failure = http_failure(response.status_code, response.headers.get("retry-after"), detail)
-        return _outcome(started, response.status_code, failure)
+        except aiohttp.ClientConnectorError as exc:
+            if isinstance(exc.os_error, ForbiddenTargetError):
+                return _outcome(started, None, Failure("forbidden_target", str(exc.os_error)))
+            return _outcome(started, None, Failure("connection_error", _describe(exc)))
+        except (aiohttp.ClientError, ValueError) as exc:
+            return _outcome(started, None, Failure("connection_error", _describe(exc)))
+        detail = detail_bytes.decode("utf-8", errors="replace").strip()
+        return _outcome(started, status, http_failure(status, retry_after, detail))
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}".strip()[:500]
 
 
 def _outcome(started: float, status: int | None, failure: Failure | None) -> ForwardOutcome:

@@ -7,9 +7,11 @@ metadata at 169.254.169.254 included), multicast, reserved or unspecified addres
 unless ALLOW_PRIVATE_FORWARD=true. Redirects are never followed, so a public target cannot
 bounce the request inward.
 
-Verdicts are cached per host for a short while (each forward would otherwise add a DNS lookup);
-a host whose DNS answer changes within that window to a private address is checked again when
-the entry expires.
+Two checks: :meth:`TargetGuard.refusal` judges a URL before the request (IP literals, and a
+clear error naming the address), with verdicts cached per host for a short while; and
+:class:`GuardedResolver`, the HTTP client's resolver, judges the addresses the connection is
+actually made to, so a DNS answer that changes between the check and the connection (DNS
+rebinding) is refused too.
 """
 
 from __future__ import annotations
@@ -20,6 +22,9 @@ import time
 from ipaddress import IPv4Address, IPv6Address, ip_address
 from urllib.parse import urlsplit
 
+from aiohttp.abc import AbstractResolver, ResolveResult
+from aiohttp.resolver import DefaultResolver
+
 CACHE_SECONDS = 30.0
 # Cloud metadata endpoints that are not link-local (AWS's IPv6 one is a unique local address).
 _METADATA = {ip_address("fd00:ec2::254")}
@@ -27,13 +32,13 @@ _METADATA = {ip_address("fd00:ec2::254")}
 
 class TargetGuard:
     def __init__(self, allow_private: bool = False) -> None:
-        self._allow_private = allow_private
+        self.allow_private = allow_private
         self._verdicts: dict[str, tuple[float, str | None]] = {}
 
     async def refusal(self, url: str) -> str | None:
         """Why ``url`` may not be forwarded to, or None when it may. DNS failures raise
         OSError (a connection error: the forward is retried)."""
-        if self._allow_private:
+        if self.allow_private:
             return None
         parts = urlsplit(url)
         host = parts.hostname or ""
@@ -43,6 +48,32 @@ class TargetGuard:
         verdict = _judge(host, await _addresses(host, parts.port))
         self._verdicts[host] = (time.monotonic() + CACHE_SECONDS, verdict)
         return verdict
+
+
+class ForbiddenTargetError(OSError):
+    """A target resolved to an address forwarding may not reach."""
+
+
+class GuardedResolver(AbstractResolver):
+    """Resolves like the default resolver, then refuses the host if any address it resolves to
+    is one the guard forbids: the check happens on the addresses actually connected to."""
+
+    def __init__(self, allow_private: bool = False) -> None:
+        self._allow_private = allow_private
+        self._resolver = DefaultResolver()
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        results = await self._resolver.resolve(host, port, family)
+        if not self._allow_private:
+            verdict = _judge(host, [ip_address(result["host"]) for result in results])
+            if verdict is not None:
+                raise ForbiddenTargetError(verdict)
+        return results
+
+    async def close(self) -> None:
+        await self._resolver.close()
 
 
 async def _addresses(host: str, port: int | None) -> list[IPv4Address | IPv6Address]:
