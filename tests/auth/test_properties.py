@@ -6,13 +6,22 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from starlette.datastructures import Headers
 
 from tests.auth.support import AnyHeaders, verifier
-from webhook_worker.auth import AuthError, Verifier
+from webhook_worker.auth import (
+    AuthError,
+    Verifier,
+    handshake_reply,
+    slack,
+    standard_webhooks,
+    timestamp,
+)
+from webhook_worker.tools.model import parse_tool
 
 SECRETS = ("s3cret-one", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
 SCHEMES: dict[str, tuple[str, dict[str, Any]]] = {
@@ -87,3 +96,55 @@ def test_any_raw_header_bytes_give_only_auth_errors(
 ) -> None:
     headers = Headers(raw=[(name.lower(), value) for name, value in raw])
     assert_only_auth_errors(VERIFIERS[scheme], headers, body, 1_700_000_000.0)
+
+
+# The parsers beside the verifiers: the Slack handshake body, signed timestamps and Standard
+# Webhooks secrets.
+
+SLACK_TOOL = parse_tool({"id": "s", "provider": "slack", "auth": {"secret": SECRETS[0]}})
+HANDSHAKE_BODIES = st.one_of(
+    st.binary(max_size=300),
+    st.builds(
+        lambda challenge, kind: orjson.dumps({"type": kind, "challenge": challenge}),
+        st.one_of(st.text(max_size=1100), st.integers(-(10**6), 10**6), st.none(), st.just([])),
+        st.sampled_from(["url_verification", "event_callback", ""]),
+    ),
+    st.just(b'{"type": "url_verification", "challenge": "' + b"c" * 1025 + b'"}'),
+    st.just(b"[" * 5000 + b'"url_verification"'),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(body=HANDSHAKE_BODIES)
+def test_any_body_gives_a_bounded_challenge_or_none(body: bytes) -> None:
+    challenge = slack.url_verification_challenge(body)
+    reply = handshake_reply(SLACK_TOOL, body)
+    if challenge is None:
+        assert reply is None
+        return
+    assert 0 < len(challenge) <= 1024
+    assert orjson.loads(body)["challenge"] == challenge
+    assert reply is not None
+    assert (reply.body, reply.media_type) == (challenge.encode(), "text/plain")
+
+
+@settings(max_examples=300, deadline=None)
+@given(value=st.one_of(st.text(max_size=20), st.integers(-(10**13), 10**13).map(str)))
+def test_any_timestamp_text_is_whole_seconds_or_an_auth_error(value: str) -> None:
+    try:
+        seconds = timestamp.parse(value, "X-Ts")
+    except AuthError as exc:
+        assert "X-Ts" in str(exc)
+    else:
+        assert str(seconds) == value.lstrip("0").rjust(1, "0")
+        assert 0 <= seconds < 10**12
+
+
+@settings(max_examples=300, deadline=None)
+@given(secret=st.one_of(st.text(max_size=60), st.text(max_size=60).map("whsec_".__add__)))
+def test_any_standard_webhooks_secret_decodes_or_is_a_value_error(secret: str) -> None:
+    try:
+        key = standard_webhooks.decode_secret(secret)
+    except ValueError:
+        return
+    assert key

@@ -122,7 +122,8 @@ class IngestHandler:
             )
 
         declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self._max_bytes:
+        # isdecimal, not isdigit: int() refuses digits such as "²", which isdigit() accepts.
+        if declared is not None and declared.isdecimal() and int(declared) > self._max_bytes:
             return _too_large(self._max_bytes)
         try:
             body = await self._read_body(request)

@@ -7,7 +7,7 @@ clients are served. Errors use the ingest error shape and name the offending fie
 from __future__ import annotations
 
 import hmac
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from ipaddress import ip_address
 from typing import Any
@@ -98,6 +98,7 @@ class ManagementAPI:
 
     async def list_events(self, request: Request) -> Response:
         query = request.query_params
+        _refuse_unknown(query, (*_EVENT_FILTERS, *_PAGING))
         status = query.get("status")
         if status and status not in EVENT_STATUSES:
             raise BadRequest(f"status: expected one of {', '.join(EVENT_STATUSES)}", "status")
@@ -126,6 +127,7 @@ class ManagementAPI:
 
     async def list_dead_letters(self, request: Request) -> Response:
         query = request.query_params
+        _refuse_unknown(query, (*_DLQ_FILTERS, *_PAGING))
         where = _dead_letter_filter(dict(query))
         try:
             items, cursor = await self._dead_letters.list(
@@ -150,7 +152,9 @@ class ManagementAPI:
     async def retry_dead_letters(self, request: Request) -> Response:
         """Bulk: every pending dead letter matching the filter in the JSON body."""
         body = await request.body()
-        where = _dead_letter_filter(await _json_object(request) if body.strip() else {})
+        raw = await _json_object(request) if body.strip() else {}
+        _refuse_unknown(raw, _DLQ_FILTERS)
+        where = _dead_letter_filter(raw)
         if where.status not in (None, DLQ_PENDING):
             raise BadRequest("status: bulk retry takes pending dead letters only", "status")
         total, started = 0, datetime.now(UTC)
@@ -160,7 +164,7 @@ class ManagementAPI:
 
     def _guarded(self, endpoint: Endpoint) -> Endpoint:
         async def guarded(request: Request) -> Response:
-            denied = self._deny(request)
+            denied = self._deny(request) or _refuse_nul(request)
             if denied is not None:
                 return denied
             try:
@@ -213,6 +217,19 @@ async def _json_object(request: Request) -> dict[str, Any]:
         raise BadRequest(f"the body is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
         raise BadRequest("the body must be a JSON object")
+    # PostgreSQL text and JSONB cannot hold NUL; refuse it on every backend alike. A stack, not
+    # recursion: the body may nest as deep as the JSON parser allows.
+    pending: list[Any] = [data]
+    while pending:
+        value = pending.pop()
+        if isinstance(value, dict):
+            if any("\x00" in key for key in value):
+                raise BadRequest(f"{_NUL} in a key")
+            pending.extend(value.values())
+        elif isinstance(value, list):
+            pending.extend(value)
+        elif isinstance(value, str) and "\x00" in value:
+            raise BadRequest(f"{_NUL} in a string")
     return data
 
 
@@ -223,34 +240,58 @@ def _bad_request(detail: str, field: str | None) -> Response:
     return JSONResponse(payload, status_code=400)
 
 
+_EVENT_FILTERS = ("tool_id", "event_type", "status", "since", "until")
 _DLQ_FILTERS = ("tool_id", "event_type", "error_class", "status", "since", "until")
+_PAGING = ("limit", "cursor")
+_NUL = "the NUL character (\\u0000) is not allowed"
 
 
-def _dead_letter_filter(raw: dict[str, Any]) -> DeadLetterFilter:
-    unknown = sorted(set(raw) - {*_DLQ_FILTERS, "limit", "cursor"})
+def _refuse_unknown(raw: Mapping[str, Any], known: tuple[str, ...]) -> None:
+    """A misspelt filter would silently match everything: name it instead."""
+    unknown = sorted(set(raw) - set(known))
     if unknown:
+        filters = [name for name in known if name not in _PAGING]
         raise BadRequest(
-            f"{unknown[0]}: unknown filter (known: {', '.join(_DLQ_FILTERS)})", unknown[0]
+            f"{unknown[0]!r}: unknown parameter (known filters: {', '.join(filters)})", unknown[0]
         )
-    values = {name: raw.get(name) or None for name in ("tool_id", "event_type", "error_class")}
+
+
+def _refuse_nul(request: Request) -> Response | None:
+    """No stored id or value holds NUL (PostgreSQL text cannot), so a path id with one names
+    nothing (404) and a query value with one is a mistake (400), on every backend alike."""
+    for name, value in request.path_params.items():
+        if "\x00" in value:
+            return error(404, "not_found", f"no {name.removesuffix('_id')} {value!r}")
+    for name, value in request.query_params.multi_items():
+        if "\x00" in name or "\x00" in value:
+            return _bad_request(f"{name!r}: {_NUL}", name or None)
+    return None
+
+
+def _dead_letter_filter(raw: Mapping[str, Any]) -> DeadLetterFilter:
+    # Absent, null and "" all mean no filter; false, 0, [] or {} are mistakes, not wildcards.
+    values = {name: raw.get(name) if raw.get(name) != "" else None for name in _DLQ_FILTERS}
     for name, value in values.items():
         if value is not None and not isinstance(value, str):
             raise BadRequest(f"{name}: expected a string", name)
-    status = raw.get("status") or None
+    status = values.pop("status")
     if status is not None and status not in DLQ_STATUSES:
         raise BadRequest(f"status: expected one of {', '.join(DLQ_STATUSES)}", "status")
     return DeadLetterFilter(
-        **values,
+        tool_id=values["tool_id"],
+        event_type=values["event_type"],
+        error_class=values["error_class"],
         status=status,
-        since=_time(raw.get("since"), "since"),
-        until=_time(raw.get("until"), "until"),
+        since=_time(values["since"], "since"),
+        until=_time(values["until"], "until"),
     )
 
 
 def _limit(raw: str | None) -> int:
     if raw is None or raw == "":
         return 50
-    if not raw.isdigit() or not 1 <= int(raw) <= 500:
+    # isascii: str.isdigit() also holds for digits such as "²" that int() refuses.
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= 500:
         raise BadRequest("limit: expected a whole number from 1 to 500", "limit")
     return int(raw)
 
@@ -262,6 +303,8 @@ def _time(raw: str | None, name: str) -> datetime | None:
         return parse_time(raw)
     except ValueError as exc:
         raise BadRequest(f"{name}: {exc}", name) from None
+    except OverflowError:  # year 1 with a positive offset, year 9999 with a negative one
+        raise BadRequest(f"{name}: {raw!r} is out of the supported range", name) from None
 
 
 def _is_loopback(host: str) -> bool:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from webhook_worker import __version__
+from webhook_worker.constants import EVENT_STATUSES
+from webhook_worker.storage.deadletters import DLQ_STATUSES
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -44,13 +46,25 @@ def _path(name: str) -> dict[str, Any]:
     return {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
 
 
+# In a query (and in the bulk retry filter) an empty value means the same as leaving it out, as
+# in SPEC's `?tool_id=&event_type=&...`; a parameter that is not listed is refused with 400.
+_EMPTY = {"type": "string", "maxLength": 0}
+_TIME_FILTER = {"anyOf": [{"type": "string", "format": "date-time"}, _EMPTY]}
+
+
+def _status_filter(statuses: tuple[str, ...]) -> dict[str, Any]:
+    return {"type": "string", "enum": ["", *statuses]}
+
+
 _PAGING = [
     _query(
-        "limit", "page size (1-500, default 50)", {"type": "integer", "minimum": 1, "maximum": 500}
+        "limit",
+        "page size (1-500, default 50)",
+        {"anyOf": [{"type": "integer", "minimum": 1, "maximum": 500}, _EMPTY]},
     ),
     _query("cursor", "next_cursor of the previous page"),
-    _query("since", "ISO 8601 time, inclusive", {"type": "string", "format": "date-time"}),
-    _query("until", "ISO 8601 time, exclusive", {"type": "string", "format": "date-time"}),
+    _query("since", "ISO 8601 time, inclusive", _TIME_FILTER),
+    _query("until", "ISO 8601 time, exclusive", _TIME_FILTER),
     _query("tool_id", "only this tool"),
     _query("event_type", "only this event type"),
 ]
@@ -145,7 +159,7 @@ def document() -> dict[str, Any]:
                         "tool_id": {"type": "string"},
                         "event_type": {"type": ["string", "null"]},
                         "delivery_id": {"type": "string"},
-                        "status": {"enum": ["pending", "processed", "ignored", "retrying", "dead"]},
+                        "status": {"enum": list(EVENT_STATUSES)},
                         "received_at": _TIME,
                         "processed_at": _TIME,
                         "payload": {},
@@ -166,7 +180,7 @@ def document() -> dict[str, Any]:
                         "error_class": {"type": "string"},
                         "retryable": {"type": "boolean"},
                         "retry_count": {"type": "integer"},
-                        "status": {"enum": ["pending", "retrying", "resolved", "discarded"]},
+                        "status": {"enum": list(DLQ_STATUSES)},
                         "created_at": _TIME,
                         "last_retry_at": _TIME,
                         "next_retry_at": _TIME,
@@ -175,13 +189,16 @@ def document() -> dict[str, Any]:
                 },
                 "DeadLetterFilter": {
                     "type": "object",
+                    "description": "empty or null values mean no filter",
                     "properties": {
-                        "tool_id": {"type": "string"},
-                        "event_type": {"type": "string"},
-                        "error_class": {"type": "string"},
-                        "since": _TIME,
-                        "until": _TIME,
+                        "tool_id": {"type": ["string", "null"]},
+                        "event_type": {"type": ["string", "null"]},
+                        "error_class": {"type": ["string", "null"]},
+                        "status": {"enum": ["pending", "", None]},
+                        "since": {"anyOf": [_TIME_FILTER, {"type": "null"}]},
+                        "until": {"anyOf": [_TIME_FILTER, {"type": "null"}]},
                     },
+                    "additionalProperties": False,
                 },
             },
         },
@@ -248,7 +265,11 @@ def document() -> dict[str, Any]:
                     "summary": "List events, newest first",
                     "parameters": [
                         *_PAGING,
-                        _query("status", "pending, processed, ignored, retrying or dead"),
+                        _query(
+                            "status",
+                            "pending, processed, ignored, retrying or dead",
+                            _status_filter(EVENT_STATUSES),
+                        ),
                     ],
                     "responses": {
                         "200": _json(_page("Event"), "events"),
@@ -286,7 +307,11 @@ def document() -> dict[str, Any]:
                     "parameters": [
                         *_PAGING,
                         _query("error_class", "only this error class"),
-                        _query("status", "pending, retrying, resolved or discarded"),
+                        _query(
+                            "status",
+                            "pending, retrying, resolved or discarded",
+                            _status_filter(DLQ_STATUSES),
+                        ),
                     ],
                     "responses": {
                         "200": _json(_page("DeadLetter"), "dead letters"),

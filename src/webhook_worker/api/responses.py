@@ -12,7 +12,37 @@ class JSONResponse(Response):
     media_type = "application/json"
 
     def render(self, content: Any) -> bytes:
-        return orjson.dumps(content, option=orjson.OPT_NON_STR_KEYS)
+        try:
+            return orjson.dumps(content, option=orjson.OPT_NON_STR_KEYS)
+        except orjson.JSONEncodeError:
+            # orjson encodes at most 254 levels of nesting but parses up to 1024, so a stored
+            # payload can be too deep for it; anything else it refuses is refused again here.
+            return _dumps_deep(content)
+
+
+def _dumps_deep(content: Any) -> bytes:
+    """``content`` as JSON at any depth: containers by hand with a stack, leaves by orjson."""
+    out = bytearray()
+    # (True, bytes) is output as it is; (False, value) is a value still to encode.
+    pending: list[tuple[bool, Any]] = [(False, content)]
+    while pending:
+        literal, item = pending.pop()
+        if literal:
+            out += item
+        elif isinstance(item, dict) and item:
+            parts: list[tuple[bool, Any]] = []
+            for index, (key, value) in enumerate(item.items()):
+                name = orjson.dumps(key if isinstance(key, str) else str(key))
+                parts += [(True, (b"," if index else b"{") + name + b":"), (False, value)]
+            pending += [(True, b"}"), *reversed(parts)]
+        elif isinstance(item, list | tuple) and item:
+            parts = []
+            for index, value in enumerate(item):
+                parts += [(True, b"," if index else b"["), (False, value)]
+            pending += [(True, b"]"), *reversed(parts)]
+        else:
+            out += orjson.dumps(item, option=orjson.OPT_NON_STR_KEYS)
+    return bytes(out)
 
 
 def error(status: int, code: str, detail: str, headers: dict[str, str] | None = None) -> Response:
