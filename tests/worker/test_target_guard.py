@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from webhook_worker.worker.target_guard import TargetGuard
+from tests.support import target_server
+from webhook_worker.tools.model import ForwardConfig
+from webhook_worker.worker.forwarder import Forwarder, ForwardRequest
+from webhook_worker.worker.target_guard import ForbiddenTargetError, GuardedResolver, TargetGuard
 
 
 @pytest.mark.parametrize(
@@ -43,3 +46,34 @@ async def test_allow_private_forward_lets_everything_through() -> None:
 async def test_an_unresolvable_host_is_an_os_error_so_the_forward_is_retried() -> None:
     with pytest.raises(OSError):
         await TargetGuard().refusal("http://no-such-host.invalid/x")
+
+
+async def test_the_resolver_refuses_a_host_that_resolves_inward() -> None:
+    with pytest.raises(ForbiddenTargetError, match="loopback"):
+        await GuardedResolver(allow_private=False).resolve("localhost", 80)
+    allowed = await GuardedResolver(allow_private=True).resolve("localhost", 80)
+    assert {result["host"] for result in allowed} <= {"127.0.0.1", "::1"}
+
+
+async def test_a_dns_answer_that_changes_after_the_check_is_refused_at_connect_time() -> None:
+    """DNS rebinding: the host passed the URL check (here: a verdict cached while it resolved
+    to a public address), then resolves to loopback when the connection is made."""
+    guard = TargetGuard()
+
+    async def passed(url: str) -> str | None:
+        return None
+
+    guard.refusal = passed  # type: ignore[method-assign]
+    async with target_server() as target:
+        forwarder = Forwarder(guard)
+        try:
+            url = target.url.replace("127.0.0.1", "localhost")
+            config = ForwardConfig(url, "POST", (), 5.0, None)
+            request = ForwardRequest("e1", "t", "push", b"{}", "application/json")
+            outcome = await forwarder.send(config, request)
+        finally:
+            await forwarder.close()
+    assert outcome.failure is not None
+    assert outcome.failure.error_class == "forbidden_target"
+    assert "loopback" in outcome.failure.message
+    assert target.requests == []
