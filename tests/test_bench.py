@@ -51,7 +51,7 @@ def _check_complete(report: dict[str, Any], *, ceiling: bool = True) -> None:
     for key in (
         "schema", "command", "argv", "machine", "options", "deployment", "payload", "ceiling",
         "ingest", "ratio_to_ceiling", "end_to_end", "forward", "queue_depth", "rss_peak_mb",
-        "samples", "client", "warmup", "profile",
+        "cpu_us_per_event", "samples", "client", "warmup", "profile",
     ):  # fmt: skip
         assert key in report, key
     assert report["command"].startswith("webhook-worker bench ")
@@ -70,6 +70,10 @@ def _check_complete(report: dict[str, Any], *, ceiling: bool = True) -> None:
     assert stored["events_per_s"] > 0
     assert report["queue_depth"]["samples"], "queue depth was never sampled"
     assert report["rss_peak_mb"]["api"] > 0 and report["rss_peak_mb"]["worker"] > 0
+    cpu = report["cpu_us_per_event"]
+    assert cpu["api"] >= 0 and cpu["worker"] >= 0, cpu
+    # The machine's CPU includes the processes' own (one process for both when embedded).
+    assert cpu["machine"] > 0 and cpu["machine"] >= max(cpu["api"], cpu["worker"]), cpu
     assert report["client"]["ingest"]["cpu_s"] >= 0
     if ceiling:
         assert report["ceiling"]["requests_per_s"] > 0

@@ -14,6 +14,7 @@ own engine begins every transaction as a writer.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -107,6 +108,15 @@ class Observer:
         pid = self._pids.get(role)
         return None if pid is None else process_memory_mb(pid, field)
 
+    def cpu_seconds(self) -> dict[str, float | None]:
+        """CPU time used so far by the ``api`` and ``worker`` processes, and by the whole
+        machine (every process, the database and Redis included)."""
+        used: dict[str, float | None] = {
+            role: process_cpu_s(pid) for role, pid in self._pids.items() if role in ROLES
+        }
+        used["machine"] = machine_busy_s()
+        return used
+
     async def sample(self, since: float) -> Sample:
         return Sample(
             t=round(time.time() - since, 2),
@@ -114,6 +124,28 @@ class Observer:
             api_rss_mb=self.rss_mb("api"),
             worker_rss_mb=self.rss_mb("worker"),
         )
+
+
+ROLES = ("api", "worker")
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def process_cpu_s(pid: int) -> float | None:
+    """User plus system CPU seconds of a process (``/proc/<pid>/stat``); None when it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name may hold spaces; the fields after its closing parenthesis do not.
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / _TICKS
+
+
+def machine_busy_s() -> float:
+    """CPU seconds all CPUs spent busy since boot (``/proc/stat``: all but idle and iowait)."""
+    with open("/proc/stat") as stat:
+        values = [int(v) for v in stat.readline().split()[1:9]]
+    return (sum(values) - values[3] - values[4]) / _TICKS
 
 
 def process_memory_mb(pid: int, field: str = "VmRSS") -> float | None:

@@ -80,6 +80,7 @@ def assemble(
             "samples": [{"t": s["t"], "depth": s["queue_depth"]} for s in samples],
         },
         "rss_peak_mb": measured["rss_peak_mb"],
+        "cpu_us_per_event": measured["cpu_us_per_event"],
         "samples": samples,
         "client": {
             "ingest": client_cost(measured["ingest"]),
@@ -149,6 +150,12 @@ def table(report: dict[str, Any]) -> Table:
     out.add_row(
         "peak RSS (MiB)",
         f"api {_number(rss.get('api'))}, worker {_number(rss.get('worker'))}{ceiling_rss}",
+    )
+    cpu = report["cpu_us_per_event"]
+    out.add_row(
+        "CPU per event (µs)",
+        f"api {_number(cpu.get('api'))}, worker {_number(cpu.get('worker'))}, "
+        f"whole machine {_number(cpu.get('machine'))}",
     )
     out.add_section()
     client = report["client"]["ingest"]

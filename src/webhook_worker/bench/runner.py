@@ -269,11 +269,13 @@ async def _measure(
     profiler = Profiler(options.profile, deployment.pids)
     sampler: asyncio.Task[None] | None = None
     since = time.time()
+    cpu_before: dict[str, float | None] = {}
 
     async def warmed(warmup: Phase) -> None:
         nonlocal sampler, since
         await _settled(deployment, observer, baseline, baseline_forwarded, warmup.accepted, options)
         profiler.start()
+        cpu_before.update(observer.cpu_seconds())
         since = time.time()
         sampler = asyncio.create_task(sample_until(observer, since, done, samples))
 
@@ -285,6 +287,7 @@ async def _measure(
             deployment, observer, baseline, baseline_forwarded, expected, options
         )
         drained = time.time()
+        cpu = _cpu_per_event(cpu_before, observer.cpu_seconds(), result.accepted)
     finally:
         done.set()
         if sampler is not None:
@@ -312,8 +315,24 @@ async def _measure(
         "forward": forward,
         "samples": [asdict(sample) for sample in samples],
         "rss_peak_mb": {role: observer.rss_mb(role, "VmHWM") for role in ("api", "worker")},
+        "cpu_us_per_event": cpu,
         "profile": profile,
     }
+
+
+def _cpu_per_event(
+    before: dict[str, float | None], after: dict[str, float | None], events: int
+) -> dict[str, float | None]:
+    """CPU microseconds per accepted event over the measured load and its drain, per process
+    and for the whole machine (load generator, database, Redis and anything else included)."""
+    per_event: dict[str, float | None] = {}
+    for key, start in before.items():
+        end = after.get(key)
+        if start is None or end is None or events <= 0:
+            per_event[key] = None
+        else:
+            per_event[key] = round(1e6 * (end - start) / events, 1)
+    return per_event
 
 
 def _rate(result: Phase, key: str, complete: bool, last_at: float | None) -> dict[str, Any]:
