@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck unit format clean bench
+.PHONY: run test lint typecheck unit format clean bench chaos
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -30,6 +30,12 @@ typecheck: $(STAMP)
 
 unit: $(STAMP)
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+## chaos: the fault-injection suite (tests/chaos) at full size; `make test` runs it at CI size
+chaos: $(STAMP)
+	CHAOS_LABEL=full CHAOS_EVENTS=20000 CHAOS_KILL_INTERVAL=3 CHAOS_REDIS_OUTAGE=10 \
+		CHAOS_PG_OUTAGE=30 CHAOS_FORWARD_EVENTS=3000 CHAOS_HANG_TIMEOUT=30 \
+		$(BIN)/pytest tests/chaos $(PYTEST_ARGS)
 
 ## bench: the load benchmark (docs/performance.md); e.g. BENCH_ARGS="--start postgres-redis --duration 20"
 bench: $(STAMP)

@@ -1,12 +1,16 @@
-"""Helpers the tests share: polling with a deadline, free ports, a private redis-server."""
+"""Helpers the tests share: polling with a deadline, free ports, a private redis-server, the
+real ``webhook-worker`` processes."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
+import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -86,6 +90,13 @@ class RedisServer:
                 time.sleep(0.02)
         client.close()
 
+    def kill(self) -> None:
+        """Crash it (SIGKILL): no shutdown, only what the append-only file already holds."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        self.process = None
+
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()
@@ -95,6 +106,66 @@ class RedisServer:
                 self.process.kill()
                 self.process.wait()
         self.process = None
+
+
+class Processes:
+    """Starts ``webhook-worker`` sub-commands (the virtualenv's console script) with a shared
+    environment, each logging to a file of its own; stops them all."""
+
+    def __init__(self, env: dict[str, str], logs: Path) -> None:
+        self.env = env
+        self.logs = logs
+        self.started: list[subprocess.Popen[bytes]] = []
+        self.log_files: dict[int, Path] = {}
+        self.executable = Path(sys.executable).with_name("webhook-worker")
+        if not self.executable.exists():
+            pytest.fail(f"{self.executable} is missing: install the project (make test does)")
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(self.executable), *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    def start(self, *args: str, **extra_env: str) -> subprocess.Popen[bytes]:
+        path = self.logs / f"{args[0]}-{len(self.started)}.log"
+        with path.open("wb") as log:
+            process = subprocess.Popen(
+                [str(self.executable), *args],
+                env={**self.env, **extra_env},
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        self.started.append(process)
+        self.log_files[process.pid] = path
+        return process
+
+    def log_of(self, process: subprocess.Popen[bytes]) -> Path:
+        return self.log_files[process.pid]
+
+    def exit_code(self, process: subprocess.Popen[bytes], within: float = 30) -> int | str:
+        """The exit code; a process that does not exit is asked (SIGUSR1) to log where each of
+        its tasks waits, so the failure shows why."""
+        try:
+            return process.wait(timeout=within)
+        except subprocess.TimeoutExpired:
+            process.send_signal(signal.SIGUSR1)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=2)
+            return f"still running after {within}s"
+
+    def output(self) -> str:
+        return "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in self.logs.glob("*.log"))
+
+    def stop_all(self) -> None:
+        for process in self.started:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
 
 
 @asynccontextmanager

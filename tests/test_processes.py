@@ -5,11 +5,8 @@ stored exactly once."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import signal
-import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,61 +16,11 @@ import pytest
 from sqlalchemy import func, select
 
 from tests.conftest import REDIS_URL
-from tests.support import eventually, free_port
+from tests.support import Processes, eventually, free_port
 from webhook_worker.storage.database import Database
 from webhook_worker.storage.schema import events
 
 EVENTS = int(os.environ.get("TEST_PROCESS_EVENTS", "3000"))
-
-
-class Processes:
-    """Starts ``webhook-worker`` sub-commands with a shared environment; stops them all."""
-
-    def __init__(self, env: dict[str, str], logs: Path) -> None:
-        self.env = env
-        self.logs = logs
-        self.started: list[subprocess.Popen[bytes]] = []
-
-    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "webhook_worker", *args],
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-
-    def start(self, *args: str, **extra_env: str) -> subprocess.Popen[bytes]:
-        log = (self.logs / f"{args[0]}-{len(self.started)}.log").open("wb")
-        process = subprocess.Popen(
-            [sys.executable, "-m", "webhook_worker", *args],
-            env={**self.env, **extra_env},
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        self.started.append(process)
-        return process
-
-    def exit_code(self, process: subprocess.Popen[bytes], within: float = 30) -> int | str:
-        """The exit code; a process that does not exit is asked (SIGUSR1) to log where each of
-        its tasks waits, so the failure shows why."""
-        try:
-            return process.wait(timeout=within)
-        except subprocess.TimeoutExpired:
-            process.send_signal(signal.SIGUSR1)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                process.wait(timeout=2)
-            return f"still running after {within}s"
-
-    def output(self) -> str:
-        return "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in self.logs.glob("*.log"))
-
-    def stop_all(self) -> None:
-        for process in self.started:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
 
 
 @pytest.fixture(params=["redis", "database-queue"])

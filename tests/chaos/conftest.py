@@ -1,0 +1,117 @@
+"""Fixtures of the chaos suite: sizes, clusters of real processes, a private PostgreSQL; and the
+session's figures, written to ``tests/chaos/.results/<label>.json`` and shown after the run."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.chaos.harness import RESULTS, RESULTS_DIR, Cluster, Sizes
+from tests.chaos.postgres import PostgresServer
+from tests.support import Processes, free_port
+
+# Settings the processes must not inherit from whoever runs the tests.
+_OWN_PREFIXES = (
+    "DATABASE_",
+    "REDIS_",
+    "WORKER_",
+    "API_",
+    "HEALTH_",
+    "RETRY_",
+    "ALLOW_PRIVATE_FORWARD",
+    "TOOLS_",
+    "DLQ_",
+    "ADMIN_TOKEN",
+    "SECRETS_KEY",
+    "LOG_",
+    "OTEL_",
+)
+
+ClusterFactory = Callable[..., Cluster]
+
+
+@pytest.fixture
+def sizes() -> Sizes:
+    return Sizes.from_env()
+
+
+@pytest.fixture
+def start_cluster(tmp_path: Path) -> Iterator[ClusterFactory]:
+    """``start_cluster(database_url, redis_addr=..., **env)``: a :class:`Cluster` whose
+    processes share that database and queue (the database queue when ``redis_addr`` is None).
+    Every process still running at the end is killed."""
+    clusters: list[Cluster] = []
+
+    def make(
+        database_url: str,
+        *,
+        redis_addr: str | None = None,
+        redis_password: str | None = None,
+        redis_prefix: str | None = None,
+        **extra: str,
+    ) -> Cluster:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(_OWN_PREFIXES)}
+        env.update(
+            DATABASE_URL=database_url,
+            API_ADDR=f"127.0.0.1:{free_port()}",
+            WORKER_RECLAIM_IDLE="1s",
+            TOOLS_REFRESH_INTERVAL="200ms",
+            LOG_LEVEL="info",
+            LOG_FORMAT="json",
+        )
+        if redis_addr is not None:
+            env["REDIS_ADDR"] = redis_addr
+            if redis_password is not None:
+                env["REDIS_PASSWORD"] = redis_password
+            if redis_prefix is not None:
+                env["REDIS_KEY_PREFIX"] = redis_prefix
+        env.update(extra)
+        logs = tmp_path / f"cluster-{len(clusters)}"
+        logs.mkdir()
+        cluster = Cluster(Processes(env, logs))
+        clusters.append(cluster)
+        return cluster
+
+    yield make
+    for cluster in clusters:
+        cluster.processes.stop_all()
+
+
+@pytest.fixture
+def private_postgres() -> Iterator[PostgresServer]:
+    """A PostgreSQL server of this test's own (it may stop and start it); removed afterwards."""
+    server = PostgresServer()
+    try:
+        server.init()
+        server.start()
+        yield server
+    finally:
+        server.destroy()
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Merge this session's figures into ``<label>.json``: a test run again replaces its
+    entry, the others' stay."""
+    if not RESULTS:
+        return
+    RESULTS_DIR.mkdir(exist_ok=True)
+    path = RESULTS_DIR / f"{RESULTS[0]['label']}.json"
+    try:
+        kept = json.loads(path.read_text())
+    except (OSError, ValueError):
+        kept = []
+    ran = {summary["test"] for summary in RESULTS}
+    merged = [summary for summary in kept if summary.get("test") not in ran] + RESULTS
+    path.write_text(json.dumps(sorted(merged, key=lambda s: s["test"]), indent=2) + "\n")
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if not RESULTS:
+        return
+    terminalreporter.section("chaos figures")
+    for summary in RESULTS:
+        terminalreporter.write_line(json.dumps(summary))
