@@ -59,7 +59,7 @@ class Database:
                 max_overflow=0,
                 pool_timeout=60,
                 hide_parameters=True,
-                json_serializer=_json_text,
+                json_serializer=json_text,
             )
             _configure_sqlite(engine)
         else:
@@ -78,7 +78,7 @@ class Database:
                 connect_args=connect_args,
                 # Errors must not print bound values: tool configs hold (encrypted) secrets.
                 hide_parameters=True,
-                json_serializer=_json_text,
+                json_serializer=json_text,
             )
         return cls(engine)
 
@@ -143,7 +143,7 @@ def _ssl_context(mode: str) -> ssl.SSLContext | str | None:
     return context
 
 
-def _json_text(value: Any) -> str:
+def json_text(value: Any) -> str:
     """JSON columns through orjson (several times faster than the standard library here);
     values nested deeper than orjson goes (254 levels) through the standard library."""
     try:

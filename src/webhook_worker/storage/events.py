@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from webhook_worker.clock import iso
 from webhook_worker.errors import NotFoundError
-from webhook_worker.storage.database import Database
+from webhook_worker.storage.database import Database, json_text
 from webhook_worker.storage.schema import attempts, events
 
 MAX_PAGE = 500
@@ -47,8 +47,55 @@ async def insert_events(conn: AsyncConnection, rows: Sequence[Mapping[str, Any]]
     error. Returns the ids actually inserted."""
     if not rows:
         return set()
+    if conn.dialect.name == "postgresql":
+        return await _insert_events_unnest(conn, rows)
     statement = insert_ignoring_conflicts(conn.dialect.name, events).returning(events.c.id)
     return {row[0] for row in await conn.execute(statement, list(rows))}
+
+
+# One array per column: the same prepared statement for every batch size, and the rows are
+# encoded by the driver in C rather than bound one parameter at a time (a multi-row VALUES of
+# 500 rows has 5,500 parameters and is a new statement for every batch size).
+_INSERT_EVENTS_UNNEST = """
+INSERT INTO events (id, tool_id, event_type, delivery_id, status, received_at, processed_at,
+                    headers, body, payload, attempt_count)
+SELECT * FROM unnest($1::varchar[], $2::varchar[], $3::varchar[], $4::varchar[], $5::varchar[],
+                     $6::timestamptz[], $7::timestamptz[], $8::jsonb[], $9::bytea[],
+                     $10::jsonb[], $11::int[])
+ON CONFLICT DO NOTHING
+RETURNING id
+"""
+_UNNEST_COLUMNS = (
+    "id",
+    "tool_id",
+    "event_type",
+    "delivery_id",
+    "status",
+    "received_at",
+    "processed_at",
+    "headers",
+    "body",
+    "payload",
+    "attempt_count",
+)
+_JSON_COLUMNS = frozenset({"headers", "payload"})
+
+
+async def _insert_events_unnest(
+    conn: AsyncConnection, rows: Sequence[Mapping[str, Any]]
+) -> set[str]:
+    columns = []
+    for name in _UNNEST_COLUMNS:
+        if name in _JSON_COLUMNS:
+            columns.append([_json_text(row[name]) for row in rows])
+        else:
+            columns.append([row[name] for row in rows])
+    result = await conn.exec_driver_sql(_INSERT_EVENTS_UNNEST, tuple(columns))
+    return {row[0] for row in result}
+
+
+def _json_text(value: Any) -> str | None:
+    return None if value is None else json_text(value)
 
 
 async def insert_attempts(conn: AsyncConnection, rows: Sequence[Mapping[str, Any]]) -> None:
