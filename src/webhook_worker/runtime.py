@@ -130,6 +130,8 @@ async def open_runtime(
     secrets = SecretsAtRest.from_settings(settings)  # a bad SECRETS_KEY stops us before I/O
     async with database(settings, migrate_first=migrate_first) as db:
         queue = await _open_queue(settings, db)
+        # Embedded: the queue is in the SQLite file, so the worker's commits may skip the fsync.
+        db.relaxed_commits = db.is_sqlite and isinstance(queue, DatabaseQueue)
         forwarder = Forwarder(guard=TargetGuard(settings.allow_private_forward))
         try:
             store = ToolStore(db, secrets)

@@ -190,7 +190,7 @@ class DatabaseQueue:
         """Delete the acknowledged messages (one statement per thousand)."""
         ids = [int(d.receipt) for d in deliveries]
         with _unavailable("acknowledge"):
-            async with self._db.begin() as conn:
+            async with self._db.begin(durable=False) as conn:
                 for chunk in _chunks(ids):
                     await conn.execute(delete(queue_messages).where(queue_messages.c.id.in_(chunk)))
 
@@ -202,7 +202,7 @@ class DatabaseQueue:
             return
         until = time.time() + self._reclaim_idle
         with _unavailable("renew leases"):
-            async with self._db.begin() as conn:
+            async with self._db.begin(durable=False) as conn:
                 for chunk in _chunks(ids):
                     await conn.execute(
                         update(queue_messages)
@@ -241,7 +241,7 @@ class DatabaseQueue:
             for d, delay in deliveries
         ]
         with _unavailable("schedule a retry"):
-            async with self._db.begin() as conn:
+            async with self._db.begin(durable=False) as conn:
                 await conn.execute(statement, rows)
 
     async def promote_due(self, limit: int = 500) -> int:
@@ -375,7 +375,7 @@ class DatabaseQueue:
             .returning(*_MESSAGE_COLUMNS)
         )
         with _unavailable(action):
-            async with self._db.begin() as conn:
+            async with self._db.begin(durable=False) as conn:
                 rows = (await conn.execute(statement)).all()
         # RETURNING follows no particular order; hand messages out oldest first.
         return [_delivery(row) for row in sorted(rows, key=lambda row: int(row.id))]

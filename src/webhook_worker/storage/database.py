@@ -18,6 +18,9 @@ from sqlalchemy.pool import ConnectionPoolEntry
 from webhook_worker.config import Settings
 from webhook_worker.errors import ConfigError
 
+_DURABLE = "webhook_worker_durable"
+"""Execution option (and connection info key): whether commits wait for the disk."""
+
 
 def is_unavailable(exc: BaseException) -> bool:
     """True when ``exc`` means "the database cannot be reached right now" (worth retrying),
@@ -33,6 +36,10 @@ class Database:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
         self.dialect: str = engine.dialect.name
+        self.relaxed_commits = False
+        """Set when the queue lives in this SQLite database (embedded mode): then
+        ``begin(durable=False)`` commits without waiting for the disk. See :meth:`begin`."""
+        self._relaxed = engine.execution_options(**{_DURABLE: False})
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Database:
@@ -90,9 +97,19 @@ class Database:
         """``async with db.connect() as conn`` (no transaction)."""
         return self.engine.connect()
 
-    def begin(self) -> Any:
-        """``async with db.begin() as conn``: one transaction, committed on exit."""
-        return self.engine.begin()
+    def begin(self, durable: bool = True) -> Any:
+        """``async with db.begin() as conn``: one transaction, committed on exit.
+
+        ``durable=False`` is for the worker's own bookkeeping (leases, stored events, outcomes,
+        acknowledgements). With :attr:`relaxed_commits` such a commit on SQLite does not wait
+        for the disk (``synchronous=NORMAL``). That is safe because the queue is in the same
+        file: a power loss can only roll back the newest transactions, never an earlier one
+        while keeping a later, and every durable commit (an accepted event) syncs all that came
+        before it. What rolls back is done again: the message comes back with it.
+        """
+        if durable or not self.relaxed_commits:
+            return self.engine.begin()
+        return self._relaxed.begin()
 
     async def ping(self) -> float:
         """Round-trip a trivial query; returns its duration in milliseconds."""
@@ -129,6 +146,10 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
 
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(conn: Connection) -> None:
+        durable = conn.get_execution_options().get(_DURABLE, True)
+        if conn.info.get(_DURABLE, True) != durable:
+            conn.exec_driver_sql("PRAGMA synchronous=" + ("FULL" if durable else "NORMAL"))
+            conn.info[_DURABLE] = durable
         conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 

@@ -126,7 +126,7 @@ class Processor:
 
     async def _insert(self, works: list[Work], now: datetime) -> tuple[set[str], dict[str, Any]]:
         """Insert the new events with what is already known of them; read the others' state."""
-        async with self._db.begin() as conn:
+        async with self._db.begin(durable=False) as conn:
             inserted = await insert_events(conn, [event_row(w, now) for w in works])
             others = [w.message.event_id for w in works if w.message.event_id not in inserted]
             states = await event_states(conn, others)
@@ -293,7 +293,7 @@ class Processor:
                 batch.done.append(work.delivery)
 
     async def _record_outcomes(self, settled: list[Work], now: datetime) -> None:
-        async with self._db.begin() as conn:
+        async with self._db.begin(durable=False) as conn:
             await update_outcomes(conn, [outcome_row(w, now) for w in settled])
             await insert_attempts(conn, [attempt_row(w, now) for w in settled])
             await upsert_dead_letters(
@@ -312,7 +312,7 @@ class Processor:
             _dead(Work(d, self._plans.for_event(None, None), STATUS_DEAD), error_class, error)
             for d in deliveries
         ]
-        async with self._db.begin() as conn:
+        async with self._db.begin(durable=False) as conn:
             inserted = await insert_events(conn, [event_row(w, now) for w in works])
             fresh = [w for w in works if w.message.event_id in inserted]
             await insert_attempts(conn, [attempt_row(w, now) for w in fresh])
