@@ -7,6 +7,7 @@ the event durably; when the queue is away the answer is 503 and the sender retri
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import time
@@ -268,11 +269,21 @@ def _extract(source: FieldSource, headers: Any, parsed: Any) -> str | None:
     return text or None
 
 
+@functools.lru_cache(maxsize=4096)
+def _header_name(raw: bytes) -> str:
+    return raw.decode("latin-1").lower()
+
+
+@functools.lru_cache(maxsize=4096)
+def _names_a_secret(name: str) -> bool:
+    return any(word in name for word in _SECRET_HEADER_WORDS)
+
+
 def _stored_headers(raw: Iterable[tuple[bytes, bytes]], secret_headers: frozenset[str]) -> bytes:
     stored: dict[str, str] = {}
     for raw_name, raw_value in raw:
-        name = raw_name.decode("latin-1").lower()
-        if name in secret_headers or any(word in name for word in _SECRET_HEADER_WORDS):
+        name = _header_name(raw_name)
+        if name in secret_headers or _names_a_secret(name):
             continue
         value = raw_value.decode("latin-1")
         stored[name] = f"{stored[name]}, {value}" if name in stored else value

@@ -51,7 +51,7 @@ class HmacVerifier:
             when = timestamp.parse(raw_time, self._timestamp_header)
             signed = raw_time.encode() + b"." + body
         if not any(
-            hmac.compare_digest(hmac.new(key, signed, self._digest).digest(), signature)
+            hmac.compare_digest(hmac.digest(key, signed, self._digest), signature)
             for key in self._keys
         ):
             raise AuthError(f"{self._header} does not match the body")

@@ -43,7 +43,7 @@ class SlackVerifier:
             raise AuthError(f"{SIGNATURE_HEADER} is not valid hex") from None
         signed = f"{_VERSION}:{raw_time}:".encode() + body
         if not any(
-            hmac.compare_digest(hmac.new(key, signed, hashlib.sha256).digest(), signature)
+            hmac.compare_digest(hmac.digest(key, signed, hashlib.sha256), signature)
             for key in self._keys
         ):
             raise AuthError(f"{SIGNATURE_HEADER} does not match the body")

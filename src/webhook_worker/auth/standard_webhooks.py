@@ -42,7 +42,7 @@ class StandardWebhooksVerifier:
         if not signatures:
             raise AuthError(f"{SIGNATURE_HEADERS[0]} has no valid '{_VERSION},<base64>' entry")
         signed = utf8(message_id) + f".{raw_time}.".encode() + body
-        expected = [hmac.new(key, signed, hashlib.sha256).digest() for key in self._keys]
+        expected = [hmac.digest(key, signed, hashlib.sha256) for key in self._keys]
         if not any(hmac.compare_digest(mine, theirs) for mine in expected for theirs in signatures):
             raise AuthError(f"no signature in {SIGNATURE_HEADERS[0]} matches the body")
         timestamp.check(when, now, self._tolerance, TIMESTAMP_HEADERS[0])

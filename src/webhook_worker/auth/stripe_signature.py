@@ -30,7 +30,7 @@ class StripeVerifier:
     def verify(self, headers: Headers, body: bytes, now: float) -> None:
         when, signatures = parse_header(read_header(headers, HEADER))
         signed = f"{when}.".encode() + body
-        expected = [hmac.new(key, signed, hashlib.sha256).digest() for key in self._keys]
+        expected = [hmac.digest(key, signed, hashlib.sha256) for key in self._keys]
         if not any(hmac.compare_digest(mine, sent) for mine in expected for sent in signatures):
             raise AuthError(f"no {_SCHEME} signature in {HEADER} matches the body")
         timestamp.check(when, now, self._tolerance, f"{HEADER} t", allow_future=True)
