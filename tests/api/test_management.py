@@ -480,3 +480,19 @@ async def test_a_webhook_flows_through_ingest_and_worker_into_the_api(api: Api) 
     assert [attempt["attempt"] for attempt in event["attempts"]] == [1]
     page = (await http.get("/api/v1/events", params={"tool_id": "demo"})).json()
     assert [item["id"] for item in page["items"]] == [event_id]
+
+
+@pytest.mark.parametrize("token", [None, "s3cret-admin-token"])
+async def test_the_startup_log_says_whether_the_management_api_is_loopback_only(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, token: str | None
+) -> None:
+    settings = Settings(data_dir=tmp_path, admin_token=token)
+    with caplog.at_level("INFO"):
+        async with open_runtime(settings, migrate_first=True) as runtime, serving(runtime):
+            pass
+    warnings = [r.getMessage() for r in caplog.records if "ADMIN_TOKEN" in r.getMessage()]
+    if token is None:
+        assert len(warnings) == 1 and "loopback clients only" in warnings[0]
+    else:
+        assert warnings == []
+        assert all(token not in r.getMessage() for r in caplog.records)
