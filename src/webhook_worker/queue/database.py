@@ -28,6 +28,7 @@ from sqlalchemy import (
     delete,
     func,
     insert,
+    literal_column,
     select,
     text,
     tuple_,
@@ -93,6 +94,7 @@ class DatabaseQueue:
         self._upsert_insert: Any = (
             postgresql.insert if db.dialect == "postgresql" else sqlite.insert
         )
+        self._record_ids = self._record_ids_statement()
 
     async def enqueue(self, messages: Sequence[Message]) -> list[EnqueueResult]:
         """Durably add ``messages`` in one transaction; see the Protocol.
@@ -113,8 +115,18 @@ class DatabaseQueue:
         new: set[_Key] = set()
         with _unavailable("enqueue"):
             async with self._db.begin() as conn:
+                expires_at = now + self._idempotency_ttl
                 for chunk in _chunks(by_key):
-                    result = await conn.execute(self._record_ids(chunk, now))
+                    rows = [
+                        {
+                            "tool_id": m.tool_id,
+                            "delivery_id": m.delivery_id,
+                            "event_id": m.event_id,
+                            "expires_at": expires_at,
+                        }
+                        for m in chunk
+                    ]
+                    result = await conn.execute(self._record_ids, rows)
                     for tool_id, delivery_id, event_id in result.all():
                         event_ids[(tool_id, delivery_id)] = event_id
                         new.add((tool_id, delivery_id))
@@ -316,32 +328,24 @@ class DatabaseQueue:
                 if deleted < chunk:
                     return total
 
-    def _record_ids(self, messages: Sequence[Message], now: float) -> Any:
+    def _record_ids_statement(self) -> Any:
         """INSERT the delivery ids, reviving expired ones; RETURNING lists exactly the new ones.
 
         Other rows are locked by the statement (PostgreSQL locks a conflicting row even when the
         DO UPDATE condition is false), so a concurrent enqueue of the same id waits for our
-        commit and then sees a live record.
+        commit and then sees a live record. "Expired" is written against the new row's
+        ``expires_at`` (now + TTL), so the statement has no parameter outside its rows and is
+        compiled once and executed for any number of rows.
         """
-        expires_at = now + self._idempotency_ttl
-        statement = self._upsert_insert(delivery_ids).values(
-            [
-                {
-                    "tool_id": m.tool_id,
-                    "delivery_id": m.delivery_id,
-                    "event_id": m.event_id,
-                    "expires_at": expires_at,
-                }
-                for m in messages
-            ]
-        )
+        statement = self._upsert_insert(delivery_ids)
+        ttl: ColumnElement[float] = literal_column(repr(float(self._idempotency_ttl)))
         return statement.on_conflict_do_update(
             index_elements=[delivery_ids.c.tool_id, delivery_ids.c.delivery_id],
             set_={
                 "event_id": statement.excluded.event_id,
                 "expires_at": statement.excluded.expires_at,
             },
-            where=delivery_ids.c.expires_at < now,
+            where=delivery_ids.c.expires_at < statement.excluded.expires_at - ttl,
         ).returning(delivery_ids.c.tool_id, delivery_ids.c.delivery_id, delivery_ids.c.event_id)
 
     async def _lease(
