@@ -96,13 +96,17 @@ def test_smoke_postgres_redis_cleans_up(
 ) -> None:
     out = tmp_path / "out.json"
     completed = _bench(
-        "--start", "postgres-redis", *SMOKE, "--payload", "small", "--json", str(out),
+        "--start", "postgres-redis", *SMOKE, "--payload", "small", "--pause-worker",
+        "--json", str(out),
         DATABASE_URL=postgres_server_url,
         REDIS_ADDR=REDIS_URL.split("://", 1)[1].split("/", 1)[0],
         REDIS_KEY_PREFIX=redis_prefix,
     )  # fmt: skip
     report = _report(out, completed)
     _check_complete(report)
+    # The worker was stopped during the load (a burst) and drained everything afterwards.
+    assert report["options"]["pause_worker"] is True
+    assert "worker paused during the load" in completed.stdout
     deployment = report["deployment"]
     assert deployment["queue"].startswith("redis")
     assert deployment["redis_key_prefix"].startswith(f"{redis_prefix}:bench-")
@@ -135,6 +139,12 @@ def test_smoke_forward_events(tmp_path: Path) -> None:
     assert report["deployment"]["tool_mode"] == "store_and_forward"
     assert report["forward"]["all_forwarded"] is True
     assert report["forward"]["forwarded"] == 50
+
+
+def test_pause_worker_needs_a_worker_process_of_its_own() -> None:
+    completed = _bench("--start", "embedded", "--pause-worker")
+    assert completed.returncode == 2
+    assert "--pause-worker needs a separate worker process" in completed.stderr
 
 
 def test_only_loopback_is_loaded() -> None:

@@ -112,9 +112,11 @@ def table(report: dict[str, Any]) -> Table:
     out.add_row("deployment", f"{deployment['mode']}: {deployment['database']}")
     out.add_row("queue", deployment["queue"])
     rate = f", paced at {options['rate']:g} req/s" if options["rate"] else ""
+    paused = ", worker paused during the load" if options.get("pause_worker") else ""
     out.add_row(
         "load",
-        f"{size['name']} ({size['bytes']} B), {options['connections']} connections, {bound}{rate}",
+        f"{size['name']} ({size['bytes']} B), {options['connections']} connections, "
+        f"{bound}{rate}{paused}",
     )
     out.add_section()
     ceiling = report["ceiling"]

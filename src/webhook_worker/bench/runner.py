@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
 import signal
 import sys
@@ -65,6 +66,8 @@ class Options:
     timeout: float = 30.0
     forward: bool = False
     ceiling: bool = True
+    pause_worker: bool = False
+    """Stop the worker (SIGSTOP) while the measured load runs, resume it (SIGCONT) to drain."""
     drain_timeout: float = 300.0
     keep: bool = False
     pids: tuple[tuple[str, int], ...] = ()
@@ -276,11 +279,17 @@ async def _measure(
         await _settled(deployment, observer, baseline, baseline_forwarded, warmup.accepted, options)
         profiler.start()
         cpu_before.update(observer.cpu_seconds())
+        if options.pause_worker:
+            os.kill(deployment.pids["worker"], signal.SIGSTOP)
         since = time.time()
         sampler = asyncio.create_task(sample_until(observer, since, done, samples))
 
     try:
-        warmup, result = await _drive(plan, workdir, warmed)
+        try:
+            warmup, result = await _drive(plan, workdir, warmed)
+        finally:
+            if options.pause_worker:
+                os.kill(deployment.pids["worker"], signal.SIGCONT)
         load_ended = time.time()
         expected = warmup.accepted + result.accepted
         stored, forwarded = await _settled(

@@ -85,6 +85,14 @@ def bench(
     ceiling: Annotated[
         bool, typer.Option("--ceiling/--no-ceiling", help="Measure the bare-handler ceiling too.")
     ] = True,
+    pause_worker: Annotated[
+        bool,
+        typer.Option(
+            "--pause-worker",
+            help="A burst: stop the worker (SIGSTOP) during the measured load, resume it to "
+            "drain. Shows what ingest alone absorbs; needs a separate worker process.",
+        ),
+    ] = False,
     drain_timeout: Annotated[
         float,
         typer.Option("--drain-timeout", help="Seconds to wait for every event to be stored."),
@@ -126,6 +134,11 @@ def bench(
         if tool is not None:
             fail("--tool is for --url; a started deployment gets a tool of its own")
         load_settings(quiet_logs=True)  # the logging set-up; a bad variable stops us here
+    if pause_worker and (start == "embedded" or (url is not None and worker_pid is None)):
+        fail(
+            "--pause-worker needs a separate worker process: --start postgres-redis or "
+            "postgres, or --url with --worker-pid"
+        )
     if profile is not None:
         try:
             py_spy()
@@ -147,6 +160,7 @@ def bench(
         warmup=warmup,
         forward=forward,
         ceiling=ceiling,
+        pause_worker=pause_worker,
         drain_timeout=drain_timeout,
         keep=keep,
         pids=pids,
