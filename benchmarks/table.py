@@ -22,6 +22,7 @@ COLUMNS = (
     "forwarded events/s",
     "queue depth max",
     "peak RSS api / worker MiB",
+    "CPU µs/event api / worker / machine",
     "client CPU",
     "load avg",
 )
@@ -34,6 +35,9 @@ def row(report: dict[str, Any], name: str) -> list[str]:
     rss = report["rss_peak_mb"]
     options = report["options"]
     paced = f" @{options['rate']:g}/s" if options.get("rate") else ""
+    paced += " burst" if options.get("pause_worker") else ""
+    paced += " forward" if options.get("forward") else ""
+    cpu = report.get("cpu_us_per_event") or {}
     return [
         f"{report['deployment']['mode']}{paced} ({name})",
         f"{ceiling['requests_per_s']:,.0f}" if ceiling else "-",
@@ -44,9 +48,14 @@ def row(report: dict[str, Any], name: str) -> list[str]:
         _rate(forward) if forward else "-",
         f"{report['queue_depth']['max']:,.0f}",
         f"{rss['api']:.0f} / {rss['worker']:.0f}",
+        " / ".join(_number(cpu.get(key)) for key in ("api", "worker", "machine")),
         f"{report['client']['ingest']['cpu_percent_of_one_core']:.0f}%",
         f"{report['machine']['load_average_at_start'][0]:.1f}",
     ]
+
+
+def _number(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.0f}"
 
 
 def _rate(part: dict[str, Any]) -> str:
