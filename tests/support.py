@@ -32,17 +32,24 @@ T = TypeVar("T")
 
 
 async def eventually(
-    check: Callable[[], Awaitable[T]], within: float = 5.0, what: str = "condition"
+    check: Callable[[], Awaitable[T]],
+    within: float = 5.0,
+    what: str = "condition",
+    *,
+    interval: float = 0.01,
+    details: Callable[[], str] | None = None,
 ) -> T:
-    """Poll ``check`` until it returns something truthy, failing after ``within`` seconds."""
+    """Poll ``check`` every ``interval`` seconds until it returns something truthy, failing
+    after ``within`` seconds (with ``details()`` appended, e.g. the processes' logs)."""
     deadline = time.monotonic() + within
     while True:
         result = await check()
         if result:
             return result
         if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {within}s waiting for {what}")
-        await asyncio.sleep(0.01)
+            extra = f"\n{details()}" if details else ""
+            pytest.fail(f"timed out after {within:g}s waiting for {what}{extra}")
+        await asyncio.sleep(interval)
 
 
 def free_port() -> int:
@@ -229,24 +236,39 @@ class Target:
 
 
 @asynccontextmanager
-async def target_server() -> AsyncIterator[Target]:
-    """A :class:`Target` served by uvicorn on a free loopback port for the ``with`` block."""
-    target = Target()
+async def uvicorn_serving_app(app: Any, **config: Any) -> AsyncIterator[str]:
+    """``app`` served by uvicorn on a free loopback port, in this event loop, for the ``with``
+    block; yields the base URL. ``config`` goes to uvicorn.Config (``lifespan="off"``,
+    ``http="h11"``, ...)."""
     port = free_port()
-    target.url = f"http://127.0.0.1:{port}/hook"
     server = uvicorn.Server(
-        uvicorn.Config(target, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", **config)
     )
     task = asyncio.create_task(server.serve())
+    deadline = time.monotonic() + 15
     while not server.started:
         if task.done():
             task.result()
+            pytest.fail("uvicorn stopped before it started")
+        if time.monotonic() > deadline:
+            server.should_exit = True
+            pytest.fail("uvicorn did not start within 15s")
         await asyncio.sleep(0.01)
     try:
-        yield target
+        yield f"http://127.0.0.1:{port}"
     finally:
         server.should_exit = True
         await task
+
+
+@asynccontextmanager
+async def target_server(target: Target | None = None) -> AsyncIterator[Target]:
+    """A :class:`Target` (a new one unless given) served on a free loopback port for the
+    ``with`` block; its ``url`` is set."""
+    target = target or Target()
+    async with uvicorn_serving_app(target, lifespan="off") as base:
+        target.url = f"{base}/hook"
+        yield target
 
 
 SECRET = "It's a Secret to Everybody"

@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
-from sqlalchemy import bindparam, or_, select, update
+from sqlalchemy import Select, bindparam, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from webhook_worker.constants import STATUS_RETRYING
@@ -99,15 +99,9 @@ class Replayer:
         if before is not None:
             last = dead_letters.c.last_retry_at
             query = query.where(or_(last.is_(None), last < before))
-        async with self._db.begin() as conn:
-            ids = list((await conn.scalars(query.order_by(dead_letters.c.id).limit(limit))).all())
-            claimed = await _claim(conn, ids, (DLQ_PENDING,), now, None)
-            event_ids = [event_id for _, event_id in claimed]
-            previous = await _mark_retrying(conn, event_ids)
-            messages = await _messages(conn, event_ids)
-        await self._send(messages, previous, claimed)
-        metrics.DLQ_RETRIES.labels("requeued").inc(len(messages))
-        return len(messages)
+        return await self._retry_selected(
+            query.order_by(dead_letters.c.id).limit(limit), now, next_retry_at=None
+        )
 
     async def retry_due(self, max_retries: int, interval: float, limit: int = BULK_CHUNK) -> int:
         """The automatic retry: retryable dead letters whose time came, at most ``max_retries``
@@ -122,11 +116,18 @@ class Replayer:
             .limit(limit)
             .with_for_update(skip_locked=True)
         )
+        return await self._retry_selected(
+            query, now, next_retry_at=now + timedelta(seconds=interval)
+        )
+
+    async def _retry_selected(
+        self, query: Select[tuple[str]], now: datetime, next_retry_at: datetime | None
+    ) -> int:
+        """Claim the pending dead letters ``query`` selects (their ids) and requeue their
+        events; returns how many were requeued."""
         async with self._db.begin() as conn:
             ids = list((await conn.scalars(query)).all())
-            claimed = await _claim(
-                conn, ids, (DLQ_PENDING,), now, now + timedelta(seconds=interval)
-            )
+            claimed = await _claim(conn, ids, (DLQ_PENDING,), now, next_retry_at)
             event_ids = [event_id for _, event_id in claimed]
             previous = await _mark_retrying(conn, event_ids)
             messages = await _messages(conn, event_ids)

@@ -3,19 +3,15 @@ the app called straight through ASGI with raw headers."""
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
-import pytest
-import uvicorn
 from starlette.applications import Starlette
 
-from tests.support import free_port
+from tests.support import uvicorn_serving_app
 from webhook_worker.api.app import create_app
 from webhook_worker.runtime import Runtime
 
@@ -25,27 +21,8 @@ async def uvicorn_serving(runtime: Runtime, **config: Any) -> AsyncIterator[str]
     """The app on ``runtime`` served by uvicorn (lifespan running) on a loopback port, in this
     event loop, for the ``with`` block; yields the base URL. ``config`` goes to uvicorn.Config
     (e.g. ``h11_max_incomplete_event_size``, ``http="h11"``)."""
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(
-            create_app(runtime), host="127.0.0.1", port=port, log_level="warning", **config
-        )
-    )
-    task = asyncio.create_task(server.serve())
-    deadline = time.monotonic() + 15
-    while not server.started:
-        if task.done():
-            task.result()
-            pytest.fail("uvicorn stopped before it started")
-        if time.monotonic() > deadline:
-            server.should_exit = True
-            pytest.fail("uvicorn did not start within 15s")
-        await asyncio.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        await task
+    async with uvicorn_serving_app(create_app(runtime), **config) as url:
+        yield url
 
 
 @asynccontextmanager

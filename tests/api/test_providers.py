@@ -26,11 +26,11 @@ import stripe
 from slack_sdk.signature import SignatureVerifier
 from standardwebhooks.webhooks import Webhook
 
-from tests.support import eventually, serving
+from tests import support
+from tests.support import serving
 from webhook_worker.cli.send import default_event, sample_payload, sign_request
 from webhook_worker.config import Settings
-from webhook_worker.errors import NotFoundError
-from webhook_worker.runtime import Runtime, open_runtime
+from webhook_worker.runtime import open_runtime
 from webhook_worker.tools.model import parse_tool
 
 pytestmark = pytest.mark.parametrize(
@@ -219,10 +219,9 @@ BODY_SIGNED = [name for name in SIGNED if name != "gitlab"]  # X-Gitlab-Token co
 TIMESTAMPED = ["stripe", "slack", "standard_webhooks", "gitlab-signing-token", "generic"]
 
 
-class Service:
-    def __init__(self, runtime: Runtime, client: httpx.AsyncClient) -> None:
-        self.runtime = runtime
-        self.client = client
+class ProviderService(support.Service):
+    """The shared :class:`tests.support.Service`, adding tools from a provider's preset and
+    posting with the provider's own headers."""
 
     async def add(self, provider: Provider, **auth: Any) -> str:
         definition = {"id": provider.name.replace("_", "-"), **provider.tool}
@@ -232,30 +231,21 @@ class Service:
         await self.runtime.tools.load()
         return str(definition["id"])
 
-    async def post(
+    async def deliver(
         self, tool_id: str, body: bytes, headers: Mapping[str, str | bytes]
     ) -> httpx.Response:
         return await self.client.post(f"/webhooks/{tool_id}", content=body, headers=headers)
 
-    async def stored(self, event_id: str) -> dict[str, Any]:
-        async def lookup() -> dict[str, Any] | None:
-            try:
-                return await self.runtime.events.get(event_id)
-            except NotFoundError:
-                return None
-
-        return await eventually(lookup, within=15, what=f"event {event_id} to be stored")
-
 
 @pytest.fixture
-async def service(backend_settings: Settings) -> AsyncIterator[Service]:
+async def service(backend_settings: Settings) -> AsyncIterator[ProviderService]:
     async with (
         open_runtime(backend_settings, migrate_first=True) as runtime,
         serving(runtime) as client,
     ):
         worker = runtime.worker()
         task = asyncio.create_task(worker.run())
-        yield Service(runtime, client)
+        yield ProviderService(runtime, client)
         worker.stop()
         await asyncio.wait_for(task, timeout=15)
 
@@ -277,12 +267,12 @@ def delivered(
 
 @pytest.mark.parametrize("name", sorted(PROVIDERS))
 async def test_accepted_with_event_type_and_delivery_id_then_duplicate(
-    service: Service, name: str
+    service: ProviderService, name: str
 ) -> None:
     provider = PROVIDERS[name]
     tool_id = await service.add(provider)
     body, headers, delivery = delivered(provider, event="thing.created")
-    first = await service.post(tool_id, body, headers)
+    first = await service.deliver(tool_id, body, headers)
     assert first.status_code == 202, first.text
     event = await service.stored(first.json()["event_id"])
     assert (event["event_type"], event["delivery_id"]) == ("thing.created", delivery)
@@ -290,17 +280,17 @@ async def test_accepted_with_event_type_and_delivery_id_then_duplicate(
     credentials = {h.lower() for h in provider.auth_headers if not _timestamp_or_id(h)}
     assert not credentials & set(event["headers"])  # signatures and tokens are never stored
 
-    again = await service.post(tool_id, body, headers)
+    again = await service.deliver(tool_id, body, headers)
     assert again.status_code == 200, again.text
     assert again.json() == {"event_id": first.json()["event_id"], "status": "duplicate"}
 
 
 @pytest.mark.parametrize("name", SIGNED)
-async def test_forged_is_401_and_not_queued(service: Service, name: str) -> None:
+async def test_forged_is_401_and_not_queued(service: ProviderService, name: str) -> None:
     provider = PROVIDERS[name]
     tool_id = await service.add(provider)
     body, headers, _ = delivered(provider, secret=provider.forged_secret)
-    response = await service.post(tool_id, body, headers)
+    response = await service.deliver(tool_id, body, headers)
     assert response.status_code == 401, response.text
     assert response.json()["error"] == "unauthorized"
     assert provider.forged_secret not in response.text
@@ -308,22 +298,22 @@ async def test_forged_is_401_and_not_queued(service: Service, name: str) -> None
 
 
 @pytest.mark.parametrize("name", BODY_SIGNED)
-async def test_tampered_body_is_401(service: Service, name: str) -> None:
+async def test_tampered_body_is_401(service: ProviderService, name: str) -> None:
     provider = PROVIDERS[name]
     tool_id = await service.add(provider)
     body, headers, _ = delivered(provider)
-    response = await service.post(tool_id, body.replace(b"}", b" }", 1), headers)
+    response = await service.deliver(tool_id, body.replace(b"}", b" }", 1), headers)
     assert response.status_code == 401, response.text
 
 
 @pytest.mark.parametrize("name", sorted(PROVIDERS))
-async def test_what_send_signs_is_accepted(service: Service, name: str) -> None:
+async def test_what_send_signs_is_accepted(service: ProviderService, name: str) -> None:
     provider = PROVIDERS[name]
     tool_id = await service.add(provider)
     tool = parse_tool({**provider.tool, "id": tool_id, "auth": _auth_with_secret(provider)})
     event_type = default_event(tool)
     body = sample_payload(tool, event_type)
-    response = await service.post(tool_id, body, sign_request(tool, body, event_type))
+    response = await service.deliver(tool_id, body, sign_request(tool, body, event_type))
     assert response.status_code == 202, response.text
     event = await service.stored(response.json()["event_id"])
     assert event["event_type"] == event_type
@@ -337,56 +327,58 @@ def _auth_with_secret(provider: Provider) -> dict[str, Any]:
     return auth
 
 
-async def test_rotation_the_old_secret_still_verifies(service: Service) -> None:
+async def test_rotation_the_old_secret_still_verifies(service: ProviderService) -> None:
     provider = PROVIDERS["stripe"]
     tool_id = await service.add(provider, secret="whsec_new", secrets=[provider.secret])
     body, headers, _ = delivered(provider)
-    assert (await service.post(tool_id, body, headers)).status_code == 202
+    assert (await service.deliver(tool_id, body, headers)).status_code == 202
 
 
 @pytest.mark.parametrize("name", TIMESTAMPED)
-async def test_stale_timestamp_is_401(service: Service, name: str) -> None:
+async def test_stale_timestamp_is_401(service: ProviderService, name: str) -> None:
     provider = PROVIDERS[name]
     tool_id = await service.add(provider)
     body, headers, _ = delivered(provider, now=int(time.time()) - 600)
-    response = await service.post(tool_id, body, headers)
+    response = await service.deliver(tool_id, body, headers)
     assert response.status_code == 401, response.text
 
 
 @pytest.mark.parametrize("name", TIMESTAMPED)
-async def test_future_timestamp_is_401_except_for_stripe(service: Service, name: str) -> None:
+async def test_future_timestamp_is_401_except_for_stripe(
+    service: ProviderService, name: str
+) -> None:
     provider = PROVIDERS[name]
     tool_id = await service.add(provider)
     body, headers, _ = delivered(provider, now=int(time.time()) + 600)
-    response = await service.post(tool_id, body, headers)
+    response = await service.deliver(tool_id, body, headers)
     # Stripe's own libraries accept a timestamp from the future; so do we for Stripe.
     assert response.status_code == (202 if name == "stripe" else 401), response.text
 
 
-async def test_tolerance_is_per_tool(service: Service) -> None:
+async def test_tolerance_is_per_tool(service: ProviderService) -> None:
     provider = PROVIDERS["slack"]
     tool_id = await service.add(provider, tolerance="1h")
     body, headers, _ = delivered(provider, now=int(time.time()) - 600)
-    assert (await service.post(tool_id, body, headers)).status_code == 202
+    assert (await service.deliver(tool_id, body, headers)).status_code == 202
 
 
-async def test_github_sha1_when_the_tool_asks_for_it(service: Service) -> None:
+async def test_github_sha1_when_the_tool_asks_for_it(service: ProviderService) -> None:
     provider = PROVIDERS["github"]
     tool_id = await service.add(provider, algorithm="sha1")
     body = b'{"zen": "sha1"}'
     digest = hmac.new(b"gh-s3cret", body, hashlib.sha1).hexdigest()
     headers = {"X-Hub-Signature": f"sha1={digest}", "X-GitHub-Event": "ping"}
-    assert (await service.post(tool_id, body, headers)).status_code == 202
+    assert (await service.deliver(tool_id, body, headers)).status_code == 202
     sha256_only = {"X-Hub-Signature-256": "sha256=" + hex_hmac("gh-s3cret", body)}
-    assert (await service.post(tool_id, body, sha256_only)).status_code == 401
+    assert (await service.deliver(tool_id, body, sha256_only)).status_code == 401
 
 
-async def test_svix_header_names_are_accepted(service: Service) -> None:
+async def test_svix_header_names_are_accepted(service: ProviderService) -> None:
     provider = PROVIDERS["standard_webhooks"]
     tool_id = await service.add(provider)
     body, headers, _ = delivered(provider)
     svix = {name.replace("webhook-", "svix-"): value for name, value in headers.items()}
-    response = await service.post(tool_id, body, svix)
+    response = await service.deliver(tool_id, body, svix)
     assert response.status_code == 202, response.text
 
 
@@ -394,13 +386,13 @@ async def test_svix_header_names_are_accepted(service: Service) -> None:
 
 
 @pytest.mark.parametrize("name", SIGNED)
-async def test_missing_auth_headers_are_401(service: Service, name: str) -> None:
+async def test_missing_auth_headers_are_401(service: ProviderService, name: str) -> None:
     provider = PROVIDERS[name]
     tool_id = await service.add(provider)
     body, headers, _ = delivered(provider)
     for dropped in [provider.auth_headers, *((h,) for h in provider.auth_headers)]:
         kept = {k: v for k, v in headers.items() if k not in dropped}
-        response = await service.post(tool_id, body, kept)
+        response = await service.deliver(tool_id, body, kept)
         assert response.status_code == 401, (dropped, response.text)
     assert await service.runtime.queue.depth() == 0
 
@@ -441,28 +433,28 @@ MALFORMED: dict[str, list[dict[str, str | bytes]]] = {
 
 
 @pytest.mark.parametrize("name", sorted(MALFORMED))
-async def test_malformed_auth_headers_are_401(service: Service, name: str) -> None:
+async def test_malformed_auth_headers_are_401(service: ProviderService, name: str) -> None:
     provider = PROVIDERS[name]
     tool_id = await service.add(provider)
     body, headers, _ = delivered(provider)
     for change in MALFORMED[name]:
-        response = await service.post(tool_id, body, {**headers, **change})
+        response = await service.deliver(tool_id, body, {**headers, **change})
         assert response.status_code == 401, (change, response.text)
         assert set(response.json()) == {"error", "detail"}
     assert await service.runtime.queue.depth() == 0
 
 
 @pytest.mark.parametrize("name", SIGNED)
-async def test_empty_and_non_utf8_bodies(service: Service, name: str) -> None:
+async def test_empty_and_non_utf8_bodies(service: ProviderService, name: str) -> None:
     provider = PROVIDERS[name]
     tool_id = await service.add(provider)
     for body in (b"", b"\xff\xfe\x00 not utf-8 \xc3"):
         _, headers, _ = delivered(provider, body=body)
         if name in BODY_SIGNED:
             _, other, _ = delivered(provider)
-            forged = await service.post(tool_id, body, {**headers, **_only(other, provider)})
+            forged = await service.deliver(tool_id, body, {**headers, **_only(other, provider)})
             assert forged.status_code == 401, forged.text
-        genuine = await service.post(tool_id, body, headers)
+        genuine = await service.deliver(tool_id, body, headers)
         assert genuine.status_code == 202, genuine.text
         event = await service.stored(genuine.json()["event_id"])
         assert event["delivery_id"]
@@ -485,7 +477,7 @@ def _only(headers: dict[str, str], provider: Provider) -> dict[str, str]:
     ],
 )
 async def test_delivery_id_falls_back_to_the_next_header(
-    service: Service, name: str, primary: str, fallback: str
+    service: ProviderService, name: str, primary: str, fallback: str
 ) -> None:
     provider = PROVIDERS[name]
     tool_id = await service.add(provider)
@@ -494,22 +486,24 @@ async def test_delivery_id_falls_back_to_the_next_header(
         headers = {k.replace("webhook-", "svix-"): v for k, v in headers.items()}
     else:
         headers[fallback] = headers.pop(primary)
-    response = await service.post(tool_id, body, headers)
+    response = await service.deliver(tool_id, body, headers)
     assert response.status_code == 202, response.text
     event = await service.stored(response.json()["event_id"])
     assert event["delivery_id"] == delivery
 
 
-async def test_slack_url_verification_is_answered_with_the_challenge(service: Service) -> None:
+async def test_slack_url_verification_is_answered_with_the_challenge(
+    service: ProviderService,
+) -> None:
     provider = PROVIDERS["slack"]
     tool_id = await service.add(provider)
     challenge = "3eZbrw1aBm2rZgRNFdxV2595E9CY3gmdALWMmHkvFXO7tYXAYM8P"
     payload = {"token": "Jhj5dZrVaK7ZwHHjRyZWjbDl", "challenge": challenge,
                "type": "url_verification"}  # fmt: skip
     body, headers, _ = delivered(provider, body=orjson.dumps(payload))
-    response = await service.post(tool_id, body, headers)
+    response = await service.deliver(tool_id, body, headers)
     assert (response.status_code, response.text) == (200, challenge)
     assert response.headers["content-type"].startswith("text/plain")
     assert await service.runtime.queue.depth() == 0
     forged, forged_headers, _ = delivered(provider, body=body, secret=provider.forged_secret)
-    assert (await service.post(tool_id, forged, forged_headers)).status_code == 401
+    assert (await service.deliver(tool_id, forged, forged_headers)).status_code == 401

@@ -38,7 +38,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 from sqlalchemy import func, select
 
-from tests.support import Processes, free_port
+from tests.support import Processes, eventually, free_port
 from webhook_worker.constants import REDIS_GROUP, REDIS_RETRY_SUFFIX, REDIS_STREAM_SUFFIX
 from webhook_worker.storage.database import Database
 from webhook_worker.storage.schema import attempts, dead_letters, events, queue_messages
@@ -87,20 +87,11 @@ async def until(
     check: Callable[[], Awaitable[T]],
     within: float,
     what: str,
-    interval: float = 0.1,
     details: Callable[[], str] | None = None,
 ) -> T:
-    """Poll ``check`` until it returns something truthy; fail after ``within`` seconds (with
-    ``details()`` appended, e.g. the processes' logs)."""
-    deadline = time.monotonic() + within
-    while True:
-        result = await check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            extra = f"\n{details()}" if details else ""
-            pytest.fail(f"timed out after {within:g}s waiting for {what}{extra}")
-        await asyncio.sleep(interval)
+    """:func:`tests.support.eventually`, polling every 0.1 s: the checks here query tables
+    and queues that a busy run keeps growing."""
+    return await eventually(check, within, what, interval=0.1, details=details)
 
 
 # The processes -----------------------------------------------------------------------------

@@ -383,7 +383,8 @@ async def test_a_forwarded_event_redelivered_after_a_crash_is_not_forwarded_agai
         processor = runtime.processor()
         [delivery] = await runtime.queue.receive(10, 1)
         batch = await processor.store([delivery])
-        await processor.forward(batch)
+        for work in batch.to_forward:
+            await processor.forward_one(work)
         await processor.record(batch)
         assert len(target.requests) == 1  # ...and here the worker dies, never acknowledging
 
@@ -391,7 +392,8 @@ async def test_a_forwarded_event_redelivered_after_a_crash_is_not_forwarded_agai
             lambda: runtime.queue.reclaim(10), within=10, what="the unacknowledged message"
         )
         again = await processor.store(redelivered)
-        await processor.forward(again)
+        for work in again.to_forward:
+            await processor.forward_one(work)
         await processor.record(again)
         assert [d.message.event_id for d in again.done] == [event_id]
         assert len(target.requests) == 1

@@ -11,10 +11,15 @@ from dataclasses import replace
 from typing import Any
 
 import orjson
-import uvicorn
 from sqlalchemy import func, select
 
-from tests.support import Target, eventually, free_port, running_service, stopped
+from tests.support import (
+    Target,
+    eventually,
+    running_service,
+    stopped,
+    uvicorn_serving_app,
+)
 from webhook_worker.config import Settings
 from webhook_worker.observability import metrics
 from webhook_worker.runtime import Runtime, open_runtime
@@ -39,19 +44,9 @@ class Gated:
 
 @asynccontextmanager
 async def served(app: Any) -> AsyncIterator[str]:
-    port = free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        if task.done():
-            task.result()
-        await asyncio.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{port}/hook"
-    finally:
-        server.should_exit = True
-        await task
+    """``app`` on a loopback port; yields its forward URL."""
+    async with uvicorn_serving_app(app, lifespan="off") as base:
+        yield f"{base}/hook"
 
 
 def tool(tool_id: str, url: str, timeout: str) -> dict[str, Any]:

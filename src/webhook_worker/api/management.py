@@ -10,7 +10,7 @@ import hmac
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from ipaddress import ip_address
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from starlette.requests import Request
@@ -31,6 +31,9 @@ from webhook_worker.storage.deadletters import (
 )
 from webhook_worker.storage.events import EventFilter, EventStore
 from webhook_worker.tools.service import ToolService
+
+_F = TypeVar("_F", EventFilter, DeadLetterFilter)
+_Page = tuple[list[dict[str, Any]], str | None]
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 
@@ -109,13 +112,7 @@ class ManagementAPI:
             since=_time(query.get("since"), "since"),
             until=_time(query.get("until"), "until"),
         )
-        try:
-            items, cursor = await self._events.list(
-                where, _limit(query.get("limit")), query.get("cursor")
-            )
-        except ValueError as exc:
-            raise BadRequest(str(exc), "cursor") from None
-        return JSONResponse({"items": items, "next_cursor": cursor})
+        return await _page(self._events.list, where, query)
 
     async def get_event(self, request: Request) -> Response:
         return JSONResponse(await self._events.get(request.path_params["event_id"]))
@@ -129,13 +126,7 @@ class ManagementAPI:
         query = request.query_params
         _refuse_unknown(query, (*_DLQ_FILTERS, *_PAGING))
         where = _dead_letter_filter(dict(query))
-        try:
-            items, cursor = await self._dead_letters.list(
-                where, _limit(query.get("limit")), query.get("cursor")
-            )
-        except ValueError as exc:
-            raise BadRequest(str(exc), "cursor") from None
-        return JSONResponse({"items": items, "next_cursor": cursor})
+        return await _page(self._dead_letters.list, where, query)
 
     async def get_dead_letter(self, request: Request) -> Response:
         letter = await self._dead_letters.get(request.path_params["dlq_id"])
@@ -244,6 +235,20 @@ _EVENT_FILTERS = ("tool_id", "event_type", "status", "since", "until")
 _DLQ_FILTERS = ("tool_id", "event_type", "error_class", "status", "since", "until")
 _PAGING = ("limit", "cursor")
 _NUL = "the NUL character (\\u0000) is not allowed"
+
+
+async def _page(
+    list_page: Callable[[_F, int, str | None], Awaitable[_Page]],
+    where: _F,
+    query: Mapping[str, str],
+) -> Response:
+    """A page of a list endpoint: ``limit`` and ``cursor`` from the query string, a malformed
+    cursor a 400."""
+    try:
+        items, cursor = await list_page(where, _limit(query.get("limit")), query.get("cursor"))
+    except ValueError as exc:
+        raise BadRequest(str(exc), "cursor") from None
+    return JSONResponse({"items": items, "next_cursor": cursor})
 
 
 def _refuse_unknown(raw: Mapping[str, Any], known: tuple[str, ...]) -> None:

@@ -18,7 +18,7 @@ from webhook_worker.config import Settings
 from webhook_worker.errors import ConfigError, NotFoundError, ToolConfigError
 from webhook_worker.observability.logging import configure
 from webhook_worker.runtime import database
-from webhook_worker.storage.database import is_unavailable
+from webhook_worker.storage.database import Database, is_unavailable
 from webhook_worker.storage.tools import ToolStore
 
 T = TypeVar("T")
@@ -74,15 +74,33 @@ def user_errors(doing: str | None = None) -> Iterator[None]:
         raise
 
 
-def with_store(settings: Settings, action: Callable[[ToolStore], Awaitable[T]]) -> T:
-    """Run ``action`` on the tool store of the configured (migrated) database. Secrets are
-    encrypted with SECRETS_KEY on the way in and decrypted on the way out."""
+def with_database(settings: Settings, action: Callable[[Database], Awaitable[T]]) -> T:
+    """Run ``action`` on the configured database (reachable and migrated)."""
 
     async def go() -> T:
         async with database(settings) as db:
-            return await action(ToolStore.from_settings(db, settings))
+            return await action(db)
 
     return run_async(go())
+
+
+def with_store(settings: Settings, action: Callable[[ToolStore], Awaitable[T]]) -> T:
+    """Run ``action`` on the tool store of the configured (migrated) database. Secrets are
+    encrypted with SECRETS_KEY on the way in and decrypted on the way out."""
+    return with_database(settings, lambda db: action(ToolStore.from_settings(db, settings)))
+
+
+def read_page(
+    settings: Settings,
+    read: Callable[[Database], Awaitable[tuple[list[dict[str, Any]], str | None]]],
+) -> tuple[list[dict[str, Any]], str | None]:
+    """A page of a list command: its items and the next page's cursor. User errors end the
+    command with one line; a malformed ``--cursor`` with exit code 2."""
+    with user_errors():
+        try:
+            return with_database(settings, read)
+        except ValueError as exc:  # only a malformed cursor raises it
+            fail(f"--{exc}", 2)
 
 
 def print_table(table: Table) -> None:

@@ -26,8 +26,10 @@ from webhook_worker.cli.common import (
     print_json,
     print_next_page,
     print_table,
+    read_page,
     run_async,
     user_errors,
+    with_database,
 )
 from webhook_worker.cli.events import (
     describe_event,
@@ -36,7 +38,8 @@ from webhook_worker.cli.events import (
     short_time,
 )
 from webhook_worker.config import Settings
-from webhook_worker.runtime import database, open_runtime
+from webhook_worker.runtime import open_runtime
+from webhook_worker.storage.database import Database
 from webhook_worker.storage.deadletters import (
     DLQ_DISCARDED,
     DLQ_PENDING,
@@ -100,16 +103,9 @@ def list_dead_letters(
         fail(f"--status: expected one of {', '.join(DLQ_STATUSES)}, got {status!r}", 2)
     where = _filter(tool, event_type, error_class, since, until, status=status)
     settings = load_settings(quiet_logs=True)
-
-    async def page() -> tuple[list[dict[str, Any]], str | None]:
-        async with database(settings) as db:
-            return await DeadLetterStore(db).list(where, limit, cursor)
-
-    with user_errors():
-        try:
-            items, next_cursor = run_async(page())
-        except ValueError as exc:  # only a malformed cursor raises it
-            fail(f"--{exc}", 2)
+    items, next_cursor = read_page(
+        settings, lambda db: DeadLetterStore(db).list(where, limit, cursor)
+    )
     if as_json:
         print_json({"items": items, "next_cursor": next_cursor})
         return
@@ -149,14 +145,13 @@ def show(dead_letter_id: IdArg, as_json: JsonOpt = False) -> None:
     """Show a dead letter with its event: payload, headers and every attempt."""
     settings = load_settings(quiet_logs=True)
 
-    async def load() -> dict[str, Any]:
-        async with database(settings) as db:
-            letter = await DeadLetterStore(db).get(dead_letter_id)
-            letter["event"] = await EventStore(db).get(letter["event_id"])
-            return letter
+    async def load(db: Database) -> dict[str, Any]:
+        letter = await DeadLetterStore(db).get(dead_letter_id)
+        letter["event"] = await EventStore(db).get(letter["event_id"])
+        return letter
 
     with user_errors():
-        letter = run_async(load())
+        letter = with_database(settings, load)
     if as_json:
         print_json(letter)
         return
@@ -209,12 +204,8 @@ def discard(dead_letter_id: IdArg) -> None:
     """Mark a dead letter discarded (no automatic retry; `dlq retry ID` still can)."""
     settings = load_settings(quiet_logs=True)
 
-    async def go() -> dict[str, Any]:
-        async with database(settings) as db:
-            return await DeadLetterStore(db).discard(dead_letter_id)
-
     with user_errors():
-        letter = run_async(go())
+        letter = with_database(settings, lambda db: DeadLetterStore(db).discard(dead_letter_id))
     console.print(
         f"discarded dead letter {letter['id']} (event {letter['event_id']})", highlight=False
     )

@@ -25,15 +25,17 @@ from webhook_worker.cli.common import (
     print_json,
     print_next_page,
     print_table,
+    read_page,
     run_async,
     user_errors,
+    with_database,
 )
 from webhook_worker.clock import parse_time
 from webhook_worker.config import parse_duration
 from webhook_worker.constants import EVENT_STATUSES
 from webhook_worker.errors import QueueUnavailableError
 from webhook_worker.replay import ConflictError
-from webhook_worker.runtime import StartupError, database, open_runtime
+from webhook_worker.runtime import StartupError, open_runtime
 from webhook_worker.storage.events import MAX_PAGE, EventFilter, EventStore
 
 app = typer.Typer(help="List, inspect and replay stored events.", no_args_is_help=True)
@@ -113,16 +115,7 @@ def list_events(
         until=parse_when(until, "--until"),
     )
     settings = load_settings(quiet_logs=True)
-
-    async def page() -> tuple[list[dict[str, Any]], str | None]:
-        async with database(settings) as db:
-            return await EventStore(db).list(where, limit, cursor)
-
-    with user_errors():
-        try:
-            items, next_cursor = run_async(page())
-        except ValueError as exc:  # only a malformed cursor raises it
-            fail(f"--{exc}", 2)
+    items, next_cursor = read_page(settings, lambda db: EventStore(db).list(where, limit, cursor))
     if as_json:
         print_json({"items": items, "next_cursor": next_cursor})
         return
@@ -163,12 +156,8 @@ def show(
     """Show one event: headers, payload and every processing attempt."""
     settings = load_settings(quiet_logs=True)
 
-    async def load() -> dict[str, Any]:
-        async with database(settings) as db:
-            return await EventStore(db).get(event_id)
-
     with user_errors():
-        event = run_async(load())
+        event = with_database(settings, lambda db: EventStore(db).get(event_id))
     if as_json:
         print_json(event)
         return

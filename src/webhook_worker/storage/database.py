@@ -170,8 +170,9 @@ def _ssl_context(mode: str) -> ssl.SSLContext | str | None:
 
 
 def json_text(value: Any) -> str:
-    """JSON columns through orjson (several times faster than the standard library here);
-    values nested deeper than orjson goes (254 levels) through the standard library."""
+    """JSON columns through orjson (several times faster than the standard library here); an
+    ``orjson.Fragment`` (JSON already encoded, such as stored headers) goes in as it is. Values
+    nested deeper than orjson goes (254 levels) go through the standard library."""
     try:
         return orjson.dumps(value).decode()
     except orjson.JSONEncodeError:

@@ -223,15 +223,13 @@ class Worker:
         task.add_done_callback(self._in_flight.discard)
 
     async def _forward(self, work: Work) -> None:
-        try:
-            await self._processor.forward_one(work)
-        finally:
-            # Cancelled (a stop that ran out of time): not settled, so redelivered later.
-            if work.outcome is not None or not work.plan.forwards:
-                self._settler.settle(work, forwarded=True)
-            nxt = self._lanes.finish(work.message.tool_id, work)
-            if nxt is not None:
-                self._start_forward(nxt)
+        # Never raises but when cancelled (a stop that ran out of time): then the event is not
+        # settled, so it is redelivered later, and nothing new starts.
+        await self._processor.forward_one(work)
+        self._settler.settle(work, forwarded=True)
+        nxt = self._lanes.finish(work.message.tool_id, work)
+        if nxt is not None:
+            self._start_forward(nxt)
 
     async def _dead_letter_poison(self, poison: list[Delivery]) -> None:
         metrics.POISON.inc(len(poison))

@@ -5,14 +5,14 @@ database was away) never repeats another's side effects:
    (``processed``, ``ignored``, ``dead``, or ``pending`` when they still have to be forwarded);
    an event the table already holds is skipped if it is final, re-planned if not. Idempotent:
    a redelivered message never creates a second row nor re-forwards a forwarded event.
-2. :meth:`Processor.forward`: the HTTP calls, no database.
-3. :meth:`Processor.record`: one transaction with statuses, attempts and dead letters; it says
-   which messages to acknowledge and which to retry after what delay.
+2. :meth:`Processor.forward_one`: one event's HTTP call, no database (the worker runs these
+   event by event and hands each finished event to phase 3 in groups).
+3. :meth:`Processor.record`: one transaction with a group of events' statuses, attempts and
+   dead letters; it says which messages to acknowledge and which to retry after what delay.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Sequence
@@ -65,8 +65,6 @@ from webhook_worker.worker.work import (
 )
 
 log = logging.getLogger(__name__)
-
-_FORWARDS_AT_ONCE = 64
 
 
 class Processor:
@@ -203,17 +201,6 @@ class Processor:
 
     # Phase 2 -----------------------------------------------------------------------------
 
-    async def forward(self, batch: Batch) -> None:
-        """Forward a batch's events, a bounded number at once (the worker forwards event by
-        event through :meth:`forward_one`; this is the same for a batch held as a whole)."""
-        slots = asyncio.Semaphore(_FORWARDS_AT_ONCE)
-
-        async def one(work: Work) -> None:
-            async with slots:
-                await self.forward_one(work)
-
-        await asyncio.gather(*(one(work) for work in batch.to_forward))
-
     async def forward_one(self, work: Work) -> None:
         """Send one event to its tool's target and keep the outcome on ``work``. Never raises
         (but for cancellation): an unexpected error is a retryable failure of the attempt."""
@@ -225,10 +212,10 @@ class Processor:
             "url.full": config.url,
         }
         with tracing.client_span(config.method, attributes, parent=work.span) as span:
-            request = forward_request(work)
-            if span is not None:
-                request = replace(request, traceparent=tracing.traceparent(span))
             try:
+                request = forward_request(work)
+                if span is not None:
+                    request = replace(request, traceparent=tracing.traceparent(span))
                 work.outcome = await self._forwarder.send(config, request)
             except Exception as exc:
                 log.exception("forwarding failed unexpectedly", extra=event_fields(work))

@@ -119,7 +119,8 @@ def event_row(work: Work, now: datetime) -> dict[str, Any]:
         "status": work.status,
         "received_at": datetime.fromtimestamp(message.received_at, UTC),
         "processed_at": now if final else None,
-        "headers": orjson.loads(message.headers),
+        # Already JSON: written as it is, never parsed and encoded again (see json_text).
+        "headers": orjson.Fragment(message.headers),
         "body": message.body,
         "payload": work.payload,
         "attempt_count": 1 if final else 0,
