@@ -87,11 +87,12 @@ async def until(
     check: Callable[[], Awaitable[T]],
     within: float,
     what: str,
+    interval: float = 0.1,
     details: Callable[[], str] | None = None,
 ) -> T:
-    """:func:`tests.support.eventually`, polling every 0.1 s: the checks here query tables
-    and queues that a busy run keeps growing."""
-    return await eventually(check, within, what, interval=0.1, details=details)
+    """:func:`tests.support.eventually`, polling every 0.1 s unless told: the checks here
+    query tables and queues that a busy run keeps growing."""
+    return await eventually(check, within, what, interval=interval, details=details)
 
 
 # The processes -----------------------------------------------------------------------------
