@@ -46,18 +46,4 @@ TABLE_METADATA: Final = "metadata"
 METADATA_TOOLS_REVISION: Final = "tools_revision"
 """Row in the metadata table bumped by every tool change; processes poll it to reload tools."""
 
-# Event statuses (SPEC).
-STATUS_PENDING: Final = "pending"
-STATUS_PROCESSED: Final = "processed"
-STATUS_IGNORED: Final = "ignored"
-STATUS_RETRYING: Final = "retrying"
-STATUS_DEAD: Final = "dead"
-EVENT_STATUSES: Final = (
-    STATUS_PENDING,
-    STATUS_PROCESSED,
-    STATUS_IGNORED,
-    STATUS_RETRYING,
-    STATUS_DEAD,
-)
-
 EMBEDDED_DB_FILENAME: Final = "webhook-worker.db"

@@ -18,19 +18,16 @@ import orjson
 from sqlalchemy import Select, bindparam, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from webhook_worker.constants import STATUS_RETRYING
 from webhook_worker.errors import NotFoundError, WebhookWorkerError
 from webhook_worker.observability import metrics
 from webhook_worker.queue.base import Message, Queue
 from webhook_worker.storage.database import Database
 from webhook_worker.storage.deadletters import (
-    DLQ_DISCARDED,
-    DLQ_PENDING,
-    DLQ_RETRYING,
     DeadLetterFilter,
     dead_letter_view,
 )
 from webhook_worker.storage.schema import dead_letters, events
+from webhook_worker.vocabulary import DeadLetterStatus, EventStatus
 
 BULK_CHUNK = 500
 
@@ -54,7 +51,11 @@ class Replayer:
                 raise NotFoundError(f"no event {event_id!r}")
             letters = select(dead_letters.c.id).where(dead_letters.c.event_id == event_id)
             claimed = await _claim(
-                conn, list((await conn.scalars(letters)).all()), (DLQ_PENDING,), now, None
+                conn,
+                list((await conn.scalars(letters)).all()),
+                (DeadLetterStatus.PENDING,),
+                now,
+                None,
             )
             messages = await _messages(conn, [event_id])
         await self._send(messages, previous, claimed)
@@ -73,7 +74,13 @@ class Replayer:
             ).first()
             if row is None:
                 raise NotFoundError(f"no dead letter {dead_letter_id!r}")
-            claimed = await _claim(conn, [dead_letter_id], (DLQ_PENDING, DLQ_DISCARDED), now, None)
+            claimed = await _claim(
+                conn,
+                [dead_letter_id],
+                (DeadLetterStatus.PENDING, DeadLetterStatus.DISCARDED),
+                now,
+                None,
+            )
             if not claimed:
                 raise ConflictError(
                     f"dead letter {dead_letter_id!r} is {row.status}; only pending or discarded "
@@ -95,7 +102,9 @@ class Replayer:
         ``before`` (when the bulk retry started) so letters that already failed again in this
         run are not sent round a second time."""
         now = datetime.now(UTC)
-        query = where.apply(select(dead_letters.c.id)).where(dead_letters.c.status == DLQ_PENDING)
+        query = where.apply(select(dead_letters.c.id)).where(
+            dead_letters.c.status == DeadLetterStatus.PENDING
+        )
         if before is not None:
             last = dead_letters.c.last_retry_at
             query = query.where(or_(last.is_(None), last < before))
@@ -110,7 +119,11 @@ class Replayer:
         d = dead_letters.c
         query = (
             select(d.id)
-            .where(d.status == DLQ_PENDING, d.retryable.is_(True), d.retry_count < max_retries)
+            .where(
+                d.status == DeadLetterStatus.PENDING,
+                d.retryable.is_(True),
+                d.retry_count < max_retries,
+            )
             .where(d.next_retry_at.is_not(None), d.next_retry_at <= now)
             .order_by(d.next_retry_at)
             .limit(limit)
@@ -127,7 +140,7 @@ class Replayer:
         events; returns how many were requeued."""
         async with self._db.begin() as conn:
             ids = list((await conn.scalars(query)).all())
-            claimed = await _claim(conn, ids, (DLQ_PENDING,), now, next_retry_at)
+            claimed = await _claim(conn, ids, (DeadLetterStatus.PENDING,), now, next_retry_at)
             event_ids = [event_id for _, event_id in claimed]
             previous = await _mark_retrying(conn, event_ids)
             messages = await _messages(conn, event_ids)
@@ -165,7 +178,7 @@ async def _claim(
         update(dead_letters)
         .where(dead_letters.c.id.in_(list(ids)), dead_letters.c.status.in_(from_statuses))
         .values(
-            status=DLQ_RETRYING,
+            status=DeadLetterStatus.RETRYING,
             retry_count=dead_letters.c.retry_count + 1,
             last_retry_at=now,
             updated_at=now,
@@ -186,7 +199,9 @@ async def _mark_retrying(conn: AsyncConnection, event_ids: Sequence[str]) -> dic
     previous = {row.id: row.status for row in rows}
     if previous:
         await conn.execute(
-            update(events).where(events.c.id.in_(list(previous))).values(status=STATUS_RETRYING)
+            update(events)
+            .where(events.c.id.in_(list(previous)))
+            .values(status=EventStatus.RETRYING)
         )
     return previous
 
@@ -203,7 +218,7 @@ async def _restore(conn: AsyncConnection, previous: dict[str, str], claimed: lis
         await conn.execute(
             update(dead_letters)
             .where(dead_letters.c.id.in_(claimed))
-            .values(status=DLQ_PENDING, retry_count=dead_letters.c.retry_count - 1)
+            .values(status=DeadLetterStatus.PENDING, retry_count=dead_letters.c.retry_count - 1)
         )
 
 

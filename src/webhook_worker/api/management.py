@@ -19,18 +19,16 @@ from starlette.routing import Route
 
 from webhook_worker.api.responses import JSONResponse, error
 from webhook_worker.clock import parse_time
-from webhook_worker.constants import EVENT_STATUSES
 from webhook_worker.errors import NotFoundError, QueueUnavailableError, ToolConfigError
 from webhook_worker.replay import ConflictError, Replayer
 from webhook_worker.storage.database import is_unavailable
 from webhook_worker.storage.deadletters import (
-    DLQ_PENDING,
-    DLQ_STATUSES,
     DeadLetterFilter,
     DeadLetterStore,
 )
 from webhook_worker.storage.events import EventFilter, EventStore
 from webhook_worker.tools.service import ToolService
+from webhook_worker.vocabulary import DeadLetterStatus, EventStatus
 
 _F = TypeVar("_F", EventFilter, DeadLetterFilter)
 _Page = tuple[list[dict[str, Any]], str | None]
@@ -103,8 +101,8 @@ class ManagementAPI:
         query = request.query_params
         _refuse_unknown(query, (*_EVENT_FILTERS, *_PAGING))
         status = query.get("status")
-        if status and status not in EVENT_STATUSES:
-            raise BadRequest(f"status: expected one of {', '.join(EVENT_STATUSES)}", "status")
+        if status and status not in tuple(EventStatus):
+            raise BadRequest(f"status: expected one of {', '.join(tuple(EventStatus))}", "status")
         where = EventFilter(
             tool_id=query.get("tool_id") or None,
             event_type=query.get("event_type") or None,
@@ -146,7 +144,7 @@ class ManagementAPI:
         raw = await _json_object(request) if body.strip() else {}
         _refuse_unknown(raw, _DLQ_FILTERS)
         where = _dead_letter_filter(raw)
-        if where.status not in (None, DLQ_PENDING):
+        if where.status not in (None, DeadLetterStatus.PENDING):
             raise BadRequest("status: bulk retry takes pending dead letters only", "status")
         total, started = 0, datetime.now(UTC)
         while requeued := await self._replayer.retry_matching(where, before=started):
@@ -280,8 +278,8 @@ def _dead_letter_filter(raw: Mapping[str, Any]) -> DeadLetterFilter:
         if value is not None and not isinstance(value, str):
             raise BadRequest(f"{name}: expected a string", name)
     status = values.pop("status")
-    if status is not None and status not in DLQ_STATUSES:
-        raise BadRequest(f"status: expected one of {', '.join(DLQ_STATUSES)}", "status")
+    if status is not None and status not in tuple(DeadLetterStatus):
+        raise BadRequest(f"status: expected one of {', '.join(tuple(DeadLetterStatus))}", "status")
     return DeadLetterFilter(
         tool_id=values["tool_id"],
         event_type=values["event_type"],

@@ -5,8 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from webhook_worker import __version__
-from webhook_worker.constants import EVENT_STATUSES
-from webhook_worker.storage.deadletters import DLQ_STATUSES
+from webhook_worker.vocabulary import DeadLetterStatus, EventStatus
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -159,7 +158,7 @@ def document() -> dict[str, Any]:
                         "tool_id": {"type": "string"},
                         "event_type": {"type": ["string", "null"]},
                         "delivery_id": {"type": "string"},
-                        "status": {"enum": list(EVENT_STATUSES)},
+                        "status": {"enum": list(EventStatus)},
                         "received_at": _TIME,
                         "processed_at": _TIME,
                         "payload": {},
@@ -180,7 +179,7 @@ def document() -> dict[str, Any]:
                         "error_class": {"type": "string"},
                         "retryable": {"type": "boolean"},
                         "retry_count": {"type": "integer"},
-                        "status": {"enum": list(DLQ_STATUSES)},
+                        "status": {"enum": list(DeadLetterStatus)},
                         "created_at": _TIME,
                         "last_retry_at": _TIME,
                         "next_retry_at": _TIME,
@@ -268,7 +267,7 @@ def document() -> dict[str, Any]:
                         _query(
                             "status",
                             "pending, processed, ignored, retrying or dead",
-                            _status_filter(EVENT_STATUSES),
+                            _status_filter(tuple(EventStatus)),
                         ),
                     ],
                     "responses": {
@@ -310,7 +309,7 @@ def document() -> dict[str, Any]:
                         _query(
                             "status",
                             "pending, retrying, resolved or discarded",
-                            _status_filter(DLQ_STATUSES),
+                            _status_filter(tuple(DeadLetterStatus)),
                         ),
                     ],
                     "responses": {

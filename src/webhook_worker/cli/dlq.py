@@ -41,26 +41,22 @@ from webhook_worker.config import Settings
 from webhook_worker.runtime import open_runtime
 from webhook_worker.storage.database import Database
 from webhook_worker.storage.deadletters import (
-    DLQ_DISCARDED,
-    DLQ_PENDING,
-    DLQ_RESOLVED,
-    DLQ_RETRYING,
-    DLQ_STATUSES,
     DeadLetterFilter,
     DeadLetterStore,
 )
 from webhook_worker.storage.events import MAX_PAGE, EventStore
+from webhook_worker.vocabulary import DeadLetterStatus
 
 app = typer.Typer(help="List, inspect, retry and discard dead letters.", no_args_is_help=True)
 
 BULK_CHUNK = 100
 """Dead letters requeued per call in a bulk retry: small enough for the bar to move."""
 
-_STATUS_STYLES = {
-    DLQ_PENDING: "red",
-    DLQ_RETRYING: "yellow",
-    DLQ_RESOLVED: "green",
-    DLQ_DISCARDED: "dim",
+_STATUS_STYLES: dict[str, str] = {
+    DeadLetterStatus.PENDING: "red",
+    DeadLetterStatus.RETRYING: "yellow",
+    DeadLetterStatus.RESOLVED: "green",
+    DeadLetterStatus.DISCARDED: "dim",
 }
 
 ToolOpt = Annotated[str | None, typer.Option("--tool", help="Only this tool's dead letters.")]
@@ -86,7 +82,7 @@ def list_dead_letters(
     event_type: TypeOpt = None,
     error_class: ClassOpt = None,
     status: Annotated[
-        str | None, typer.Option("--status", help=f"One of {', '.join(DLQ_STATUSES)}.")
+        str | None, typer.Option("--status", help=f"One of {', '.join(tuple(DeadLetterStatus))}.")
     ] = None,
     since: SinceOpt = None,
     until: UntilOpt = None,
@@ -99,8 +95,8 @@ def list_dead_letters(
     as_json: JsonOpt = False,
 ) -> None:
     """List dead letters, newest first."""
-    if status is not None and status not in DLQ_STATUSES:
-        fail(f"--status: expected one of {', '.join(DLQ_STATUSES)}, got {status!r}", 2)
+    if status is not None and status not in tuple(DeadLetterStatus):
+        fail(f"--status: expected one of {', '.join(tuple(DeadLetterStatus))}, got {status!r}", 2)
     where = _filter(tool, event_type, error_class, since, until, status=status)
     settings = load_settings(quiet_logs=True)
     items, next_cursor = read_page(
@@ -248,7 +244,9 @@ def _retry_matching(settings: Settings, where: DeadLetterFilter, yes: bool) -> N
     async def go() -> int:
         nonlocal requeued, started
         async with open_runtime(settings) as runtime:
-            total = await DeadLetterStore(runtime.db).count(replace(where, status=DLQ_PENDING))
+            total = await DeadLetterStore(runtime.db).count(
+                replace(where, status=DeadLetterStatus.PENDING)
+            )
             if total == 0:
                 return 0
             described = f"{total} pending dead letter{'s' if total != 1 else ''}"

@@ -32,11 +32,11 @@ from webhook_worker.cli.common import (
 )
 from webhook_worker.clock import parse_time
 from webhook_worker.config import parse_duration
-from webhook_worker.constants import EVENT_STATUSES
 from webhook_worker.errors import QueueUnavailableError
 from webhook_worker.replay import ConflictError
 from webhook_worker.runtime import StartupError, open_runtime
 from webhook_worker.storage.events import MAX_PAGE, EventFilter, EventStore
+from webhook_worker.vocabulary import EventStatus
 
 app = typer.Typer(help="List, inspect and replay stored events.", no_args_is_help=True)
 
@@ -87,7 +87,7 @@ def list_events(
     tool: Annotated[str | None, typer.Option("--tool", help="Only this tool's events.")] = None,
     event_type: Annotated[str | None, typer.Option("--type", help="Only this event type.")] = None,
     status: Annotated[
-        str | None, typer.Option("--status", help=f"One of {', '.join(EVENT_STATUSES)}.")
+        str | None, typer.Option("--status", help=f"One of {', '.join(tuple(EventStatus))}.")
     ] = None,
     since: Annotated[
         str | None,
@@ -105,8 +105,8 @@ def list_events(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
 ) -> None:
     """List events, newest first."""
-    if status is not None and status not in EVENT_STATUSES:
-        fail(f"--status: expected one of {', '.join(EVENT_STATUSES)}, got {status!r}", 2)
+    if status is not None and status not in tuple(EventStatus):
+        fail(f"--status: expected one of {', '.join(tuple(EventStatus))}, got {status!r}", 2)
     where = EventFilter(
         tool_id=tool or None,
         event_type=event_type or None,

@@ -20,12 +20,7 @@ from webhook_worker.errors import NotFoundError
 from webhook_worker.storage.database import Database
 from webhook_worker.storage.events import MAX_PAGE, decode_cursor, encode_cursor
 from webhook_worker.storage.schema import dead_letters
-
-DLQ_PENDING = "pending"
-DLQ_RETRYING = "retrying"
-DLQ_RESOLVED = "resolved"
-DLQ_DISCARDED = "discarded"
-DLQ_STATUSES = (DLQ_PENDING, DLQ_RETRYING, DLQ_RESOLVED, DLQ_DISCARDED)
+from webhook_worker.vocabulary import DeadLetterStatus
 
 
 async def upsert_dead_letters(conn: AsyncConnection, rows: Sequence[Mapping[str, Any]]) -> None:
@@ -56,8 +51,8 @@ async def resolve_dead_letters(conn: AsyncConnection, event_ids: Sequence[str], 
     result = await conn.execute(
         update(dead_letters)
         .where(dead_letters.c.event_id.in_(list(event_ids)))
-        .where(dead_letters.c.status == DLQ_RETRYING)
-        .values(status=DLQ_RESOLVED, updated_at=now, next_retry_at=None)
+        .where(dead_letters.c.status == DeadLetterStatus.RETRYING)
+        .values(status=DeadLetterStatus.RESOLVED, updated_at=now, next_retry_at=None)
     )
     return int(result.rowcount or 0)
 
@@ -130,7 +125,11 @@ class DeadLetterStore:
             result = await conn.execute(
                 update(dead_letters)
                 .where(dead_letters.c.id == dead_letter_id)
-                .values(status=DLQ_DISCARDED, updated_at=datetime.now(UTC), next_retry_at=None)
+                .values(
+                    status=DeadLetterStatus.DISCARDED,
+                    updated_at=datetime.now(UTC),
+                    next_retry_at=None,
+                )
             )
         if result.rowcount == 0:
             raise NotFoundError(f"no dead letter {dead_letter_id!r}")
@@ -146,7 +145,7 @@ class DeadLetterStore:
         query = (
             select(func.count())
             .select_from(dead_letters)
-            .where(dead_letters.c.status.in_([DLQ_PENDING, DLQ_RETRYING]))
+            .where(dead_letters.c.status.in_([DeadLetterStatus.PENDING, DeadLetterStatus.RETRYING]))
         )
         async with self._db.connect() as conn:
             return int(await conn.scalar(query) or 0)

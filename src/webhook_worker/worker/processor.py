@@ -25,20 +25,12 @@ import orjson
 from opentelemetry.trace import Span
 
 from webhook_worker.config import Settings
-from webhook_worker.constants import (
-    STATUS_DEAD,
-    STATUS_IGNORED,
-    STATUS_PENDING,
-    STATUS_PROCESSED,
-    STATUS_RETRYING,
-    TABLE_EVENTS,
-)
+from webhook_worker.constants import TABLE_EVENTS
 from webhook_worker.ids import new_id
 from webhook_worker.observability import metrics, tracing
 from webhook_worker.queue.base import Delivery
 from webhook_worker.storage.database import Database
 from webhook_worker.storage.deadletters import (
-    DLQ_PENDING,
     resolve_dead_letters,
     upsert_dead_letters,
 )
@@ -49,12 +41,16 @@ from webhook_worker.storage.events import (
     update_outcomes,
 )
 from webhook_worker.tools.cache import ToolCache
+from webhook_worker.vocabulary import (
+    FINAL_STATUSES,
+    SUCCESS_STATUSES,
+    DeadLetterStatus,
+    EventStatus,
+)
 from webhook_worker.worker.forwarder import Forwarder, ForwardOutcome
 from webhook_worker.worker.plan import Plans
 from webhook_worker.worker.retry import Backoff, Failure
 from webhook_worker.worker.work import (
-    DONE,
-    FINAL,
     Batch,
     Work,
     attempt_row,
@@ -104,12 +100,12 @@ class Processor:
             event_id = work.message.event_id
             state = states.get(event_id)
             if event_id in inserted:
-                if work.status == STATUS_PENDING:
+                if work.status == EventStatus.PENDING:
                     batch.to_forward.append(work)
                 else:
                     _settled(work)
                     batch.done.append(work.delivery)
-            elif state is None or state.status in FINAL:
+            elif state is None or state.status in FINAL_STATUSES:
                 # Already settled, or a repeated delivery id under another event id.
                 tracing.end(work.span)
                 batch.done.append(work.delivery)
@@ -118,7 +114,7 @@ class Processor:
                 # queue: plan it again (the tool may have changed) and carry on.
                 work.existing = True
                 work.attempt = int(state.attempt_count) + 1
-                pending = work.status == STATUS_PENDING
+                pending = work.status == EventStatus.PENDING
                 (batch.to_forward if pending else batch.to_update).append(work)
         return batch
 
@@ -128,10 +124,12 @@ class Processor:
             inserted = await insert_events(conn, [event_row(w, now) for w in works])
             others = [w.message.event_id for w in works if w.message.event_id not in inserted]
             states = await event_states(conn, others)
-            new_final = [w for w in works if w.message.event_id in inserted and w.status in FINAL]
+            new_final = [
+                w for w in works if w.message.event_id in inserted and w.status in FINAL_STATUSES
+            ]
             await insert_attempts(conn, [attempt_row(w, now) for w in new_final])
             await upsert_dead_letters(
-                conn, [self._dead_letter(w, now) for w in new_final if w.status == STATUS_DEAD]
+                conn, [self._dead_letter(w, now) for w in new_final if w.status == EventStatus.DEAD]
             )
         return inserted, states
 
@@ -171,7 +169,7 @@ class Processor:
         message = delivery.message
         live = self._tools.get(message.tool_id)
         plan = self._plans.for_event(live.tool if live else None, message.event_type)
-        work = Work(delivery, plan, STATUS_PENDING if plan.forwards else STATUS_PROCESSED)
+        work = Work(delivery, plan, EventStatus.PENDING if plan.forwards else EventStatus.PROCESSED)
         if not plan.needs_json:
             return work
         try:
@@ -188,7 +186,7 @@ class Processor:
             except jmespath.exceptions.JMESPathError as exc:
                 return _dead(work, "filter_error", f"the filter failed: {exc}")
             if not _truthy(keep):
-                work.status = STATUS_IGNORED
+                work.status = EventStatus.IGNORED
                 return work
         if plan.transform is not None:
             try:
@@ -251,7 +249,7 @@ class Processor:
         for work in batch.to_forward:
             failure = work.outcome.failure if work.outcome else None
             if failure is None:
-                work.status = STATUS_PROCESSED
+                work.status = EventStatus.PROCESSED
                 continue
             failures = work.message.attempt + 1
             series_start = work.message.retry_from or work.message.received_at
@@ -259,9 +257,9 @@ class Processor:
             delay = backoff.next_attempt(failures, time.time() - series_start, failure)
             work.failure = failure
             if delay is None:
-                work.status = STATUS_DEAD
+                work.status = EventStatus.DEAD
             else:
-                work.status = STATUS_RETRYING
+                work.status = EventStatus.RETRYING
                 metrics.RETRY_ATTEMPTS.labels(str(failures), failure.error_class).inc()
                 retried = replace(work.message, attempt=failures, retry_from=series_start)
                 batch.retry.append((replace(work.delivery, message=retried), delay))
@@ -284,9 +282,11 @@ class Processor:
             await update_outcomes(conn, [outcome_row(w, now) for w in settled])
             await insert_attempts(conn, [attempt_row(w, now) for w in settled])
             await upsert_dead_letters(
-                conn, [self._dead_letter(w, now) for w in settled if w.status == STATUS_DEAD]
+                conn, [self._dead_letter(w, now) for w in settled if w.status == EventStatus.DEAD]
             )
-            recovered = [w.message.event_id for w in settled if w.existing and w.status in DONE]
+            recovered = [
+                w.message.event_id for w in settled if w.existing and w.status in SUCCESS_STATUSES
+            ]
             if resolved := await resolve_dead_letters(conn, recovered, now):
                 metrics.DLQ_RETRIES.labels("resolved").inc(resolved)
 
@@ -296,7 +296,7 @@ class Processor:
         """Store each event as ``dead`` with a dead letter, without processing it (poison)."""
         now = datetime.now(UTC)
         works = [
-            _dead(Work(d, self._plans.for_event(None, None), STATUS_DEAD), error_class, error)
+            _dead(Work(d, self._plans.for_event(None, None), EventStatus.DEAD), error_class, error)
             for d in deliveries
         ]
         async with self._db.begin(durable=False) as conn:
@@ -323,7 +323,7 @@ class Processor:
             "error_class": failure.error_class,
             "retryable": failure.retryable,
             "retry_count": 0,
-            "status": DLQ_PENDING,
+            "status": DeadLetterStatus.PENDING,
             "created_at": now,
             "updated_at": now,
             "next_retry_at": due,
@@ -337,7 +337,7 @@ def _truthy(value: Any) -> bool:
 
 
 def _dead(work: Work, error_class: str, message: str) -> Work:
-    work.status = STATUS_DEAD
+    work.status = EventStatus.DEAD
     work.failure = Failure(error_class, " ".join(message.split())[:1000])
     return work
 
@@ -352,5 +352,6 @@ def _settled(work: Work) -> None:
     if work.span is not None:
         work.span.set_attribute("webhook.status", work.status)
         tracing.end(
-            work.span, work.failure.message if work.status == STATUS_DEAD and work.failure else None
+            work.span,
+            work.failure.message if work.status == EventStatus.DEAD and work.failure else None,
         )

@@ -10,20 +10,12 @@ from typing import Any
 import orjson
 from opentelemetry.trace import Span
 
-from webhook_worker.constants import (
-    STATUS_DEAD,
-    STATUS_IGNORED,
-    STATUS_PROCESSED,
-    STATUS_RETRYING,
-)
 from webhook_worker.observability import tracing
 from webhook_worker.queue.base import Delivery, Message
+from webhook_worker.vocabulary import FINAL_STATUSES, EventStatus
 from webhook_worker.worker.forwarder import ForwardOutcome, ForwardRequest
 from webhook_worker.worker.plan import Plan
 from webhook_worker.worker.retry import Failure
-
-FINAL = frozenset({STATUS_PROCESSED, STATUS_IGNORED, STATUS_DEAD})
-DONE = frozenset({STATUS_PROCESSED, STATUS_IGNORED})
 
 
 @dataclass(slots=True)
@@ -32,7 +24,7 @@ class Work:
 
     delivery: Delivery
     plan: Plan
-    status: str
+    status: EventStatus
     payload: Any = None
     """The stored JSON when it differs from the body (a transform ran), else None."""
     failure: Failure | None = None
@@ -110,7 +102,7 @@ def forward_request(work: Work) -> ForwardRequest:
 
 def event_row(work: Work, now: datetime) -> dict[str, Any]:
     message = work.message
-    final = work.status in FINAL
+    final = work.status in FINAL_STATUSES
     return {
         "id": message.event_id,
         "tool_id": message.tool_id,
@@ -131,17 +123,17 @@ def outcome_row(work: Work, now: datetime) -> dict[str, Any]:
     return {
         "event_id": work.message.event_id,
         "status": work.status,
-        "processed_at": now if work.status in FINAL else None,
+        "processed_at": now if work.status in FINAL_STATUSES else None,
         "attempt_count": work.attempt,
         "payload": work.payload,
     }
 
 
-_OUTCOMES = {
-    STATUS_PROCESSED: "stored",
-    STATUS_IGNORED: "ignored",
-    STATUS_DEAD: "dead",
-    STATUS_RETRYING: "failed",
+_OUTCOMES: dict[str, str] = {
+    EventStatus.PROCESSED: "stored",
+    EventStatus.IGNORED: "ignored",
+    EventStatus.DEAD: "dead",
+    EventStatus.RETRYING: "failed",
 }
 
 
