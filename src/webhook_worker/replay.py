@@ -18,7 +18,7 @@ import orjson
 from sqlalchemy import Select, bindparam, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from webhook_worker.errors import NotFoundError, WebhookWorkerError
+from webhook_worker.errors import ConflictError, NotFoundError
 from webhook_worker.observability import metrics
 from webhook_worker.queue.base import Message, Queue
 from webhook_worker.storage.database import Database
@@ -30,10 +30,6 @@ from webhook_worker.storage.schema import dead_letters, events
 from webhook_worker.vocabulary import DeadLetterStatus, EventStatus
 
 BULK_CHUNK = 500
-
-
-class ConflictError(WebhookWorkerError):
-    """The dead letter is not in a state that can be retried (409)."""
 
 
 class Replayer:
@@ -89,7 +85,7 @@ class Replayer:
             previous = await _mark_retrying(conn, [row.event_id])
             messages = await _messages(conn, [row.event_id])
             query = select(dead_letters).where(dead_letters.c.id == dead_letter_id)
-            letter = dead_letter_view((await conn.execute(query)).mappings().one())
+            letter = dead_letter_view(dict((await conn.execute(query)).mappings().one()))
         await self._send(messages, previous, claimed)
         metrics.DLQ_RETRIES.labels("requeued").inc()
         return letter
@@ -134,7 +130,7 @@ class Replayer:
         )
 
     async def _retry_selected(
-        self, query: Select[tuple[str]], now: datetime, next_retry_at: datetime | None
+        self, query: Select[str], now: datetime, next_retry_at: datetime | None
     ) -> int:
         """Claim the pending dead letters ``query`` selects (their ids) and requeue their
         events; returns how many were requeued."""

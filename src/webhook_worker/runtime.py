@@ -9,14 +9,14 @@ from dataclasses import dataclass
 
 from webhook_worker.config import Settings
 from webhook_worker.constants import REDIS_STREAM_SUFFIX, TABLE_QUEUE
-from webhook_worker.errors import WebhookWorkerError
+from webhook_worker.errors import DatabaseUnavailableError, WebhookWorkerError
 from webhook_worker.queue.base import Queue
 from webhook_worker.queue.batcher import EnqueueBatcher
 from webhook_worker.queue.database import DatabaseQueue
 from webhook_worker.queue.redis_streams import RedisStreamsQueue
 from webhook_worker.replay import Replayer
 from webhook_worker.storage import migrate
-from webhook_worker.storage.database import Database, is_unavailable
+from webhook_worker.storage.database import Database
 from webhook_worker.storage.events import EventStore
 from webhook_worker.storage.tools import ToolStore
 from webhook_worker.tools.cache import ToolCache
@@ -115,12 +115,11 @@ def _reachable(settings: Settings) -> Iterator[None]:
     """Turn "cannot connect" into a StartupError naming the database (no traceback)."""
     try:
         yield
-    except Exception as exc:
-        if is_unavailable(exc):
-            raise StartupError(
-                f"cannot reach the database ({settings.describe_database()}): {_first_line(exc)}"
-            ) from None
-        raise
+    except DatabaseUnavailableError as exc:
+        cause = exc.__cause__ or exc
+        raise StartupError(
+            f"cannot reach the database ({settings.describe_database()}): {_first_line(cause)}"
+        ) from None
 
 
 @asynccontextmanager

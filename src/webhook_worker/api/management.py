@@ -19,9 +19,14 @@ from starlette.routing import Route
 
 from webhook_worker.api.responses import JSONResponse, error
 from webhook_worker.clock import parse_time
-from webhook_worker.errors import NotFoundError, QueueUnavailableError, ToolConfigError
-from webhook_worker.replay import ConflictError, Replayer
-from webhook_worker.storage.database import is_unavailable
+from webhook_worker.errors import (
+    ConflictError,
+    DatabaseUnavailableError,
+    NotFoundError,
+    QueueUnavailableError,
+    ToolConfigError,
+)
+from webhook_worker.replay import Replayer
 from webhook_worker.storage.deadletters import (
     DeadLetterFilter,
     DeadLetterStore,
@@ -168,12 +173,10 @@ class ManagementAPI:
                 return error(409, "conflict", str(exc))
             except QueueUnavailableError:
                 return error(503, "queue_unavailable", "the queue is unavailable; retry later")
-            except Exception as exc:
-                if is_unavailable(exc):
-                    return error(
-                        503, "database_unavailable", "the database is unavailable; retry later"
-                    )
-                raise
+            except DatabaseUnavailableError:
+                return error(
+                    503, "database_unavailable", "the database is unavailable; retry later"
+                )
 
         return guarded
 

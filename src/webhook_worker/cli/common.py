@@ -15,10 +15,15 @@ from rich.console import Console
 from rich.table import Table
 
 from webhook_worker.config import Settings
-from webhook_worker.errors import ConfigError, NotFoundError, ToolConfigError
+from webhook_worker.errors import (
+    ConfigError,
+    DatabaseUnavailableError,
+    NotFoundError,
+    ToolConfigError,
+)
 from webhook_worker.observability.logging import configure
 from webhook_worker.runtime import database
-from webhook_worker.storage.database import Database, is_unavailable
+from webhook_worker.storage.database import Database
 from webhook_worker.storage.tools import ToolStore
 
 T = TypeVar("T")
@@ -67,11 +72,8 @@ def user_errors(doing: str | None = None) -> Iterator[None]:
         fail(f"{doing}: {detail}" if doing else detail, 1)
     except NotFoundError as exc:
         fail(str(exc), 1)
-    except Exception as exc:
-        if is_unavailable(exc):
-            lines = str(exc).strip().splitlines()
-            fail(f"the database is unavailable: {lines[0] if lines else type(exc).__name__}", 1)
-        raise
+    except DatabaseUnavailableError as exc:
+        fail(str(exc), 1)
 
 
 def with_database(settings: Settings, action: Callable[[Database], Awaitable[T]]) -> T:

@@ -32,8 +32,7 @@ from webhook_worker.cli.common import (
 )
 from webhook_worker.clock import parse_time
 from webhook_worker.config import parse_duration
-from webhook_worker.errors import QueueUnavailableError
-from webhook_worker.replay import ConflictError
+from webhook_worker.errors import ConflictError, QueueUnavailableError
 from webhook_worker.runtime import StartupError, open_runtime
 from webhook_worker.storage.events import MAX_PAGE, EventFilter, EventStore
 from webhook_worker.vocabulary import EventStatus

@@ -36,9 +36,9 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 
-from webhook_worker.errors import QueueUnavailableError
+from webhook_worker.errors import DatabaseUnavailableError, QueueUnavailableError
 from webhook_worker.queue.base import Delivery, EnqueueResult, Message
-from webhook_worker.storage.database import Database, is_unavailable
+from webhook_worker.storage.database import Database
 from webhook_worker.storage.schema import delivery_ids, queue_messages
 
 __all__ = ["DatabaseQueue"]
@@ -438,10 +438,9 @@ def _unavailable(action: str) -> Iterator[None]:
     """Turn "the database cannot be reached" into QueueUnavailableError; let real bugs through."""
     try:
         yield
-    except Exception as exc:
-        if is_unavailable(exc):
-            raise QueueUnavailableError(
-                f"database queue: cannot {action}, the database did not answer ({exc}); "
-                "check that it is running and DATABASE_URL points at it"
-            ) from exc
-        raise
+    except DatabaseUnavailableError as exc:
+        raise QueueUnavailableError(
+            f"database queue: cannot {action}, the database did not answer "
+            f"({exc.__cause__ or exc}); "
+            "check that it is running and DATABASE_URL points at it"
+        ) from exc

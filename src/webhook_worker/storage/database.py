@@ -1,10 +1,20 @@
-"""The database connection: one async engine for PostgreSQL (asyncpg) or SQLite (aiosqlite)."""
+"""The database connection: one async engine for PostgreSQL (asyncpg) or SQLite (aiosqlite).
+
+This is where the driver's errors enter the package, so it is where they are translated: an
+error that means "the database cannot be reached right now" (refused, lost or timed-out
+connections) leaves :meth:`Database.begin`, :meth:`Database.connect` and :meth:`Database.ping` as
+:class:`~webhook_worker.errors.DatabaseUnavailableError`, which callers retry or answer 503 to.
+Any other error (a bad statement, a constraint) passes unchanged: that is a bug or bad data, and
+retrying it would not help.
+"""
 
 from __future__ import annotations
 
 import json
 import ssl
 import time
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -12,22 +22,44 @@ import orjson
 from sqlalchemy import event, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry
 
 from webhook_worker.config import Settings
-from webhook_worker.errors import ConfigError
+from webhook_worker.errors import ConfigError, DatabaseUnavailableError, WebhookWorkerError
 
 _DURABLE = "webhook_worker_durable"
 """Execution option (and connection info key): whether commits wait for the disk."""
 
 
-def is_unavailable(exc: BaseException) -> bool:
+def _is_unavailable(exc: BaseException) -> bool:
     """True when ``exc`` means "the database cannot be reached right now" (worth retrying),
     rather than "this statement is wrong"."""
+    if isinstance(exc, WebhookWorkerError):
+        return False
     if isinstance(exc, DBAPIError):
         return exc.connection_invalidated or isinstance(exc, (OperationalError, InterfaceError))
     return isinstance(exc, (OSError, ConnectionError, TimeoutError))
+
+
+def _unavailable(exc: BaseException) -> DatabaseUnavailableError:
+    lines = str(exc).strip().splitlines()
+    reason = lines[0] if lines else type(exc).__name__
+    return DatabaseUnavailableError(f"the database is unavailable: {reason}"[:500])
+
+
+@asynccontextmanager
+async def _translated(
+    opening: AbstractAsyncContextManager[AsyncConnection],
+) -> AsyncIterator[AsyncConnection]:
+    """``opening`` (an engine's connect() or begin()), with driver errors translated."""
+    try:
+        async with opening as conn:
+            yield conn
+    except Exception as exc:
+        if _is_unavailable(exc):
+            raise _unavailable(exc) from exc
+        raise
 
 
 class Database:
@@ -93,11 +125,11 @@ class Database:
     def is_sqlite(self) -> bool:
         return self.dialect == "sqlite"
 
-    def connect(self) -> Any:
+    def connect(self) -> AbstractAsyncContextManager[AsyncConnection]:
         """``async with db.connect() as conn`` (no transaction)."""
-        return self.engine.connect()
+        return _translated(self.engine.connect())
 
-    def begin(self, durable: bool = True) -> Any:
+    def begin(self, durable: bool = True) -> AbstractAsyncContextManager[AsyncConnection]:
         """``async with db.begin() as conn``: one transaction, committed on exit.
 
         ``durable=False`` is for the worker's own bookkeeping (leases, stored events, outcomes,
@@ -108,13 +140,13 @@ class Database:
         before it. What rolls back is done again: the message comes back with it.
         """
         if durable or not self.relaxed_commits:
-            return self.engine.begin()
-        return self._relaxed.begin()
+            return _translated(self.engine.begin())
+        return _translated(self._relaxed.begin())
 
     async def ping(self) -> float:
         """Round-trip a trivial query; returns its duration in milliseconds."""
         started = time.perf_counter()
-        async with self.engine.connect() as conn:
+        async with self.connect() as conn:
             await conn.execute(text("SELECT 1"))
         return (time.perf_counter() - started) * 1000
 

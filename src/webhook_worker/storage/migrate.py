@@ -37,12 +37,12 @@ def head_revision() -> str:
 async def upgrade(db: Database) -> tuple[str | None, str]:
     """Bring the schema to the newest revision. Idempotent. Returns (before, after)."""
     async with db.begin() as conn:
-        return await conn.run_sync(_upgrade)  # type: ignore[no-any-return]
+        return await conn.run_sync(_upgrade)
 
 
 async def current_revision(db: Database) -> str | None:
     async with db.connect() as conn:
-        return await conn.run_sync(_current)  # type: ignore[no-any-return]
+        return await conn.run_sync(_current)
 
 
 async def require_current(db: Database) -> None:

@@ -70,7 +70,7 @@ class ToolStore:
         opened: list[dict[str, Any]] = []
         for row in rows:
             try:
-                opened.append(self._open(row))
+                opened.append(self._open(dict(row)))
             except UndecryptableSecretError as exc:  # only when serving: the tool cannot work
                 log.error("tool %r is not served: %s", row["id"], exc)
         return opened
@@ -82,7 +82,7 @@ class ToolStore:
             )
         if row is None:
             raise NotFoundError(f"no tool {tool_id!r}")
-        return self._open(row)
+        return self._open(dict(row))
 
     def check(self, tool: Tool) -> None:
         """Raise ToolConfigError if ``tool``'s secrets could not be stored (no SECRETS_KEY for a

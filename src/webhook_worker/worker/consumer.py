@@ -24,11 +24,10 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
 
-from webhook_worker.errors import QueueUnavailableError
+from webhook_worker.errors import DatabaseUnavailableError, QueueUnavailableError, UnavailableError
 from webhook_worker.observability import metrics
 from webhook_worker.queue.base import Delivery, Queue
 from webhook_worker.replay import Replayer
-from webhook_worker.storage.database import is_unavailable
 from webhook_worker.worker.lanes import Admission, ToolLanes
 from webhook_worker.worker.processor import Processor
 from webhook_worker.worker.work import Batch, Work
@@ -244,7 +243,7 @@ class Worker:
         try:
             return await self._processor.store(fresh)
         except Exception as exc:
-            if is_unavailable(exc) or len(fresh) == 1:
+            if isinstance(exc, DatabaseUnavailableError) or len(fresh) == 1:
                 raise
         # One bad message must not hold back the batch: find it by storing them one by one.
         log.warning("a batch of %d failed; storing its events one by one", len(fresh))
@@ -253,7 +252,7 @@ class Worker:
             try:
                 batch.absorb(await self._processor.store([delivery]))
             except Exception as exc:
-                if is_unavailable(exc):
+                if isinstance(exc, DatabaseUnavailableError):
                     raise
                 log.error(
                     "event %s cannot be stored: %r",
@@ -274,7 +273,7 @@ class Worker:
                 await action()
                 return True
             except Exception as exc:
-                if not (is_unavailable(exc) or isinstance(exc, QueueUnavailableError)):
+                if not isinstance(exc, UnavailableError):
                     raise
                 if self._stopping.is_set():
                     log.warning(
@@ -337,7 +336,7 @@ class Worker:
                 ):
                     pass
             except Exception as exc:  # the next tick tries again
-                if not (is_unavailable(exc) or isinstance(exc, QueueUnavailableError)):
+                if not isinstance(exc, UnavailableError):
                     raise
                 log.warning("automatic dead letter retry skipped: %r", exc)
 
