@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Mount, Route
 
 from tests.support import serving
 from webhook_worker.api.app import create_app
@@ -12,15 +12,26 @@ from webhook_worker.config import Settings
 from webhook_worker.runtime import open_runtime
 
 
+def _routes(routes: list[BaseRoute], prefix: str = "") -> list[tuple[str, Route]]:
+    """Every route with its full path, mounted apps' routes included."""
+    found: list[tuple[str, Route]] = []
+    for route in routes:
+        if isinstance(route, Mount):
+            found += _routes(route.routes, prefix + route.path)
+        else:
+            assert isinstance(route, Route)
+            found.append((prefix + route.path, route))
+    return found
+
+
 async def test_every_route_and_method_is_described(tmp_path: Path) -> None:
     settings = Settings(data_dir=tmp_path)
     async with open_runtime(settings, migrate_first=True) as runtime:
         app = create_app(runtime)
         served: dict[str, set[str]] = {}
-        for route in app.routes:
-            assert isinstance(route, Route)
-            if route.path != "/openapi.json":
-                served.setdefault(route.path, set()).update(
+        for path, route in _routes(app.routes):
+            if path != "/openapi.json":
+                served.setdefault(path, set()).update(
                     m.lower() for m in route.methods or () if m != "HEAD"
                 )
         async with serving(runtime) as client:

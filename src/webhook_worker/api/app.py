@@ -13,10 +13,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import Mount, Route
 from starlette.types import Receive, Scope, Send
 
-from webhook_worker.api import openapi
+from webhook_worker.api import openapi, v1
 from webhook_worker.api.ingest import IngestHandler
 from webhook_worker.api.management import ManagementAPI
 from webhook_worker.api.responses import JSONResponse, error
@@ -44,12 +44,11 @@ def create_app(runtime: Runtime) -> Starlette:
         runtime.events,
         DeadLetterStore(runtime.db),
         runtime.replayer,
-        settings.admin_token,
     )
     routes = [
         Route("/webhooks/{tool_id}", ingest.handle, methods=["POST"]),
         Route("/api/webhooks/tools/{tool_id}", ingest.handle, methods=["POST"]),
-        *management.routes(),
+        Mount("/api/v1", app=v1.management_app(management.routes(), settings.admin_token)),
         *health_routes(runtime),
         Route("/openapi.json", _openapi, methods=["GET"], include_in_schema=False),
     ]

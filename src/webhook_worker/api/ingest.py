@@ -49,10 +49,6 @@ _SECRET_HEADER_WORDS = (
 _NOT_PARSED = object()
 
 
-class TooLarge(Exception):
-    pass
-
-
 class IngestHandler:
     def __init__(
         self,
@@ -126,9 +122,8 @@ class IngestHandler:
         # isdecimal, not isdigit: int() refuses digits such as "²", which isdigit() accepts.
         if declared is not None and declared.isdecimal() and int(declared) > self._max_bytes:
             return _too_large(self._max_bytes)
-        try:
-            body = await self._read_body(request)
-        except TooLarge:
+        body = await self._read_body(request)
+        if body is None:
             return _too_large(self._max_bytes)
 
         headers = request.headers
@@ -199,13 +194,14 @@ class IngestHandler:
                 span.set_attribute("webhook.duplicate_of", result.event_id)
             return result
 
-    async def _read_body(self, request: Request) -> bytes:
+    async def _read_body(self, request: Request) -> bytes | None:
+        """The body, or None once it exceeds MAX_PAYLOAD_BYTES (the rest is not read)."""
         chunks: list[bytes] = []
         size = 0
         async for chunk in request.stream():
             size += len(chunk)
             if size > self._max_bytes:
-                raise TooLarge
+                return None
             chunks.append(chunk)
         return b"".join(chunks)
 

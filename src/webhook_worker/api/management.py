@@ -1,15 +1,14 @@
-"""``/api/v1``: tools and events (dead letters arrive with the processing issue).
+"""``/api/v1``: tools, events and dead letters.
 
-Every route needs ``Authorization: Bearer $ADMIN_TOKEN``; without ADMIN_TOKEN only loopback
-clients are served. Errors use the ingest error shape and name the offending field.
+The routes here are relative to ``/api/v1``; :mod:`webhook_worker.api.v1` mounts them behind
+the access rule (``Authorization: Bearer $ADMIN_TOKEN``; without ADMIN_TOKEN only loopback
+clients are served) and turns the errors they raise into answers that name the offending field.
 """
 
 from __future__ import annotations
 
-import hmac
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
-from ipaddress import ip_address
 from typing import Any, TypeVar
 
 import orjson
@@ -17,15 +16,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from webhook_worker.api.responses import JSONResponse, error
+from webhook_worker.api.responses import JSONResponse
 from webhook_worker.clock import parse_time
-from webhook_worker.errors import (
-    ConflictError,
-    DatabaseUnavailableError,
-    NotFoundError,
-    QueueUnavailableError,
-    ToolConfigError,
-)
+from webhook_worker.errors import BadRequestError
 from webhook_worker.replay import Replayer
 from webhook_worker.storage.deadletters import (
     DeadLetterFilter,
@@ -38,14 +31,6 @@ from webhook_worker.vocabulary import DeadLetterStatus, EventStatus
 _F = TypeVar("_F", EventFilter, DeadLetterFilter)
 _Page = tuple[list[dict[str, Any]], str | None]
 
-Endpoint = Callable[[Request], Awaitable[Response]]
-
-
-class BadRequest(Exception):
-    def __init__(self, detail: str, field: str | None = None) -> None:
-        super().__init__(detail)
-        self.field = field
-
 
 class ManagementAPI:
     def __init__(
@@ -54,31 +39,30 @@ class ManagementAPI:
         events: EventStore,
         dead_letters: DeadLetterStore,
         replayer: Replayer,
-        admin_token: str | None,
     ) -> None:
         self._tools = tools
         self._events = events
         self._dead_letters = dead_letters
         self._replayer = replayer
-        self._token = admin_token.encode() if admin_token else None
 
     def routes(self) -> list[Route]:
-        guarded = self._guarded
+        """The routes, relative to where :func:`webhook_worker.api.v1.management_app` mounts
+        them."""
         return [
-            Route("/api/v1/tools", guarded(self.list_tools), methods=["GET"]),
-            Route("/api/v1/tools", guarded(self.create_tool), methods=["POST"]),
-            Route("/api/v1/tools/{tool_id}", guarded(self.get_tool), methods=["GET"]),
-            Route("/api/v1/tools/{tool_id}", guarded(self.replace_tool), methods=["PUT"]),
-            Route("/api/v1/tools/{tool_id}", guarded(self.patch_tool), methods=["PATCH"]),
-            Route("/api/v1/tools/{tool_id}", guarded(self.delete_tool), methods=["DELETE"]),
-            Route("/api/v1/events", guarded(self.list_events), methods=["GET"]),
-            Route("/api/v1/events/{event_id}", guarded(self.get_event), methods=["GET"]),
-            Route("/api/v1/events/{event_id}/replay", guarded(self.replay_event), methods=["POST"]),
-            Route("/api/v1/dlq", guarded(self.list_dead_letters), methods=["GET"]),
-            Route("/api/v1/dlq/retry", guarded(self.retry_dead_letters), methods=["POST"]),
-            Route("/api/v1/dlq/{dlq_id}", guarded(self.get_dead_letter), methods=["GET"]),
-            Route("/api/v1/dlq/{dlq_id}", guarded(self.discard_dead_letter), methods=["DELETE"]),
-            Route("/api/v1/dlq/{dlq_id}/retry", guarded(self.retry_dead_letter), methods=["POST"]),
+            Route("/tools", self.list_tools, methods=["GET"]),
+            Route("/tools", self.create_tool, methods=["POST"]),
+            Route("/tools/{tool_id}", self.get_tool, methods=["GET"]),
+            Route("/tools/{tool_id}", self.replace_tool, methods=["PUT"]),
+            Route("/tools/{tool_id}", self.patch_tool, methods=["PATCH"]),
+            Route("/tools/{tool_id}", self.delete_tool, methods=["DELETE"]),
+            Route("/events", self.list_events, methods=["GET"]),
+            Route("/events/{event_id}", self.get_event, methods=["GET"]),
+            Route("/events/{event_id}/replay", self.replay_event, methods=["POST"]),
+            Route("/dlq", self.list_dead_letters, methods=["GET"]),
+            Route("/dlq/retry", self.retry_dead_letters, methods=["POST"]),
+            Route("/dlq/{dlq_id}", self.get_dead_letter, methods=["GET"]),
+            Route("/dlq/{dlq_id}", self.discard_dead_letter, methods=["DELETE"]),
+            Route("/dlq/{dlq_id}/retry", self.retry_dead_letter, methods=["POST"]),
         ]
 
     async def list_tools(self, request: Request) -> Response:
@@ -107,7 +91,9 @@ class ManagementAPI:
         _refuse_unknown(query, (*_EVENT_FILTERS, *_PAGING))
         status = query.get("status")
         if status and status not in tuple(EventStatus):
-            raise BadRequest(f"status: expected one of {', '.join(tuple(EventStatus))}", "status")
+            raise BadRequestError(
+                f"status: expected one of {', '.join(tuple(EventStatus))}", "status"
+            )
         where = EventFilter(
             tool_id=query.get("tool_id") or None,
             event_type=query.get("event_type") or None,
@@ -150,55 +136,11 @@ class ManagementAPI:
         _refuse_unknown(raw, _DLQ_FILTERS)
         where = _dead_letter_filter(raw)
         if where.status not in (None, DeadLetterStatus.PENDING):
-            raise BadRequest("status: bulk retry takes pending dead letters only", "status")
+            raise BadRequestError("status: bulk retry takes pending dead letters only", "status")
         total, started = 0, datetime.now(UTC)
         while requeued := await self._replayer.retry_matching(where, before=started):
             total += requeued
         return JSONResponse({"requeued": total})
-
-    def _guarded(self, endpoint: Endpoint) -> Endpoint:
-        async def guarded(request: Request) -> Response:
-            denied = self._deny(request) or _refuse_nul(request)
-            if denied is not None:
-                return denied
-            try:
-                return await endpoint(request)
-            except ToolConfigError as exc:
-                return _bad_request(str(exc), exc.field)
-            except BadRequest as exc:
-                return _bad_request(str(exc), exc.field)
-            except NotFoundError as exc:
-                return error(404, "not_found", str(exc))
-            except ConflictError as exc:
-                return error(409, "conflict", str(exc))
-            except QueueUnavailableError:
-                return error(503, "queue_unavailable", "the queue is unavailable; retry later")
-            except DatabaseUnavailableError:
-                return error(
-                    503, "database_unavailable", "the database is unavailable; retry later"
-                )
-
-        return guarded
-
-    def _deny(self, request: Request) -> Response | None:
-        if self._token is None:
-            host = request.client.host if request.client else ""
-            if _is_loopback(host):
-                return None
-            return error(
-                403,
-                "forbidden",
-                "the management API answers only loopback clients until ADMIN_TOKEN is set",
-            )
-        scheme, _, token = (request.headers.get("authorization") or "").partition(" ")
-        if scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), self._token):
-            return None
-        return error(
-            401,
-            "unauthorized",
-            "send Authorization: Bearer <ADMIN_TOKEN>",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
 
 
 async def _json_object(request: Request) -> dict[str, Any]:
@@ -206,9 +148,9 @@ async def _json_object(request: Request) -> dict[str, Any]:
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
-        raise BadRequest(f"the body is not valid JSON: {exc}") from None
+        raise BadRequestError(f"the body is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
-        raise BadRequest("the body must be a JSON object")
+        raise BadRequestError("the body must be a JSON object")
     # PostgreSQL text and JSONB cannot hold NUL; refuse it on every backend alike. A stack, not
     # recursion: the body may nest as deep as the JSON parser allows.
     pending: list[Any] = [data]
@@ -216,20 +158,13 @@ async def _json_object(request: Request) -> dict[str, Any]:
         value = pending.pop()
         if isinstance(value, dict):
             if any("\x00" in key for key in value):
-                raise BadRequest(f"{_NUL} in a key")
+                raise BadRequestError(f"{_NUL} in a key")
             pending.extend(value.values())
         elif isinstance(value, list):
             pending.extend(value)
         elif isinstance(value, str) and "\x00" in value:
-            raise BadRequest(f"{_NUL} in a string")
+            raise BadRequestError(f"{_NUL} in a string")
     return data
-
-
-def _bad_request(detail: str, field: str | None) -> Response:
-    payload: dict[str, Any] = {"error": "invalid_request", "detail": detail}
-    if field:
-        payload["field"] = field
-    return JSONResponse(payload, status_code=400)
 
 
 _EVENT_FILTERS = ("tool_id", "event_type", "status", "since", "until")
@@ -248,7 +183,7 @@ async def _page(
     try:
         items, cursor = await list_page(where, _limit(query.get("limit")), query.get("cursor"))
     except ValueError as exc:
-        raise BadRequest(str(exc), "cursor") from None
+        raise BadRequestError(str(exc), "cursor") from None
     return JSONResponse({"items": items, "next_cursor": cursor})
 
 
@@ -257,21 +192,9 @@ def _refuse_unknown(raw: Mapping[str, Any], known: tuple[str, ...]) -> None:
     unknown = sorted(set(raw) - set(known))
     if unknown:
         filters = [name for name in known if name not in _PAGING]
-        raise BadRequest(
+        raise BadRequestError(
             f"{unknown[0]!r}: unknown parameter (known filters: {', '.join(filters)})", unknown[0]
         )
-
-
-def _refuse_nul(request: Request) -> Response | None:
-    """No stored id or value holds NUL (PostgreSQL text cannot), so a path id with one names
-    nothing (404) and a query value with one is a mistake (400), on every backend alike."""
-    for name, value in request.path_params.items():
-        if "\x00" in value:
-            return error(404, "not_found", f"no {name.removesuffix('_id')} {value!r}")
-    for name, value in request.query_params.multi_items():
-        if "\x00" in name or "\x00" in value:
-            return _bad_request(f"{name!r}: {_NUL}", name or None)
-    return None
 
 
 def _dead_letter_filter(raw: Mapping[str, Any]) -> DeadLetterFilter:
@@ -279,10 +202,12 @@ def _dead_letter_filter(raw: Mapping[str, Any]) -> DeadLetterFilter:
     values = {name: raw.get(name) if raw.get(name) != "" else None for name in _DLQ_FILTERS}
     for name, value in values.items():
         if value is not None and not isinstance(value, str):
-            raise BadRequest(f"{name}: expected a string", name)
+            raise BadRequestError(f"{name}: expected a string", name)
     status = values.pop("status")
     if status is not None and status not in tuple(DeadLetterStatus):
-        raise BadRequest(f"status: expected one of {', '.join(tuple(DeadLetterStatus))}", "status")
+        raise BadRequestError(
+            f"status: expected one of {', '.join(tuple(DeadLetterStatus))}", "status"
+        )
     return DeadLetterFilter(
         tool_id=values["tool_id"],
         event_type=values["event_type"],
@@ -298,7 +223,7 @@ def _limit(raw: str | None) -> int:
         return 50
     # isascii: str.isdigit() also holds for digits such as "²" that int() refuses.
     if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= 500:
-        raise BadRequest("limit: expected a whole number from 1 to 500", "limit")
+        raise BadRequestError("limit: expected a whole number from 1 to 500", "limit")
     return int(raw)
 
 
@@ -308,13 +233,6 @@ def _time(raw: str | None, name: str) -> datetime | None:
     try:
         return parse_time(raw)
     except ValueError as exc:
-        raise BadRequest(f"{name}: {exc}", name) from None
+        raise BadRequestError(f"{name}: {exc}", name) from None
     except OverflowError:  # year 1 with a positive offset, year 9999 with a negative one
-        raise BadRequest(f"{name}: {raw!r} is out of the supported range", name) from None
-
-
-def _is_loopback(host: str) -> bool:
-    try:
-        return ip_address(host).is_loopback
-    except ValueError:
-        return host == "localhost"
+        raise BadRequestError(f"{name}: {raw!r} is out of the supported range", name) from None

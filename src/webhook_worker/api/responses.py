@@ -7,6 +7,8 @@ from typing import Any
 import orjson
 from starlette.responses import Response
 
+from webhook_worker.errors import BadRequestError, UnavailableError, WebhookWorkerError
+
 
 class JSONResponse(Response):
     media_type = "application/json"
@@ -48,3 +50,22 @@ def _dumps_deep(content: Any) -> bytes:
 def error(status: int, code: str, detail: str, headers: dict[str, str] | None = None) -> Response:
     """An error answer. ``code`` is a stable machine-readable word; ``detail`` says what to do."""
     return JSONResponse({"error": code, "detail": detail}, status_code=status, headers=headers)
+
+
+def error_response(exc: WebhookWorkerError) -> Response:
+    """The answer ``exc`` stands for: its status and code, its message as ``detail``, the
+    ``field`` a :class:`BadRequestError` names, and ``Retry-After`` when a dependency is away."""
+    if isinstance(exc, UnavailableError):
+        # The message carries the driver's reason (host, port, user): for the log, not the
+        # caller, who learns only which dependency is away and when to come back.
+        away = exc.code.removesuffix("_unavailable") if exc.code.endswith("_unavailable") else ""
+        return error(
+            exc.status_code,
+            exc.code,
+            f"the {away or 'service'} is unavailable; retry later",
+            headers={"Retry-After": str(exc.retry_after)},
+        )
+    payload = {"error": exc.code, "detail": exc.detail}
+    if isinstance(exc, BadRequestError) and exc.field:
+        payload["field"] = exc.field
+    return JSONResponse(payload, status_code=exc.status_code)
