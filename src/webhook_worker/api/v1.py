@@ -56,16 +56,19 @@ def management_app(routes: Sequence[BaseRoute], admin_token: str | None) -> Star
     )
 
 
-def _on_error(request: Request, exc: Exception) -> Response:
+# The handlers are coroutines because Starlette runs a plain function in a worker thread.
+
+
+async def _on_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, WebhookWorkerError)
     if isinstance(exc, UnavailableError):
         log.warning("%s %s: %s", request.method, request.url.path, exc)
     elif exc.status_code >= 500:
-        log.error("%s %s: %s", request.method, request.url.path, exc)
+        log.error("%s %s: %s", request.method, request.url.path, exc, exc_info=exc)
     return error_response(exc)
 
 
-def _on_http_exception(request: Request, exc: Exception) -> Response:
+async def _on_http_exception(request: Request, exc: Exception) -> Response:
     """Starlette's routing answers (no such path, wrong method) in the API's error shape."""
     assert isinstance(exc, HTTPException)
     status = exc.status_code
@@ -121,18 +124,17 @@ class _Guard:
 
     def _refuse_nul(self, request: Request) -> Response | None:
         # Path parameters exist only once a route matched, which happens after middleware:
-        # match here, and only for a path that holds NUL at all.
+        # match here (the route the router will take), and only for a path that holds NUL.
+        # No full match is left to the router: 404 for no such path, 405 for a wrong method.
         if "\x00" in request.scope["path"]:
             for route in self._routes:
                 matched, child = route.matches(request.scope)
-                if matched is Match.NONE:
-                    continue
-                for name, value in child.get("path_params", {}).items():
-                    if "\x00" in value:
-                        return error_response(
-                            NotFoundError(f"no {name.removesuffix('_id')} {value!r}")
-                        )
-                break
+                if matched is Match.FULL:
+                    for name, value in child.get("path_params", {}).items():
+                        if "\x00" in value:
+                            missing = NotFoundError(f"no {name.removesuffix('_id')} {value!r}")
+                            return error_response(missing)
+                    break
         for name, value in request.query_params.multi_items():
             if "\x00" in name or "\x00" in value:
                 return error_response(BadRequestError(f"{name!r}: {_NUL}", name or None))
