@@ -14,6 +14,7 @@ from webhook_worker.config import Settings
 from webhook_worker.observability import tracing
 
 CALLER_TRACE = "0af7651916cd43dd8448eb211c80319c"
+CALLER_TRACEPARENT = f"00-{CALLER_TRACE}-b7ad6b7169203331-01"
 
 
 @pytest.fixture
@@ -40,7 +41,7 @@ async def test_ingest_enqueue_process_and_forward_are_one_trace(
             orjson.dumps({"a": 1}),
             tool_id="traced",
             sign=False,
-            headers={"traceparent": f"00-{CALLER_TRACE}-b7ad6b7169203331-01"},
+            headers={"traceparent": CALLER_TRACEPARENT},
         )
         event_id = response.json()["event_id"]
         await service.settled(event_id)
@@ -81,8 +82,9 @@ async def test_ingest_enqueue_process_and_forward_are_one_trace(
         link.context.span_id == consumer.context.span_id for write in writes for link in write.links
     )
 
-    # The target got the trace context of the forward span.
+    # The target got the trace context of the forward span, not the caller's as it came.
     [request] = target.requests
+    assert request.headers["traceparent"] != CALLER_TRACEPARENT
     assert request.headers["traceparent"].split("-")[1] == CALLER_TRACE
     assert request.headers["traceparent"].split("-")[2] == format(forward.context.span_id, "016x")
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
+import re
 import time
 from collections.abc import Iterable
 from dataclasses import replace
@@ -25,6 +26,7 @@ from starlette.responses import Response
 from webhook_worker.api.rate_limit import RateLimiter, retry_after
 from webhook_worker.api.responses import JSONResponse, error
 from webhook_worker.auth import AuthError, handshake_reply
+from webhook_worker.credentials import is_credential_header
 from webhook_worker.errors import QueueUnavailableError
 from webhook_worker.ids import new_id
 from webhook_worker.observability import metrics, tracing
@@ -36,16 +38,8 @@ from webhook_worker.tools.model import FieldSource, Tool
 log = logging.getLogger(__name__)
 
 _MAX_FIELD = 255
-# Headers that carry credentials or signatures are never stored or logged.
-_SECRET_HEADER_WORDS = (
-    "signature",
-    "token",
-    "secret",
-    "authorization",
-    "hmac",
-    "cookie",
-    "api-key",
-)
+# A caller's W3C trace context, kept with the event when tracing is off (version 00 only).
+_TRACEPARENT = re.compile(r"00-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}")
 _NOT_PARSED = object()
 
 
@@ -152,6 +146,9 @@ class IngestHandler:
             received_at=time.time(),
             headers=_stored_headers(request.headers.raw, tool.secret_headers),
             body=body,
+            # The caller's trace context, forwarded as it is. With tracing on, _enqueue_traced
+            # puts its PRODUCER span's context (a child of the caller's) here instead.
+            traceparent=_valid_traceparent(headers.get("traceparent")),
         )
         try:
             if tracing.enabled():
@@ -241,6 +238,14 @@ def _too_large(limit: int) -> Response:
     return error(413, "payload_too_large", f"the body exceeds MAX_PAYLOAD_BYTES ({limit} bytes)")
 
 
+def _valid_traceparent(value: str | None) -> str | None:
+    """``value`` when it is a well-formed W3C ``traceparent`` (version 00, ids not all zero);
+    None otherwise, so a malformed one is dropped rather than forwarded."""
+    if value is None or len(value) != 55 or _TRACEPARENT.fullmatch(value) is None:
+        return None
+    return value
+
+
 def _parse_json(body: bytes) -> Any:
     try:
         return orjson.loads(body)
@@ -270,16 +275,12 @@ def _header_name(raw: bytes) -> str:
     return raw.decode("latin-1").lower()
 
 
-@functools.lru_cache(maxsize=4096)
-def _names_a_secret(name: str) -> bool:
-    return any(word in name for word in _SECRET_HEADER_WORDS)
-
-
 def _stored_headers(raw: Iterable[tuple[bytes, bytes]], secret_headers: frozenset[str]) -> bytes:
     stored: dict[str, str] = {}
     for raw_name, raw_value in raw:
         name = _header_name(raw_name)
-        if name in secret_headers or _names_a_secret(name):
+        # Credentials and signatures are never stored (so never shown or logged either).
+        if name in secret_headers or is_credential_header(name):
             continue
         value = raw_value.decode("latin-1")
         stored[name] = f"{stored[name]}, {value}" if name in stored else value

@@ -7,7 +7,13 @@ raises nothing but AuthError, whatever the headers and body hold.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Protocol
+
+from webhook_worker.errors import ToolConfigError
+from webhook_worker.vocabulary import AuthType
 
 if TYPE_CHECKING:
     # Only for annotations: tools.model imports this package to validate secrets.
@@ -35,8 +41,14 @@ class Verifier(Protocol):
         ...
 
 
-def build_verifier(auth: AuthConfig) -> Verifier:
-    """The verifier for ``auth.type``. New schemes register here."""
+VerifierFactory = Callable[["AuthConfig"], Verifier]
+
+
+@functools.cache
+def verifiers() -> Mapping[AuthType, VerifierFactory]:
+    """Each auth type's verifier class: exactly one per :class:`AuthType` member (a test keeps it
+    so). A new scheme registers here. Built on first use because the scheme modules import this
+    one."""
     from webhook_worker.auth import (
         hmac_signature,
         slack,
@@ -45,24 +57,40 @@ def build_verifier(auth: AuthConfig) -> Verifier:
         token,
     )
 
-    if auth.type == "hmac":
-        return hmac_signature.HmacVerifier(auth)
-    if auth.type == "token":
-        return token.HeaderTokenVerifier(auth)
-    if auth.type == "bearer":
-        return token.BearerVerifier(auth)
-    if auth.type == "basic":
-        return token.BasicVerifier(auth)
-    if auth.type == "stripe":
-        return stripe_signature.StripeVerifier(auth)
-    if auth.type == "slack":
-        return slack.SlackVerifier(auth)
-    if auth.type == "standard_webhooks":
-        return standard_webhooks.StandardWebhooksVerifier(auth)
-    return NoAuth()
+    return MappingProxyType(
+        {
+            AuthType.NONE: NoAuth,
+            AuthType.TOKEN: token.HeaderTokenVerifier,
+            AuthType.HMAC: hmac_signature.HmacVerifier,
+            AuthType.BASIC: token.BasicVerifier,
+            AuthType.BEARER: token.BearerVerifier,
+            AuthType.STRIPE: stripe_signature.StripeVerifier,
+            AuthType.SLACK: slack.SlackVerifier,
+            AuthType.STANDARD_WEBHOOKS: standard_webhooks.StandardWebhooksVerifier,
+        }
+    )
+
+
+def build_verifier(auth: AuthConfig) -> Verifier:
+    """The verifier for ``auth.type``. An unknown type raises ToolConfigError naming
+    ``auth.type``: a type nobody verifies must never mean that every request is accepted."""
+    try:
+        factory = verifiers()[AuthType(auth.type)]
+    except (ValueError, KeyError):
+        known = ", ".join(verifiers())
+        raise ToolConfigError(
+            "auth.type", f"no verifier for auth type {auth.type!r} (known: {known})"
+        ) from None
+    return factory(auth)
 
 
 class NoAuth:
+    """``auth.type: none``: every request is accepted (the tool relies on allowed_ips, or on
+    nothing)."""
+
+    def __init__(self, auth: AuthConfig | None = None) -> None:
+        pass
+
     def verify(self, headers: Headers, body: bytes, now: float) -> None:
         return None
 

@@ -25,6 +25,7 @@ from webhook_worker.auth import hmac_signature, slack, standard_webhooks, stripe
 from webhook_worker.cli.common import api_url, console, fail, load_settings, user_errors, with_store
 from webhook_worker.tools.model import AuthConfig, Tool, parse_tool
 from webhook_worker.tools.secrets import is_sealed, secret_fields
+from webhook_worker.vocabulary import AuthType
 
 # A JMESPath that is only ``a.b.c`` names a place a sample payload can fill in.
 _SIMPLE_PATH = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
@@ -43,9 +44,10 @@ def sign_request(
     (default: the current time): content type, the auth header(s) signed with the first secret,
     the event-type header and a fresh delivery id when the tool reads them from headers. Raises
     ValueError for an auth type it cannot sign."""
-    signer = _SIGNERS.get(tool.auth.type)
-    if signer is None:
-        raise ValueError(f"send cannot sign auth type {tool.auth.type!r} yet")
+    try:
+        signer = _SIGNERS[AuthType(tool.auth.type)]
+    except (ValueError, KeyError):
+        raise ValueError(f"send cannot sign auth type {tool.auth.type!r}") from None
     when = int(time.time() if now is None else now)
     headers = {"Content-Type": "application/json", **signer(tool.auth, body, when)}
     present = {name.lower() for name in headers}
@@ -114,15 +116,16 @@ def _standard_webhooks(auth: AuthConfig, body: bytes, when: int) -> dict[str, st
     }
 
 
-_SIGNERS: dict[str, Callable[[AuthConfig, bytes, int], dict[str, str]]] = {
-    "none": _no_auth,
-    "hmac": _hmac,
-    "token": _token,
-    "bearer": _bearer,
-    "basic": _basic,
-    "stripe": _stripe,
-    "slack": _slack,
-    "standard_webhooks": _standard_webhooks,
+# One signer per AuthType member (tests/auth/test_registry.py checks that none is missing).
+_SIGNERS: dict[AuthType, Callable[[AuthConfig, bytes, int], dict[str, str]]] = {
+    AuthType.NONE: _no_auth,
+    AuthType.HMAC: _hmac,
+    AuthType.TOKEN: _token,
+    AuthType.BEARER: _bearer,
+    AuthType.BASIC: _basic,
+    AuthType.STRIPE: _stripe,
+    AuthType.SLACK: _slack,
+    AuthType.STANDARD_WEBHOOKS: _standard_webhooks,
 }
 
 

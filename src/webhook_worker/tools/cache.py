@@ -94,11 +94,12 @@ class ToolCache:
         for row in await self._store.list_all():
             try:
                 tool = parse_tool(row["config"])
+                live = LiveTool(tool, build_verifier(tool.auth))
             except ToolConfigError as exc:
                 # Stored by an older release with looser rules: keep the others working.
                 log.error("tool %r is invalid and is not served: %s", row["id"], exc)
                 continue
-            tools[tool.id] = LiveTool(tool, build_verifier(tool.auth))
+            tools[tool.id] = live
         self._tools = tools
         self._revision = revision
         self._checked_at = started

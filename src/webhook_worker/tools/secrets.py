@@ -1,8 +1,9 @@
 """Tool secrets at rest: encrypted with SECRETS_KEY in the database, plaintext everywhere else.
 
 A tool definition carries secrets in ``auth.secret``, ``auth.secrets[*]``,
-``forward.signing_secret`` and the sensitive ``forward.headers`` values (the same headers
-tools/service.py redacts). :class:`SecretsAtRest` seals them before the tool store writes a
+``forward.signing_secret`` and the ``forward.headers`` values whose names carry a credential
+(:func:`~webhook_worker.credentials.is_credential_header`, the rule ingest and tools/service.py's
+redaction use too). :class:`SecretsAtRest` seals them before the tool store writes a
 definition and opens them after it reads one, so every other module sees plaintext.
 
 A sealed value is ``enc:v1:<Fernet token>``. The prefix makes encrypted and plain values easy to
@@ -23,6 +24,7 @@ from typing import Any, Final
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
 from webhook_worker.config import SECRETS_KEY_HOWTO, Settings, parse_secrets_key
+from webhook_worker.credentials import is_credential_header
 from webhook_worker.errors import ConfigError, ToolConfigError
 
 PREFIX: Final = "enc:v1:"
@@ -185,21 +187,12 @@ def secret_fields(
         headers = forward.get("headers")
         if isinstance(headers, dict):
             for name, value in list(headers.items()):
-                if _secret(value) and sensitive_header(name):
+                if _secret(value) and is_credential_header(name):
                     yield f"forward.headers.{name}", value, partial(setitem, headers, name)
 
 
 def _secret(value: Any) -> bool:
     return isinstance(value, str) and value != ""
-
-
-_SENSITIVE_HEADER_WORDS: Final = ("authorization", "token", "secret", "key", "signature", "cookie")
-
-
-def sensitive_header(name: str) -> bool:
-    """A forward header whose value is a credential: redacted in views, encrypted at rest."""
-    lowered = name.lower()
-    return any(word in lowered for word in _SENSITIVE_HEADER_WORDS)
 
 
 def _token(sealed: str) -> bytes:

@@ -11,10 +11,10 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Final
 
 from webhook_worker.clock import iso
+from webhook_worker.credentials import is_credential_header
 from webhook_worker.errors import NotFoundError
 from webhook_worker.storage.tools import ToolStore
 from webhook_worker.tools.model import Tool, parse_tool
-from webhook_worker.tools.secrets import sensitive_header
 
 REDACTED: Final = "********"
 
@@ -117,7 +117,7 @@ def redact(config: Mapping[str, Any]) -> dict[str, Any]:
         headers = forward.get("headers")
         if isinstance(headers, dict):
             forward["headers"] = {
-                name: REDACTED if sensitive_header(name) else value
+                name: REDACTED if is_credential_header(name) else value
                 for name, value in headers.items()
             }
     return result
