@@ -35,6 +35,9 @@ HEADERS: dict[str, bool] = {
     "X-Team": False,
     "X-Github-Delivery": False,
     "Accept-Language": False,
+    # Routing and de-duplication metadata that happens to end in "Key".
+    "Idempotency-Key": False,
+    "X-Event-Key": False,
 }
 CREDENTIALS = sorted(name for name, secret in HEADERS.items() if secret)
 PLAIN = sorted(name for name, secret in HEADERS.items() if not secret)

@@ -187,7 +187,8 @@ def secret_fields(
         headers = forward.get("headers")
         if isinstance(headers, dict):
             for name, value in list(headers.items()):
-                if _secret(value) and is_credential_header(name):
+                # A value sealed under an earlier, broader rule is still a secret to open.
+                if _secret(value) and (is_credential_header(name) or is_sealed(value)):
                     yield f"forward.headers.{name}", value, partial(setitem, headers, name)
 
 
