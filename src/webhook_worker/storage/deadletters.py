@@ -19,11 +19,11 @@ from webhook_worker.clock import iso
 from webhook_worker.errors import NotFoundError
 from webhook_worker.storage.database import Database
 from webhook_worker.storage.events import MAX_PAGE, decode_cursor, encode_cursor
-from webhook_worker.storage.records import DeadLetterRecord, as_rows, columns_of
+from webhook_worker.storage.records import DeadLetterRecord, as_rows
 from webhook_worker.storage.schema import dead_letters
 from webhook_worker.vocabulary import DeadLetterStatus
 
-_DEAD_LETTER_COLUMNS = columns_of(DeadLetterRecord)
+_DEAD_LETTER_COLUMNS = DeadLetterRecord._fields
 
 
 async def upsert_dead_letters(conn: AsyncConnection, records: Sequence[DeadLetterRecord]) -> None:

@@ -10,7 +10,6 @@ import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from operator import attrgetter
 from typing import Any
 
 import orjson
@@ -27,7 +26,6 @@ from webhook_worker.storage.records import (
     EventState,
     OutcomeRecord,
     as_rows,
-    columns_of,
 )
 from webhook_worker.storage.schema import attempts, events
 from webhook_worker.vocabulary import EventStatus
@@ -75,15 +73,14 @@ SELECT * FROM unnest($1::varchar[], $2::varchar[], $3::varchar[], $4::varchar[],
 ON CONFLICT DO NOTHING
 RETURNING id
 """
-_EVENT_COLUMNS = columns_of(EventRecord)
-_JSON_COLUMNS = frozenset({"headers", "payload"})
+_EVENT_COLUMNS = EventRecord._fields  # the statement's column order
+_JSON_COLUMNS = tuple(_EVENT_COLUMNS.index(name) for name in ("headers", "payload"))
 
 
 async def _insert_events_unnest(conn: AsyncConnection, records: Sequence[EventRecord]) -> set[str]:
-    columns = []
-    for name in _EVENT_COLUMNS:  # the record's fields are in the statement's column order
-        values = map(attrgetter(name), records)
-        columns.append([_json_text(v) for v in values] if name in _JSON_COLUMNS else list(values))
+    columns: list[Any] = list(zip(*records, strict=True))
+    for index in _JSON_COLUMNS:
+        columns[index] = [_json_text(value) for value in columns[index]]
     result = await conn.exec_driver_sql(_INSERT_EVENTS_UNNEST, tuple(columns))
     return {row[0] for row in result}
 
@@ -92,7 +89,7 @@ def _json_text(value: Any) -> str | None:
     return None if value is None else json_text(value)
 
 
-_ATTEMPT_COLUMNS = columns_of(AttemptRecord)
+_ATTEMPT_COLUMNS = AttemptRecord._fields
 
 
 async def insert_attempts(conn: AsyncConnection, records: Sequence[AttemptRecord]) -> None:
@@ -114,7 +111,7 @@ async def event_states(conn: AsyncConnection, event_ids: Sequence[str]) -> dict[
     }
 
 
-_OUTCOME_COLUMNS = columns_of(OutcomeRecord)
+_OUTCOME_COLUMNS = OutcomeRecord._fields
 _UPDATE_OUTCOMES = (
     update(events)
     .where(events.c.id == bindparam("event_id"))

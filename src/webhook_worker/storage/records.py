@@ -1,27 +1,31 @@
-"""What the worker hands storage to write, and the state it reads back: one frozen record per
-row, named by its table's columns.
+"""What the worker hands storage to write, and the state it reads back: one immutable record per
+row, its fields named and ordered as its table's columns.
 
 The records are the seam between the worker (which decides) and the write functions in
 :mod:`~webhook_worker.storage.events` and :mod:`~webhook_worker.storage.deadletters` (which
 only write). They are converted to the driver's parameters at that boundary, once per write:
-column arrays for the PostgreSQL ``UNNEST`` insert, dicts for executemany everywhere else.
+column arrays for the PostgreSQL ``UNNEST`` insert (one ``zip``), dicts for executemany.
+
+Row records are typed named tuples rather than frozen dataclasses because the worker builds
+two or three per event on its hot path: a named tuple is built several times faster than a
+frozen dataclass (whose ``__init__`` sets each field through ``object.__setattr__``), costs
+little more than the dict it replaces, and is already the column-ordered tuple the database
+wants.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from datetime import datetime
-from operator import attrgetter
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
 from webhook_worker.vocabulary import AttemptOutcome, DeadLetterStatus, EventStatus
 
 
-@dataclass(frozen=True, slots=True)
-class EventRecord:
+class EventRecord(NamedTuple):
     """A new row of ``events``."""
 
     id: str
@@ -40,8 +44,7 @@ class EventRecord:
     attempt_count: int
 
 
-@dataclass(frozen=True, slots=True)
-class OutcomeRecord:
+class OutcomeRecord(NamedTuple):
     """An existing event's new outcome, after an attempt."""
 
     event_id: str
@@ -51,8 +54,7 @@ class OutcomeRecord:
     payload: Any
 
 
-@dataclass(frozen=True, slots=True)
-class AttemptRecord:
+class AttemptRecord(NamedTuple):
     """A row of ``event_attempts``: one processing attempt."""
 
     event_id: str
@@ -65,8 +67,7 @@ class AttemptRecord:
     http_status: int | None
 
 
-@dataclass(frozen=True, slots=True)
-class DeadLetterRecord:
+class DeadLetterRecord(NamedTuple):
     """A new dead letter, or the new error of an event's existing one."""
 
     id: str
@@ -91,12 +92,7 @@ class EventState:
     attempt_count: int
 
 
-def columns_of(record_type: type[Any]) -> tuple[str, ...]:
-    """The column names a record type carries, in declaration order."""
-    return tuple(f.name for f in fields(record_type))
-
-
-def as_rows(records: Iterable[Any], columns: tuple[str, ...]) -> list[dict[str, Any]]:
-    """``records`` as executemany parameters: one dict per record, keyed by column name."""
-    values = attrgetter(*columns)
-    return [dict(zip(columns, values(record), strict=True)) for record in records]
+def as_rows(records: Iterable[NamedTuple], columns: tuple[str, ...]) -> list[dict[str, Any]]:
+    """``records`` as executemany parameters: one dict per record, keyed by ``columns`` (the
+    record type's ``_fields``)."""
+    return [dict(zip(columns, record, strict=False)) for record in records]

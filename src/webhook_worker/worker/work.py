@@ -107,19 +107,20 @@ def event_record(work: Work, now: datetime) -> EventRecord:
     """The new event's row, with what phase 1 decided (``work.status``)."""
     message = work.message
     final = work.status in FINAL_STATUSES
+    # Positional (in the record's field order): keywords cost a third more on the hot path.
     return EventRecord(
-        id=message.event_id,
-        tool_id=message.tool_id,
-        event_type=message.event_type,
-        delivery_id=message.delivery_id,
-        status=work.status,
-        received_at=datetime.fromtimestamp(message.received_at, UTC),
-        processed_at=now if final else None,
+        message.event_id,  # id
+        message.tool_id,
+        message.event_type,
+        message.delivery_id,
+        work.status,
+        datetime.fromtimestamp(message.received_at, UTC),  # received_at
+        now if final else None,  # processed_at
         # Already JSON: written as it is, never parsed and encoded again (see json_text).
-        headers=orjson.Fragment(message.headers),
-        body=message.body,
-        payload=work.payload,
-        attempt_count=1 if final else 0,
+        orjson.Fragment(message.headers),
+        message.body,
+        work.payload,
+        1 if final else 0,  # attempt_count
     )
 
 
@@ -150,13 +151,13 @@ def attempt_record(
     label = _OUTCOMES[status]
     if outcome is not None and outcome.failure is None:
         label = AttemptOutcome.FORWARDED
-    return AttemptRecord(
-        event_id=work.message.event_id,
-        attempt=work.attempt,
-        started_at=now,
-        duration_ms=outcome.duration_ms if outcome else (time.perf_counter() - work.started) * 1000,
-        outcome=label,
-        error_class=failure.error_class if failure else None,
-        error=failure.message if failure else None,
-        http_status=outcome.http_status if outcome else None,
+    return AttemptRecord(  # positional, in field order, as in event_record
+        work.message.event_id,
+        work.attempt,
+        now,  # started_at
+        outcome.duration_ms if outcome else (time.perf_counter() - work.started) * 1000,
+        label,
+        failure.error_class if failure else None,
+        failure.message if failure else None,
+        outcome.http_status if outcome else None,
     )
