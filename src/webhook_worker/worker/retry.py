@@ -25,8 +25,8 @@ error class                retryable  cause
 =========================  =========  ==============================================
 
 The database being away is not a failure of an event's and has no class: the worker keeps the
-messages unacknowledged and retries the write in place (see ``Worker._with_backoff``), so an
-outage never uses up an event's retries and never makes an attempt row.
+messages unacknowledged and retries the write in place (docs/processing.md, "When the database
+is away"), so an outage never uses up an event's retries and never makes an attempt row.
 """
 
 from __future__ import annotations
