@@ -32,7 +32,8 @@ from webhook_worker.storage.deadletters import DeadLetterFilter, DeadLetterStore
 from webhook_worker.worker.processor import Processor
 from webhook_worker.worker.work import Batch
 
-_COMMIT = b"COMMIT"
+_COMMIT = b"Q\x00\x00\x00\x0cCOMMIT;\x00"
+"""The protocol message of asyncpg's commit: a simple query (``Q``, length 12, ``COMMIT;``)."""
 T = TypeVar("T")
 
 
@@ -90,7 +91,6 @@ class PostgresProxy:
     ) -> None:
         with contextlib.suppress(ConnectionError, OSError):
             while chunk := await reader.read(65536):
-                # The client's COMMIT is a simple-protocol query in a packet of its own.
                 if watch and self._commits_to_drop and _COMMIT in chunk:
                     self._commits_to_drop -= 1
                     break
