@@ -10,7 +10,8 @@ JSON block where it has one::
     <!-- example NAME ignored -->               the payload before it is filtered out
 
 Each tool goes through the real validation (``parse_tool``, as when it is saved) and each
-payload through the worker's own plan (mode, filter, transform, per-event overrides).
+payload through the worker's own plan (mode, filter, transform, per-event overrides) and its
+own decision (:func:`webhook_worker.worker.decide.prepare`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ import pytest
 
 from webhook_worker.config import RetryPolicy
 from webhook_worker.tools.model import Tool, parse_tool
+from webhook_worker.vocabulary import EventStatus
+from webhook_worker.worker import decide
 from webhook_worker.worker.plan import Plan, Plans
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "processing.md"
@@ -100,19 +103,18 @@ def test_example(case: Case) -> None:
     if tool.event_type.compiled is not None:  # the preset reads the type from the body
         assert tool.event_type.compiled.search(case.payload) == case.event_type
 
-    # What the processor does with a JSON body: filter, then transform, else keep the body.
-    kept = plan.filter is None or bool(plan.filter.search(case.payload))
+    # What the worker decides for this body (its own code: filter, then transform).
+    prepared = decide.prepare(plan, json.dumps(case.payload).encode())
     if case.expected is IGNORED:
-        assert not kept
+        assert prepared.status == EventStatus.IGNORED
         return
-    assert kept
-    stored = plan.transform.search(case.payload) if plan.transform is not None else case.payload
+    assert prepared.status in (EventStatus.PROCESSED, EventStatus.PENDING), prepared.failure
     if case.expected is AS_RECEIVED:
         assert plan.transform is None
-        assert stored == case.payload
+        assert prepared.payload is None  # nothing but the body is stored
     else:
         assert plan.transform is not None
-        assert stored == case.expected
+        assert prepared.payload == case.expected
 
 
 def test_the_override_example_forwards_only_what_it_says() -> None:

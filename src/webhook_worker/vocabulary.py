@@ -64,7 +64,8 @@ class ErrorClass(StrEnum):
     """Why an attempt failed: a bounded set, so it can be a metric label and a filter.
 
     docs/processing.md has the table with each class's cause; :attr:`retryable` says whether
-    another attempt may succeed.
+    another attempt may succeed. A database outage is not among them: it is no failure of the
+    event's (the worker holds the message and retries the write, recording no attempt).
     """
 
     TIMEOUT = "timeout"
@@ -72,7 +73,6 @@ class ErrorClass(StrEnum):
     HTTP_5XX = "http_5xx"
     HTTP_408 = "http_408"
     HTTP_429 = "http_429"
-    DATABASE_UNAVAILABLE = "database_unavailable"
     HTTP_4XX = "http_4xx"
     HTTP_3XX = "http_3xx"
     FORBIDDEN_TARGET = "forbidden_target"
@@ -96,7 +96,6 @@ RETRYABLE_ERRORS: Final = frozenset(
         ErrorClass.HTTP_5XX,
         ErrorClass.HTTP_408,
         ErrorClass.HTTP_429,
-        ErrorClass.DATABASE_UNAVAILABLE,
     }
 )
 

@@ -14,12 +14,14 @@ from typing import Any
 import httpx
 import pytest
 from cryptography.fernet import Fernet
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from tests.support import eventually, serving
 from webhook_worker.cli.send import sign_request
 from webhook_worker.config import Settings
 from webhook_worker.runtime import Runtime, open_runtime
-from webhook_worker.storage.events import insert_attempts, insert_events
+from webhook_worker.storage import events as stored_events
+from webhook_worker.storage.records import AttemptRecord, EventRecord
 from webhook_worker.storage.tools import ToolStore
 from webhook_worker.tools.model import parse_tool
 
@@ -288,7 +290,11 @@ def event_row(index: int, **fields: Any) -> dict[str, Any]:
 
 async def insert(api: Api, rows: list[dict[str, Any]]) -> None:
     async with api.runtime.db.begin() as conn:
-        await insert_events(conn, rows)
+        await stored_events.insert_events(conn, [EventRecord(**row) for row in rows])
+
+
+async def insert_attempts(conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:
+    await stored_events.insert_attempts(conn, [AttemptRecord(**row) for row in rows])
 
 
 async def test_events_pagination_with_cursor(api: Api) -> None:

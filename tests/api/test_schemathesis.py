@@ -38,6 +38,8 @@ from webhook_worker.ids import new_id
 from webhook_worker.runtime import Runtime, open_runtime
 from webhook_worker.storage.deadletters import upsert_dead_letters
 from webhook_worker.storage.events import insert_attempts, insert_events
+from webhook_worker.storage.records import AttemptRecord, DeadLetterRecord, EventRecord
+from webhook_worker.vocabulary import AttemptOutcome
 
 ADMIN_TOKEN = "schemathesis-admin-t0ken"
 CHECKS = [
@@ -106,29 +108,28 @@ async def seed(runtime: Runtime) -> Seeded:
             "status": status,
             "created_at": now,
             "updated_at": now,
-            "last_retry_at": None,
             "next_retry_at": None,
         }
         for event, status in zip(events, ("pending", "discarded", "resolved"), strict=False)
     ]
     async with runtime.db.begin() as conn:
-        await insert_events(conn, events)
+        await insert_events(conn, [EventRecord(**event) for event in events])
         await insert_attempts(
             conn,
             [
-                {
-                    "event_id": events[0]["id"],
-                    "attempt": 1,
-                    "started_at": now,
-                    "duration_ms": 3.5,
-                    "outcome": "dead",
-                    "error_class": "http_4xx",
-                    "error": "forward answered 400",
-                    "http_status": 400,
-                }
+                AttemptRecord(
+                    event_id=events[0]["id"],
+                    attempt=1,
+                    started_at=now,
+                    duration_ms=3.5,
+                    outcome=AttemptOutcome.DEAD,
+                    error_class="http_4xx",
+                    error="forward answered 400",
+                    http_status=400,
+                )
             ],
         )
-        await upsert_dead_letters(conn, letters)
+        await upsert_dead_letters(conn, [DeadLetterRecord(**letter) for letter in letters])
     return Seeded(["demo"], [e["id"] for e in events], [d["id"] for d in letters])
 
 

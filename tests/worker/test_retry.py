@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from webhook_worker.config import RetryPolicy
+from webhook_worker.vocabulary import RETRYABLE_ERRORS, ErrorClass
 from webhook_worker.worker.retry import Backoff, Failure, http_failure, parse_retry_after
 
 POLICY = RetryPolicy(
@@ -80,3 +83,25 @@ def test_retry_after_forms() -> None:
     assert parse_retry_after("soon") is None
     assert parse_retry_after(None) is None
     assert http_failure(500, "5").retry_after is None  # only 429 and 503 carry one
+
+
+def _documented_classes() -> dict[str, bool]:
+    """docs/processing.md's table of error classes: class -> retried."""
+    text = (Path(__file__).resolve().parents[2] / "docs" / "processing.md").read_text()
+    table = text.split("### Which failures are retried", 1)[1].split("\n\n", 2)[1]
+    rows = [line.split("|")[1:3] for line in table.splitlines()[2:]]
+    return {name.strip().strip("`"): retried.strip() == "yes" for name, retried in rows}
+
+
+def test_the_documented_error_classes_are_the_vocabulary() -> None:
+    documented = _documented_classes()
+    assert documented == {c.value: c.retryable for c in ErrorClass if c is not ErrorClass.UNKNOWN}
+
+
+def test_only_what_a_forward_can_fail_with_is_retryable() -> None:
+    # Retryable means another attempt may succeed. A database outage is no attempt: the worker
+    # holds the message and retries the write, so it has no error class at all.
+    from_forwards = {http_failure(status).error_class for status in range(300, 600)}
+    from_forwards |= {ErrorClass.TIMEOUT, ErrorClass.CONNECTION_ERROR}
+    assert RETRYABLE_ERRORS.issubset(from_forwards)
+    assert "database_unavailable" not in set(ErrorClass)

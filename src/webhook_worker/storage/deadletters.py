@@ -19,13 +19,16 @@ from webhook_worker.clock import iso
 from webhook_worker.errors import NotFoundError
 from webhook_worker.storage.database import Database
 from webhook_worker.storage.events import MAX_PAGE, decode_cursor, encode_cursor
+from webhook_worker.storage.records import DeadLetterRecord, as_rows
 from webhook_worker.storage.schema import dead_letters
 from webhook_worker.vocabulary import DeadLetterStatus
 
+_DEAD_LETTER_COLUMNS = DeadLetterRecord._fields
 
-async def upsert_dead_letters(conn: AsyncConnection, rows: Sequence[Mapping[str, Any]]) -> None:
+
+async def upsert_dead_letters(conn: AsyncConnection, records: Sequence[DeadLetterRecord]) -> None:
     """Add dead letters, or update the event's existing one (back to ``pending``)."""
-    if not rows:
+    if not records:
         return
     module: Any = postgresql if conn.dialect.name == "postgresql" else sqlite
     statement = module.insert(dead_letters)
@@ -40,10 +43,12 @@ async def upsert_dead_letters(conn: AsyncConnection, rows: Sequence[Mapping[str,
             "next_retry_at": statement.excluded.next_retry_at,
         },
     )
-    await conn.execute(statement, list(rows))
+    await conn.execute(statement, as_rows(records, _DEAD_LETTER_COLUMNS))
 
 
-async def resolve_dead_letters(conn: AsyncConnection, event_ids: Sequence[str], now: Any) -> int:
+async def resolve_dead_letters(
+    conn: AsyncConnection, event_ids: Sequence[str], now: datetime
+) -> int:
     """Mark the dead letters of events that have now been processed as ``resolved``; returns
     how many were."""
     if not event_ids:

@@ -20,7 +20,15 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from webhook_worker.clock import iso
 from webhook_worker.errors import NotFoundError
 from webhook_worker.storage.database import Database, json_text
+from webhook_worker.storage.records import (
+    AttemptRecord,
+    EventRecord,
+    EventState,
+    OutcomeRecord,
+    as_rows,
+)
 from webhook_worker.storage.schema import attempts, events
+from webhook_worker.vocabulary import EventStatus
 
 MAX_PAGE = 500
 _CURSOR = re.compile(r"^[A-Za-z0-9_-]+$")
@@ -42,15 +50,15 @@ def insert_ignoring_conflicts(dialect: str, table: Table) -> Insert:
     return statement
 
 
-async def insert_events(conn: AsyncConnection, rows: Sequence[Mapping[str, Any]]) -> set[str]:
+async def insert_events(conn: AsyncConnection, records: Sequence[EventRecord]) -> set[str]:
     """Insert new events; a redelivered message or a repeated delivery id is skipped, not an
     error. Returns the ids actually inserted."""
-    if not rows:
+    if not records:
         return set()
     if conn.dialect.name == "postgresql":
-        return await _insert_events_unnest(conn, rows)
+        return await _insert_events_unnest(conn, records)
     statement = insert_ignoring_conflicts(conn.dialect.name, events).returning(events.c.id)
-    return {row[0] for row in await conn.execute(statement, list(rows))}
+    return {row[0] for row in await conn.execute(statement, as_rows(records, _EVENT_COLUMNS))}
 
 
 # One array per column: the same prepared statement for every batch size, and the rows are
@@ -65,31 +73,14 @@ SELECT * FROM unnest($1::varchar[], $2::varchar[], $3::varchar[], $4::varchar[],
 ON CONFLICT DO NOTHING
 RETURNING id
 """
-_UNNEST_COLUMNS = (
-    "id",
-    "tool_id",
-    "event_type",
-    "delivery_id",
-    "status",
-    "received_at",
-    "processed_at",
-    "headers",
-    "body",
-    "payload",
-    "attempt_count",
-)
-_JSON_COLUMNS = frozenset({"headers", "payload"})
+_EVENT_COLUMNS = EventRecord._fields  # the statement's column order
+_JSON_COLUMNS = tuple(_EVENT_COLUMNS.index(name) for name in ("headers", "payload"))
 
 
-async def _insert_events_unnest(
-    conn: AsyncConnection, rows: Sequence[Mapping[str, Any]]
-) -> set[str]:
-    columns = []
-    for name in _UNNEST_COLUMNS:
-        if name in _JSON_COLUMNS:
-            columns.append([_json_text(row[name]) for row in rows])
-        else:
-            columns.append([row[name] for row in rows])
+async def _insert_events_unnest(conn: AsyncConnection, records: Sequence[EventRecord]) -> set[str]:
+    columns: list[Any] = list(zip(*records, strict=True))
+    for index in _JSON_COLUMNS:
+        columns[index] = [_json_text(value) for value in columns[index]]
     result = await conn.exec_driver_sql(_INSERT_EVENTS_UNNEST, tuple(columns))
     return {row[0] for row in result}
 
@@ -98,37 +89,45 @@ def _json_text(value: Any) -> str | None:
     return None if value is None else json_text(value)
 
 
-async def insert_attempts(conn: AsyncConnection, rows: Sequence[Mapping[str, Any]]) -> None:
-    if rows:
-        await conn.execute(attempts.insert(), list(rows))
+_ATTEMPT_COLUMNS = AttemptRecord._fields
 
 
-async def event_states(conn: AsyncConnection, event_ids: Sequence[str]) -> dict[str, Any]:
-    """``id -> row(status, attempt_count, payload)`` for the events that exist."""
+async def insert_attempts(conn: AsyncConnection, records: Sequence[AttemptRecord]) -> None:
+    """Add processing attempts."""
+    if records:
+        await conn.execute(attempts.insert(), as_rows(records, _ATTEMPT_COLUMNS))
+
+
+async def event_states(conn: AsyncConnection, event_ids: Sequence[str]) -> dict[str, EventState]:
+    """The state of each of ``event_ids`` that exists, by id."""
     if not event_ids:
         return {}
-    query = select(events.c.id, events.c.status, events.c.attempt_count, events.c.payload).where(
+    query = select(events.c.id, events.c.status, events.c.attempt_count).where(
         events.c.id.in_(list(event_ids))
     )
-    return {row.id: row for row in await conn.execute(query)}
+    return {
+        row.id: EventState(EventStatus(row.status), int(row.attempt_count))
+        for row in await conn.execute(query)
+    }
 
 
-async def update_outcomes(conn: AsyncConnection, rows: Sequence[Mapping[str, Any]]) -> None:
-    """Set the outcome of events after an attempt. Each row: ``event_id``, ``status``,
-    ``processed_at``, ``attempt_count``, ``payload``."""
-    if not rows:
-        return
-    statement = (
-        update(events)
-        .where(events.c.id == bindparam("event_id"))
-        .values(
-            status=bindparam("status"),
-            processed_at=bindparam("processed_at"),
-            attempt_count=bindparam("attempt_count"),
-            payload=bindparam("payload", type_=events.c.payload.type),
-        )
+_OUTCOME_COLUMNS = OutcomeRecord._fields
+_UPDATE_OUTCOMES = (
+    update(events)
+    .where(events.c.id == bindparam("event_id"))
+    .values(
+        status=bindparam("status"),
+        processed_at=bindparam("processed_at"),
+        attempt_count=bindparam("attempt_count"),
+        payload=bindparam("payload", type_=events.c.payload.type),
     )
-    await conn.execute(statement, list(rows))
+)
+
+
+async def update_outcomes(conn: AsyncConnection, records: Sequence[OutcomeRecord]) -> None:
+    """Set the outcome of events after an attempt."""
+    if records:
+        await conn.execute(_UPDATE_OUTCOMES, as_rows(records, _OUTCOME_COLUMNS))
 
 
 class EventStore:

@@ -12,11 +12,12 @@ import jmespath.parser
 
 from webhook_worker.config import RetryPolicy
 from webhook_worker.tools.model import ForwardConfig, Tool
+from webhook_worker.vocabulary import Mode
 
 
 @dataclass(frozen=True, slots=True)
 class Plan:
-    mode: str
+    mode: Mode
     filter: jmespath.parser.ParsedResult | None
     transform: jmespath.parser.ParsedResult | None
     forward: ForwardConfig | None
@@ -28,7 +29,7 @@ class Plan:
 
     @property
     def forwards(self) -> bool:
-        return self.mode == "store_and_forward" and self.forward is not None
+        return self.mode == Mode.STORE_AND_FORWARD and self.forward is not None
 
 
 class Plans:
@@ -37,7 +38,7 @@ class Plans:
     def __init__(self, default_retry: RetryPolicy) -> None:
         self._default_retry = default_retry
         self._cache: dict[tuple[str, str | None], tuple[Tool, Plan]] = {}
-        self._store_only = Plan("store_only", None, None, None, default_retry)
+        self._store_only = Plan(Mode.STORE_ONLY, None, None, None, default_retry)
 
     def for_event(self, tool: Tool | None, event_type: str | None) -> Plan:
         if tool is None:
@@ -55,7 +56,7 @@ class Plans:
         config: Mapping[str, Any] = tool.config
         override: Mapping[str, Any] = (config.get("events") or {}).get(event_type or "", {})
         # An override's key wins even when it is null: {"transform": null} stores the raw body.
-        mode = override.get("mode", tool.mode)
+        mode = Mode(override.get("mode", tool.mode))  # validated when the tool was saved
         filter_text = override["filter"] if "filter" in override else config.get("filter")
         transform_text = (
             override["transform"] if "transform" in override else config.get("transform")

@@ -9,6 +9,12 @@ database was away) never repeats another's side effects:
    event by event and hands each finished event to phase 3 in groups).
 3. :meth:`Processor.record`: one transaction with a group of events' statuses, attempts and
    dead letters; it says which messages to acknowledge and which to retry after what delay.
+
+Each phase that writes decides first, in pure code (:mod:`~webhook_worker.worker.decide`),
+into locals; writes once; and only after the commit counts metrics, logs, ends the events'
+spans and fills the :class:`~webhook_worker.worker.work.Batch`. A phase the worker retries
+because the database was away therefore starts again from the same inputs and has emitted
+nothing: the metrics count what was committed, once.
 """
 
 from __future__ import annotations
@@ -17,11 +23,9 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import replace
-from datetime import UTC, datetime
-from typing import Any
+from datetime import UTC, datetime, timedelta
+from typing import NamedTuple
 
-import jmespath.exceptions
-import orjson
 from opentelemetry.trace import Span
 
 from webhook_worker.config import Settings
@@ -40,24 +44,32 @@ from webhook_worker.storage.events import (
     insert_events,
     update_outcomes,
 )
+from webhook_worker.storage.records import (
+    AttemptRecord,
+    DeadLetterRecord,
+    EventState,
+    OutcomeRecord,
+)
 from webhook_worker.tools.cache import ToolCache
 from webhook_worker.vocabulary import (
     FINAL_STATUSES,
     SUCCESS_STATUSES,
     DeadLetterStatus,
+    ErrorClass,
     EventStatus,
 )
+from webhook_worker.worker import decide
 from webhook_worker.worker.forwarder import Forwarder, ForwardOutcome
 from webhook_worker.worker.plan import Plans
-from webhook_worker.worker.retry import Backoff, Failure
+from webhook_worker.worker.retry import Failure
 from webhook_worker.worker.work import (
     Batch,
     Work,
-    attempt_row,
+    attempt_record,
     event_fields,
-    event_row,
+    event_record,
     forward_request,
-    outcome_row,
+    outcome_record,
 )
 
 log = logging.getLogger(__name__)
@@ -85,7 +97,8 @@ class Processor:
     # Phase 1 -----------------------------------------------------------------------------
 
     async def store(self, deliveries: Sequence[Delivery]) -> Batch:
-        batch = Batch()
+        """Store new events with what their plan decided; sort every delivery into the batch:
+        settled (to acknowledge), to forward, or an existing event's new outcome to record."""
         await self._know_tools(deliveries)
         now = datetime.now(UTC)
         works = [self._prepare(d) for d in deliveries]
@@ -95,7 +108,8 @@ class Processor:
             f"INSERT {TABLE_EVENTS}", self._db_attributes("INSERT"), links=[w.span for w in works]
         ):
             inserted, states = await self._insert(works, now)
-        batch.stored = len(inserted)
+        # Committed: from here on, tell.
+        batch = Batch(stored=len(inserted))
         for work in works:
             event_id = work.message.event_id
             state = states.get(event_id)
@@ -103,6 +117,8 @@ class Processor:
                 if work.status == EventStatus.PENDING:
                     batch.to_forward.append(work)
                 else:
+                    if work.status == EventStatus.DEAD:
+                        _dead_lettered(work)
                     _settled(work)
                     batch.done.append(work.delivery)
             elif state is None or state.status in FINAL_STATUSES:
@@ -113,23 +129,33 @@ class Processor:
                 # Interrupted earlier, waiting for a retry, or sent back from the dead letter
                 # queue: plan it again (the tool may have changed) and carry on.
                 work.existing = True
-                work.attempt = int(state.attempt_count) + 1
+                work.attempt = state.attempt_count + 1
                 pending = work.status == EventStatus.PENDING
                 (batch.to_forward if pending else batch.to_update).append(work)
         return batch
 
-    async def _insert(self, works: list[Work], now: datetime) -> tuple[set[str], dict[str, Any]]:
+    async def _insert(
+        self, works: list[Work], now: datetime
+    ) -> tuple[set[str], dict[str, EventState]]:
         """Insert the new events with what is already known of them; read the others' state."""
+        records = [event_record(w, now) for w in works]
         async with self._db.begin(durable=False) as conn:
-            inserted = await insert_events(conn, [event_row(w, now) for w in works])
+            inserted = await insert_events(conn, records)
             others = [w.message.event_id for w in works if w.message.event_id not in inserted]
             states = await event_states(conn, others)
             new_final = [
                 w for w in works if w.message.event_id in inserted and w.status in FINAL_STATUSES
             ]
-            await insert_attempts(conn, [attempt_row(w, now) for w in new_final])
+            await insert_attempts(
+                conn, [attempt_record(w, w.status, w.failure, now) for w in new_final]
+            )
             await upsert_dead_letters(
-                conn, [self._dead_letter(w, now) for w in new_final if w.status == EventStatus.DEAD]
+                conn,
+                [
+                    self._dead_letter(w, w.failure, now)
+                    for w in new_final
+                    if w.status == EventStatus.DEAD
+                ],
             )
         return inserted, states
 
@@ -169,33 +195,8 @@ class Processor:
         message = delivery.message
         live = self._tools.get(message.tool_id)
         plan = self._plans.for_event(live.tool if live else None, message.event_type)
-        work = Work(delivery, plan, EventStatus.PENDING if plan.forwards else EventStatus.PROCESSED)
-        if not plan.needs_json:
-            return work
-        try:
-            document = orjson.loads(message.body)
-        except orjson.JSONDecodeError:
-            return _dead(
-                work,
-                "invalid_payload",
-                "the body is not JSON, which the tool's filter or transform needs",
-            )
-        if plan.filter is not None:
-            try:
-                keep = plan.filter.search(document)
-            except jmespath.exceptions.JMESPathError as exc:
-                return _dead(work, "filter_error", f"the filter failed: {exc}")
-            if not _truthy(keep):
-                work.status = EventStatus.IGNORED
-                return work
-        if plan.transform is not None:
-            try:
-                work.payload = plan.transform.search(document)
-            except jmespath.exceptions.JMESPathError as exc:
-                return _dead(work, "transform_error", f"the transform failed: {exc}")
-            if work.payload is None:
-                return _dead(work, "transform_error", "the transform produced null")
-        return work
+        prepared = decide.prepare(plan, message.body)
+        return Work(delivery, plan, prepared.status, prepared.payload, prepared.failure)
 
     # Phase 2 -----------------------------------------------------------------------------
 
@@ -217,7 +218,7 @@ class Processor:
                 work.outcome = await self._forwarder.send(config, request)
             except Exception as exc:
                 log.exception("forwarding failed unexpectedly", extra=event_fields(work))
-                failure = Failure("connection_error", f"unexpected error: {exc!r}"[:500])
+                failure = Failure(ErrorClass.CONNECTION_ERROR, f"unexpected error: {exc!r}"[:500])
                 work.outcome = ForwardOutcome(0.0, None, failure)
             if span is not None and work.outcome.http_status is not None:
                 span.set_attribute("http.response.status_code", work.outcome.http_status)
@@ -242,104 +243,126 @@ class Processor:
     # Phase 3 -----------------------------------------------------------------------------
 
     async def record(self, batch: Batch) -> None:
-        """Write the outcome of forwarded and re-planned events; fill ``done`` and ``retry``."""
+        """Write the outcome of forwarded and re-planned events; then fill ``done`` and
+        ``retry``. Raises (DatabaseUnavailableError while the database is away) having changed
+        nothing, so the caller may call it again with the same batch."""
         if not batch.to_forward and not batch.to_update:
             return
         now = datetime.now(UTC)
-        for work in batch.to_forward:
-            failure = work.outcome.failure if work.outcome else None
-            if failure is None:
-                work.status = EventStatus.PROCESSED
-                continue
-            failures = work.message.attempt + 1
-            series_start = work.message.retry_from or work.message.received_at
-            backoff = Backoff(work.plan.retry, self._time_scale)
-            delay = backoff.next_attempt(failures, time.time() - series_start, failure)
-            work.failure = failure
-            if delay is None:
-                work.status = EventStatus.DEAD
-            else:
-                work.status = EventStatus.RETRYING
-                metrics.RETRY_ATTEMPTS.labels(str(failures), failure.error_class).inc()
-                retried = replace(work.message, attempt=failures, retry_from=series_start)
-                batch.retry.append((replace(work.delivery, message=retried), delay))
-        settled = [*batch.to_forward, *batch.to_update]
+        clock = now.timestamp()
+        # Decide everything first, into locals: until the commit nothing is changed or told.
+        settled = [self._settle(work, clock) for work in batch.to_forward]
+        settled += [_Settled(work, work.status, work.failure) for work in batch.to_update]
+        outcomes: list[OutcomeRecord] = []
+        attempts: list[AttemptRecord] = []
+        letters: list[DeadLetterRecord] = []
+        recovered: list[str] = []
+        for work, status, failure, _ in settled:
+            outcomes.append(outcome_record(work, status, now))
+            attempts.append(attempt_record(work, status, failure, now))
+            if status == EventStatus.DEAD:
+                letters.append(self._dead_letter(work, failure, now))
+            elif work.existing and status in SUCCESS_STATUSES:
+                recovered.append(work.message.event_id)
         with tracing.client_span(
-            f"UPDATE {TABLE_EVENTS}", self._db_attributes("UPDATE"), links=[w.span for w in settled]
+            f"UPDATE {TABLE_EVENTS}",
+            self._db_attributes("UPDATE"),
+            links=[s.work.span for s in settled],
         ):
-            await self._record_outcomes(settled, now)
-        retrying = {d.message.event_id for d, _ in batch.retry}
-        for work in settled:
-            if work.message.event_id in retrying:
-                tracing.end(work.span, f"retrying: {work.failure.message if work.failure else ''}")
-                log.info("event will be retried", extra=event_fields(work))
-            else:
-                _settled(work)
-                batch.done.append(work.delivery)
+            async with self._db.begin(durable=False) as conn:
+                await update_outcomes(conn, outcomes)
+                await insert_attempts(conn, attempts)
+                await upsert_dead_letters(conn, letters)
+                resolved = await resolve_dead_letters(conn, recovered, now)
+        # Committed: from here on, tell (once).
+        if resolved:
+            metrics.DLQ_RETRIES.labels(DeadLetterStatus.RESOLVED).inc(resolved)
+        for work, status, failure, retry in settled:
+            work.status, work.failure = status, failure
+            if retry is not None:
+                _retrying(work, retry)
+                message = replace(work.message, attempt=retry.attempt, retry_from=retry.retry_from)
+                batch.retry.append((replace(work.delivery, message=message), retry.delay))
+                continue
+            if status == EventStatus.DEAD:
+                _dead_lettered(work)
+            _settled(work)
+            batch.done.append(work.delivery)
 
-    async def _record_outcomes(self, settled: list[Work], now: datetime) -> None:
-        async with self._db.begin(durable=False) as conn:
-            await update_outcomes(conn, [outcome_row(w, now) for w in settled])
-            await insert_attempts(conn, [attempt_row(w, now) for w in settled])
-            await upsert_dead_letters(
-                conn, [self._dead_letter(w, now) for w in settled if w.status == EventStatus.DEAD]
-            )
-            recovered = [
-                w.message.event_id for w in settled if w.existing and w.status in SUCCESS_STATUSES
-            ]
-            if resolved := await resolve_dead_letters(conn, recovered, now):
-                metrics.DLQ_RETRIES.labels("resolved").inc(resolved)
+    def _settle(self, work: Work, now: float) -> _Settled:
+        """What follows the event's forward (pure: see :func:`decide.settle`)."""
+        settlement = decide.settle(
+            work.outcome, work.message, now, work.plan.retry, self._time_scale
+        )
+        if isinstance(settlement, decide.Done):
+            return _Settled(work, settlement.status, None)
+        retry = settlement if isinstance(settlement, decide.RetryAfter) else None
+        return _Settled(work, settlement.status, settlement.failure, retry)
 
     async def dead_letter(
         self, deliveries: Sequence[Delivery], error_class: str, error: str
     ) -> None:
         """Store each event as ``dead`` with a dead letter, without processing it (poison)."""
         now = datetime.now(UTC)
-        works = [
-            _dead(Work(d, self._plans.for_event(None, None), EventStatus.DEAD), error_class, error)
-            for d in deliveries
-        ]
+        failure = decide.failure(ErrorClass(error_class), error)
+        plan = self._plans.for_event(None, None)
+        works = [Work(d, plan, EventStatus.DEAD, failure=failure) for d in deliveries]
+        records = [event_record(w, now) for w in works]
         async with self._db.begin(durable=False) as conn:
-            inserted = await insert_events(conn, [event_row(w, now) for w in works])
+            inserted = await insert_events(conn, records)
             fresh = [w for w in works if w.message.event_id in inserted]
-            await insert_attempts(conn, [attempt_row(w, now) for w in fresh])
-            await upsert_dead_letters(conn, [self._dead_letter(w, now) for w in fresh])
+            await insert_attempts(
+                conn, [attempt_record(w, EventStatus.DEAD, failure, now) for w in fresh]
+            )
+            await upsert_dead_letters(conn, [self._dead_letter(w, failure, now) for w in fresh])
         for work in fresh:
+            _dead_lettered(work)
             _settled(work)
 
-    def _dead_letter(self, work: Work, now: datetime) -> dict[str, Any]:
-        failure = work.failure or Failure("unknown", "no error recorded")
-        metrics.DLQ_ENTRIES.labels(work.message.event_type or "", failure.error_class).inc()
-        log.warning("event dead-lettered: %s", failure.message, extra=event_fields(work))
+    def _dead_letter(self, work: Work, failure: Failure | None, now: datetime) -> DeadLetterRecord:
+        """The event's dead letter (a record only: nothing is counted or logged here)."""
+        failure = failure or Failure(ErrorClass.UNKNOWN, "no error recorded")
         due = None
         if failure.retryable:
-            due = datetime.fromtimestamp(now.timestamp() + self._dlq_auto_retry_interval, UTC)
-        return {
-            "id": new_id(),
-            "event_id": work.message.event_id,
-            "tool_id": work.message.tool_id,
-            "event_type": work.message.event_type,
-            "error": failure.message,
-            "error_class": failure.error_class,
-            "retryable": failure.retryable,
-            "retry_count": 0,
-            "status": DeadLetterStatus.PENDING,
-            "created_at": now,
-            "updated_at": now,
-            "next_retry_at": due,
-        }
+            due = now + timedelta(seconds=self._dlq_auto_retry_interval)
+        return DeadLetterRecord(
+            id=new_id(),
+            event_id=work.message.event_id,
+            tool_id=work.message.tool_id,
+            event_type=work.message.event_type,
+            error=failure.message,
+            error_class=failure.error_class,
+            retryable=failure.retryable,
+            retry_count=0,
+            status=DeadLetterStatus.PENDING,
+            created_at=now,
+            updated_at=now,
+            next_retry_at=due,
+        )
 
 
-def _truthy(value: Any) -> bool:
-    """JMESPath truth: false, null and empty strings, lists and objects are false; numbers,
-    0 included, are true (unlike Python)."""
-    return not (value is None or value is False or value in ("", [], {}))
+class _Settled(NamedTuple):
+    """What an attempt came to, decided before the write that records it."""
+
+    work: Work
+    status: EventStatus
+    failure: Failure | None
+    retry: decide.RetryAfter | None = None
 
 
-def _dead(work: Work, error_class: str, message: str) -> Work:
-    work.status = EventStatus.DEAD
-    work.failure = Failure(error_class, " ".join(message.split())[:1000])
-    return work
+def _retrying(work: Work, retry: decide.RetryAfter) -> None:
+    metrics.RETRY_ATTEMPTS.labels(str(retry.attempt), retry.failure.error_class).inc()
+    log.info("event will be retried", extra=event_fields(work))
+    tracing.end(work.span, f"retrying: {retry.failure.message}")
+
+
+def _dead_lettered(work: Work) -> None:
+    failure = work.failure
+    error_class = failure.error_class if failure else ErrorClass.UNKNOWN
+    metrics.DLQ_ENTRIES.labels(work.message.event_type or "", error_class).inc()
+    log.warning(
+        "event dead-lettered: %s", failure.message if failure else "", extra=event_fields(work)
+    )
 
 
 def _settled(work: Work) -> None:

@@ -14,7 +14,6 @@ error class                retryable  cause
 ``http_5xx``               yes        the target answered 500-599
 ``http_408``               yes        request timeout
 ``http_429``               yes        rate limited (``Retry-After`` honoured)
-``database_unavailable``   yes        the database could not be reached
 ``http_4xx``               no         any other 4xx: the request itself is wrong
 ``http_3xx``               no         a redirect: forwards do not follow them; fix the URL
 ``forbidden_target``       no         the target is in a private network (SSRF guard)
@@ -22,7 +21,12 @@ error class                retryable  cause
 ``filter_error``           no         the tool's filter failed on this payload
 ``invalid_payload``        no         the payload is not what the tool needs (e.g. not JSON)
 ``poison``                 no         delivered too often without being acknowledged
+``storage_error``          no         this event cannot be written (not an outage)
 =========================  =========  ==============================================
+
+The database being away is not a failure of an event's and has no class: the worker keeps the
+messages unacknowledged and retries the write in place (docs/processing.md, "When the database
+is away"), so an outage never uses up an event's retries and never makes an attempt row.
 """
 
 from __future__ import annotations
@@ -35,10 +39,8 @@ from dataclasses import dataclass
 from typing import Final
 
 from webhook_worker.config import RetryPolicy
+from webhook_worker.vocabulary import RETRYABLE_ERRORS, ErrorClass
 
-RETRYABLE: Final = frozenset(
-    {"timeout", "connection_error", "http_5xx", "http_408", "http_429", "database_unavailable"}
-)
 JITTER: Final = 0.2
 
 
@@ -47,6 +49,7 @@ class Failure:
     """What went wrong with one attempt, in a form the policy and the metrics can use."""
 
     error_class: str
+    """An :class:`~webhook_worker.vocabulary.ErrorClass` value."""
     message: str
     http_status: int | None = None
     retry_after: float | None = None
@@ -54,21 +57,21 @@ class Failure:
 
     @property
     def retryable(self) -> bool:
-        return self.error_class in RETRYABLE
+        return self.error_class in RETRYABLE_ERRORS
 
 
 def http_failure(status: int, retry_after: str | None = None, detail: str = "") -> Failure:
     """Classify a non-2xx answer from a forward target."""
     if status >= 500:
-        error_class = "http_5xx"
+        error_class = ErrorClass.HTTP_5XX
     elif status < 400:
-        error_class = "http_3xx"  # redirects are not followed: the URL needs fixing
+        error_class = ErrorClass.HTTP_3XX  # redirects are not followed: the URL needs fixing
     elif status == 408:
-        error_class = "http_408"
+        error_class = ErrorClass.HTTP_408
     elif status == 429:
-        error_class = "http_429"
+        error_class = ErrorClass.HTTP_429
     else:
-        error_class = "http_4xx"
+        error_class = ErrorClass.HTTP_4XX
     wait = parse_retry_after(retry_after) if status in (429, 503) else None
     message = f"the target answered HTTP {status}" + (f": {detail}" if detail else "")
     return Failure(error_class, message[:1000], status, wait)

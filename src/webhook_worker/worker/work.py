@@ -1,4 +1,5 @@
-"""One event's and one batch's way through the processor's phases, and the rows they become."""
+"""One event's and one batch's way through the processor's phases, and the records they become
+(:mod:`~webhook_worker.storage.records`)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from opentelemetry.trace import Span
 
 from webhook_worker.observability import tracing
 from webhook_worker.queue.base import Delivery, Message
-from webhook_worker.vocabulary import FINAL_STATUSES, EventStatus
+from webhook_worker.storage.records import AttemptRecord, EventRecord, OutcomeRecord
+from webhook_worker.vocabulary import FINAL_STATUSES, AttemptOutcome, EventStatus
 from webhook_worker.worker.forwarder import ForwardOutcome, ForwardRequest
 from webhook_worker.worker.plan import Plan
 from webhook_worker.worker.retry import Failure
@@ -45,7 +47,8 @@ class Work:
 @dataclass(slots=True)
 class Batch:
     """A batch's progress. ``done`` and ``retry`` together hold every message once the batch
-    went through :meth:`Processor.record`."""
+    went through :meth:`Processor.record` (which fills them only once its write committed, so a
+    retried ``record`` adds each message once)."""
 
     done: list[Delivery] = field(default_factory=list)
     """Settled: acknowledge them."""
@@ -100,57 +103,61 @@ def forward_request(work: Work) -> ForwardRequest:
     )
 
 
-def event_row(work: Work, now: datetime) -> dict[str, Any]:
+def event_record(work: Work, now: datetime) -> EventRecord:
+    """The new event's row, with what phase 1 decided (``work.status``)."""
     message = work.message
     final = work.status in FINAL_STATUSES
-    return {
-        "id": message.event_id,
-        "tool_id": message.tool_id,
-        "event_type": message.event_type,
-        "delivery_id": message.delivery_id,
-        "status": work.status,
-        "received_at": datetime.fromtimestamp(message.received_at, UTC),
-        "processed_at": now if final else None,
+    # Positional (in the record's field order): keywords cost a third more on the hot path.
+    return EventRecord(
+        message.event_id,  # id
+        message.tool_id,
+        message.event_type,
+        message.delivery_id,
+        work.status,
+        datetime.fromtimestamp(message.received_at, UTC),  # received_at
+        now if final else None,  # processed_at
         # Already JSON: written as it is, never parsed and encoded again (see json_text).
-        "headers": orjson.Fragment(message.headers),
-        "body": message.body,
-        "payload": work.payload,
-        "attempt_count": 1 if final else 0,
-    }
+        orjson.Fragment(message.headers),
+        message.body,
+        work.payload,
+        1 if final else 0,  # attempt_count
+    )
 
 
-def outcome_row(work: Work, now: datetime) -> dict[str, Any]:
-    return {
-        "event_id": work.message.event_id,
-        "status": work.status,
-        "processed_at": now if work.status in FINAL_STATUSES else None,
-        "attempt_count": work.attempt,
-        "payload": work.payload,
-    }
+def outcome_record(work: Work, status: EventStatus, now: datetime) -> OutcomeRecord:
+    """An existing event's new ``status`` after this attempt."""
+    return OutcomeRecord(
+        event_id=work.message.event_id,
+        status=status,
+        processed_at=now if status in FINAL_STATUSES else None,
+        attempt_count=work.attempt,
+        payload=work.payload,
+    )
 
 
-_OUTCOMES: dict[str, str] = {
-    EventStatus.PROCESSED: "stored",
-    EventStatus.IGNORED: "ignored",
-    EventStatus.DEAD: "dead",
-    EventStatus.RETRYING: "failed",
+_OUTCOMES: dict[EventStatus, AttemptOutcome] = {
+    EventStatus.PROCESSED: AttemptOutcome.STORED,
+    EventStatus.IGNORED: AttemptOutcome.IGNORED,
+    EventStatus.DEAD: AttemptOutcome.DEAD,
+    EventStatus.RETRYING: AttemptOutcome.FAILED,
 }
 
 
-def attempt_row(work: Work, now: datetime) -> dict[str, Any]:
-    outcome, failure = work.outcome, work.failure
-    label = _OUTCOMES[work.status]
+def attempt_record(
+    work: Work, status: EventStatus, failure: Failure | None, now: datetime
+) -> AttemptRecord:
+    """This attempt, which left the event ``status`` (for ``failure`` when it failed)."""
+    outcome = work.outcome
+    label = _OUTCOMES[status]
     if outcome is not None and outcome.failure is None:
-        label = "forwarded"
-    return {
-        "event_id": work.message.event_id,
-        "attempt": work.attempt,
-        "started_at": now,
-        "duration_ms": outcome.duration_ms
-        if outcome
-        else (time.perf_counter() - work.started) * 1000,
-        "outcome": label,
-        "error_class": failure.error_class if failure else None,
-        "error": failure.message if failure else None,
-        "http_status": outcome.http_status if outcome else None,
-    }
+        label = AttemptOutcome.FORWARDED
+    return AttemptRecord(  # positional, in field order, as in event_record
+        work.message.event_id,
+        work.attempt,
+        now,  # started_at
+        outcome.duration_ms if outcome else (time.perf_counter() - work.started) * 1000,
+        label,
+        failure.error_class if failure else None,
+        failure.message if failure else None,
+        outcome.http_status if outcome else None,
+    )

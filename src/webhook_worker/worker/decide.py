@@ -1,0 +1,153 @@
+"""The worker's decisions, in pure code: no database, no clock, no metrics, no logs.
+
+- :func:`prepare` (phase 1): what a tool's plan makes of an event's body: store it as
+  ``processed``, ``ignored`` or ``dead`` (with its :class:`~webhook_worker.worker.retry.Failure`),
+  or forward it; and what JSON is stored when a transform ran.
+- :func:`settle` (phase 3): what follows a forward: :class:`Done`, :class:`RetryAfter` a delay
+  (with the retried message's new fields), or :class:`Dead`.
+
+The processor calls these, writes what they decided in one transaction, and only then counts,
+logs and ends spans, so a phase retried after a database outage decides again from the same
+inputs and has told nobody anything yet.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar, Final
+
+import jmespath.exceptions
+import orjson
+
+from webhook_worker.config import RetryPolicy
+from webhook_worker.queue.base import Message
+from webhook_worker.vocabulary import ErrorClass, EventStatus
+from webhook_worker.worker.forwarder import ForwardOutcome
+from webhook_worker.worker.plan import Plan
+from webhook_worker.worker.retry import Backoff, Failure
+
+_MESSAGE_LIMIT = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """What to store for a new event. ``status`` is ``pending`` when it is to be forwarded."""
+
+    status: EventStatus
+    payload: Any = None
+    """The JSON to store when a transform ran (never None then), else None: the body is kept."""
+    failure: Failure | None = None
+    """Why the event is ``dead``; None for any other status."""
+
+
+# Shared by every event they fit: the common paths allocate nothing.
+TO_FORWARD: Final = Prepared(EventStatus.PENDING)
+STORED: Final = Prepared(EventStatus.PROCESSED)
+IGNORED: Final = Prepared(EventStatus.IGNORED)
+
+
+def prepare(plan: Plan, body: bytes) -> Prepared:
+    """Run the plan's filter, then its transform, on ``body`` (parsed as JSON only when one of
+    them needs it). A body that is not JSON, a filter or transform that fails, or a transform
+    that yields null makes the event dead at once: another try would fail the same way."""
+    kept = TO_FORWARD if plan.forwards else STORED
+    if not plan.needs_json:
+        return kept
+    try:
+        document = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return dead(
+            ErrorClass.INVALID_PAYLOAD,
+            "the body is not JSON, which the tool's filter or transform needs",
+        )
+    if plan.filter is not None:
+        try:
+            keep = plan.filter.search(document)
+        except jmespath.exceptions.JMESPathError as exc:
+            return dead(ErrorClass.FILTER_ERROR, f"the filter failed: {exc}")
+        if not truthy(keep):
+            return IGNORED
+    if plan.transform is None:
+        return kept
+    try:
+        payload = plan.transform.search(document)
+    except jmespath.exceptions.JMESPathError as exc:
+        return dead(ErrorClass.TRANSFORM_ERROR, f"the transform failed: {exc}")
+    if payload is None:
+        return dead(ErrorClass.TRANSFORM_ERROR, "the transform produced null")
+    return Prepared(kept.status, payload)
+
+
+def truthy(value: Any) -> bool:
+    """JMESPath truth: false, null and empty strings, lists and objects are false; numbers,
+    0 included, are true (unlike Python)."""
+    return not (value is None or value is False or value in ("", [], {}))
+
+
+def failure(error_class: ErrorClass, message: str) -> Failure:
+    """A failure with its message on one line and bounded (it is stored and shown in lists)."""
+    return Failure(error_class, " ".join(message.split())[:_MESSAGE_LIMIT])
+
+
+def dead(error_class: ErrorClass, message: str) -> Prepared:
+    """Store the event as ``dead``, for this reason."""
+    return Prepared(EventStatus.DEAD, failure=failure(error_class, message))
+
+
+@dataclass(frozen=True, slots=True)
+class Done:
+    """The forward succeeded (or the tool stopped forwarding meanwhile): ``processed``."""
+
+    status: ClassVar[EventStatus] = EventStatus.PROCESSED
+
+
+@dataclass(frozen=True, slots=True)
+class RetryAfter:
+    """A retryable failure with budget left: deliver the message again after ``delay``."""
+
+    delay: float
+    """Seconds, already scaled by ``RETRY_TIME_SCALE``."""
+    failure: Failure
+    attempt: int
+    """The retried message's ``attempt``: the failures in its retry series so far."""
+    retry_from: float
+    """The retried message's ``retry_from``: when its retry series began (epoch seconds)."""
+    status: ClassVar[EventStatus] = EventStatus.RETRYING
+
+
+@dataclass(frozen=True, slots=True)
+class Dead:
+    """No further attempt: the failure is not retryable or the retries are used up."""
+
+    failure: Failure
+    status: ClassVar[EventStatus] = EventStatus.DEAD
+
+
+Settlement = Done | RetryAfter | Dead
+DONE: Final = Done()
+
+
+def settle(
+    outcome: ForwardOutcome | None,
+    message: Message,
+    now: float,
+    policy: RetryPolicy,
+    scale: float = 1.0,
+    rng: Callable[[], float] = random.random,
+) -> Settlement:
+    """What follows the forward of ``message`` that ended with ``outcome`` (None: nothing was
+    sent because the tool no longer forwards), at epoch second ``now``. Retries are bounded by
+    ``policy.max_retries`` and by ``policy.max_elapsed_time`` since the retry series began
+    (``message.retry_from``, else when the event was received); ``scale`` and ``rng`` as in
+    :class:`~webhook_worker.worker.retry.Backoff`."""
+    failed = outcome.failure if outcome is not None else None
+    if failed is None:
+        return DONE
+    failures = message.attempt + 1
+    series_start = message.retry_from or message.received_at
+    delay = Backoff(policy, scale, rng).next_attempt(failures, now - series_start, failed)
+    if delay is None:
+        return Dead(failed)
+    return RetryAfter(delay, failed, failures, series_start)

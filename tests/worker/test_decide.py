@@ -1,0 +1,211 @@
+"""The worker's decisions (pure logic): what to store for an event, what follows a forward."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jmespath
+import orjson
+import pytest
+
+from webhook_worker.config import RetryPolicy
+from webhook_worker.queue.base import Message
+from webhook_worker.tools.model import parse_tool
+from webhook_worker.vocabulary import ErrorClass, EventStatus, Mode
+from webhook_worker.worker import decide
+from webhook_worker.worker.forwarder import ForwardOutcome
+from webhook_worker.worker.plan import Plan, Plans
+from webhook_worker.worker.retry import Failure, http_failure
+
+POLICY = RetryPolicy(
+    max_retries=3, initial_interval=1, max_interval=10, multiplier=2, max_elapsed_time=60
+)
+RECEIVED = 1_700_000_000.0
+
+
+def plan(
+    filter: str | None = None, transform: str | None = None, mode: Mode = Mode.STORE_ONLY
+) -> Plan:
+    return Plan(
+        mode,
+        jmespath.compile(filter) if filter else None,
+        jmespath.compile(transform) if transform else None,
+        None,
+        POLICY,
+    )
+
+
+def body(document: Any) -> bytes:
+    return orjson.dumps(document)
+
+
+# prepare ---------------------------------------------------------------------------------
+
+
+def test_without_filter_or_transform_the_body_is_kept_unread() -> None:
+    assert decide.prepare(plan(), b"not json at all") is decide.STORED
+
+
+def test_a_forwarding_plan_forwards() -> None:
+    tool = parse_tool(
+        {
+            "id": "fwd",
+            "auth": {"type": "none"},
+            "mode": "store_and_forward",
+            "forward": {"url": "http://127.0.0.1:9/hook"},
+            "transform": "{id: id}",
+        }
+    )
+    forwarding = Plans(POLICY).for_event(tool, None)
+    assert decide.prepare(forwarding, body({"id": 1})) == decide.Prepared(
+        EventStatus.PENDING, {"id": 1}
+    )
+
+
+@pytest.mark.parametrize(
+    ("value", "kept"),
+    [
+        (0, True),  # JMESPath: numbers are true, 0 included
+        (1, True),
+        ("x", True),
+        ([0], True),
+        ({"a": None}, True),
+        (True, True),
+        (False, False),
+        (None, False),
+        ("", False),
+        ([], False),
+        ({}, False),
+    ],
+)
+def test_the_filter_follows_jmespath_truth(value: Any, kept: bool) -> None:
+    prepared = decide.prepare(plan(filter="n"), body({"n": value}))
+    assert prepared is (decide.STORED if kept else decide.IGNORED)
+
+
+def test_a_missing_field_filters_the_event_out() -> None:
+    assert decide.prepare(plan(filter="action == 'opened'"), body({})) is decide.IGNORED
+
+
+def test_the_transform_result_is_the_stored_payload() -> None:
+    prepared = decide.prepare(plan(transform="{repo: repository.name}"), body(_PUSH))
+    assert prepared == decide.Prepared(EventStatus.PROCESSED, {"repo": "ww"})
+
+
+def test_the_filter_runs_before_the_transform() -> None:
+    shaping = plan(filter="action != 'deleted'", transform="repository")
+    assert decide.prepare(shaping, body({**_PUSH, "action": "deleted"})) is decide.IGNORED
+    assert decide.prepare(shaping, body(_PUSH)).payload == {"name": "ww"}
+
+
+def test_a_transform_yielding_null_is_dead() -> None:
+    prepared = decide.prepare(plan(transform="nothing.here"), body(_PUSH))
+    assert prepared.status == EventStatus.DEAD
+    assert prepared.failure == Failure(ErrorClass.TRANSFORM_ERROR, "the transform produced null")
+    assert prepared.payload is None
+
+
+@pytest.mark.parametrize("needs", [{"filter": "a"}, {"transform": "a"}])
+def test_a_body_that_is_not_json_is_dead_when_json_is_needed(needs: dict[str, str]) -> None:
+    prepared = decide.prepare(plan(**needs), b"\xff not json")
+    assert prepared.status == EventStatus.DEAD
+    assert prepared.failure is not None
+    assert prepared.failure.error_class == ErrorClass.INVALID_PAYLOAD
+    assert not prepared.failure.retryable
+
+
+def test_a_failing_filter_or_transform_is_dead_with_its_class() -> None:
+    # abs() of a string is a JMESPath type error at search time, not at compile time.
+    filtered = decide.prepare(plan(filter="abs(name)"), body({"name": "x"}))
+    transformed = decide.prepare(plan(transform="abs(name)"), body({"name": "x"}))
+    assert filtered.failure is not None and transformed.failure is not None
+    assert filtered.failure.error_class == ErrorClass.FILTER_ERROR
+    assert transformed.failure.error_class == ErrorClass.TRANSFORM_ERROR
+    assert filtered.failure.message.startswith("the filter failed: ")
+
+
+def test_failure_messages_are_one_bounded_line() -> None:
+    failure = decide.failure(ErrorClass.POISON, "one\n  two\tthree " + "x" * 2000)
+    assert failure.message.startswith("one two three x")
+    assert len(failure.message) == 1000
+
+
+_PUSH = {"action": "opened", "repository": {"name": "ww"}}
+
+
+# settle ----------------------------------------------------------------------------------
+
+
+def message(attempt: int = 0, retry_from: float | None = None) -> Message:
+    return Message(
+        event_id="e",
+        tool_id="t",
+        event_type=None,
+        delivery_id="d",
+        received_at=RECEIVED,
+        headers=b"{}",
+        body=b"{}",
+        attempt=attempt,
+        retry_from=retry_from,
+    )
+
+
+def failed(failure: Failure) -> ForwardOutcome:
+    return ForwardOutcome(12.0, failure.http_status, failure)
+
+
+def settle(outcome: ForwardOutcome | None, msg: Message, elapsed: float = 0.0) -> decide.Settlement:
+    start = msg.retry_from or msg.received_at
+    return decide.settle(outcome, msg, start + elapsed, POLICY, rng=lambda: 0.5)
+
+
+def test_a_2xx_or_no_forward_is_done() -> None:
+    assert settle(ForwardOutcome(3.0, 200, None), message()) is decide.DONE
+    assert settle(None, message()) is decide.DONE
+    assert decide.DONE.status == EventStatus.PROCESSED
+
+
+def test_a_retryable_failure_is_retried_with_the_next_message_fields() -> None:
+    failure = http_failure(503)
+    settled = settle(failed(failure), message(), elapsed=2.0)
+    assert settled == decide.RetryAfter(1.0, failure, attempt=1, retry_from=RECEIVED)
+    assert settled.status == EventStatus.RETRYING
+
+
+def test_retries_keep_their_series_start() -> None:
+    # A dead letter retried by hand started a new series at retry_from.
+    settled = settle(failed(http_failure(500)), message(attempt=2, retry_from=RECEIVED + 500))
+    assert settled == decide.RetryAfter(4.0, http_failure(500), 3, RECEIVED + 500)
+
+
+def test_a_non_retryable_failure_is_dead_at_once() -> None:
+    failure = http_failure(404)
+    assert settle(failed(failure), message()) == decide.Dead(failure)
+    assert decide.Dead(failure).status == EventStatus.DEAD
+
+
+def test_retries_exhausted_is_dead() -> None:
+    failure = http_failure(500)
+    assert isinstance(settle(failed(failure), message(attempt=2)), decide.RetryAfter)
+    assert settle(failed(failure), message(attempt=3)) == decide.Dead(failure)
+
+
+def test_a_retry_past_max_elapsed_time_is_dead() -> None:
+    failure = Failure(ErrorClass.TIMEOUT, "no answer")
+    assert isinstance(settle(failed(failure), message(), elapsed=58.9), decide.RetryAfter)
+    assert settle(failed(failure), message(), elapsed=59.5) == decide.Dead(failure)
+
+
+def test_retry_after_wins_over_the_backoff_capped_by_max_interval() -> None:
+    soon = http_failure(429, "7")
+    late = http_failure(429, "3600")
+    assert settle(failed(soon), message()) == decide.RetryAfter(7.0, soon, 1, RECEIVED)
+    assert settle(failed(late), message()) == decide.RetryAfter(10.0, late, 1, RECEIVED)
+
+
+def test_the_time_scale_shrinks_delays_and_the_elapsed_bound() -> None:
+    failure = http_failure(500)
+    fast = decide.settle(failed(failure), message(), RECEIVED + 0.05, POLICY, 0.001, lambda: 0.5)
+    assert fast == decide.RetryAfter(pytest.approx(0.001), failure, 1, RECEIVED)
+    late = decide.settle(failed(failure), message(), RECEIVED + 0.0595, POLICY, 0.001)
+    assert late == decide.Dead(failure)
