@@ -15,7 +15,7 @@ from typing import Any
 
 from webhook_worker.storage.rows import Page
 
-_CURSOR = re.compile(r"^[A-Za-z0-9_-]+$")
+_CURSOR = re.compile(r"[A-Za-z0-9_-]+")
 
 
 def encode_cursor(position: str) -> str:
@@ -27,7 +27,8 @@ def decode_cursor(cursor: str) -> str:
     """The id a cursor stands for; ValueError naming ``cursor`` for anything this API did not
     hand out (every id is a UUID, so anything else is not one of ours)."""
     try:
-        if not _CURSOR.match(cursor):
+        # fullmatch: "$" would let a trailing newline through, which base64 then ignores.
+        if not _CURSOR.fullmatch(cursor):
             raise ValueError
         position = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         return str(uuid.UUID(position))
