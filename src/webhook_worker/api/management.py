@@ -114,7 +114,7 @@ class ManagementAPI:
         where = EventFilter(
             tool_id=query.get("tool_id") or None,
             event_type=query.get("event_type") or None,
-            status=status or None,
+            status=EventStatus(status) if status else None,
             since=_time(query.get("since"), "since"),
             until=_time(query.get("until"), "until"),
         )
@@ -294,7 +294,7 @@ def _dead_letter_filter(raw: Mapping[str, Any]) -> DeadLetterFilter:
         tool_id=values["tool_id"],
         event_type=values["event_type"],
         error_class=values["error_class"],
-        status=status,
+        status=DeadLetterStatus(status) if status is not None else None,
         since=_time(values["since"], "since"),
         until=_time(values["until"], "until"),
     )

@@ -296,7 +296,7 @@ def _filter(
         tool_id=tool or None,
         event_type=event_type or None,
         error_class=error_class or None,
-        status=status,
+        status=DeadLetterStatus(status) if status is not None else None,
         since=parse_when(since, "--since"),
         until=parse_when(until, "--until"),
     )

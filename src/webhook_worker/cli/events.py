@@ -112,7 +112,7 @@ def list_events(
     where = EventFilter(
         tool_id=tool or None,
         event_type=event_type or None,
-        status=status,
+        status=EventStatus(status) if status is not None else None,
         since=parse_when(since, "--since"),
         until=parse_when(until, "--until"),
     )

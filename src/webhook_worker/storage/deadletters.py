@@ -62,7 +62,7 @@ class DeadLetterFilter:
     tool_id: str | None = None
     event_type: str | None = None
     error_class: str | None = None
-    status: str | None = None
+    status: DeadLetterStatus | None = None
     since: datetime | None = None
     until: datetime | None = None
 

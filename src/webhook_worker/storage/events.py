@@ -25,7 +25,7 @@ MAX_PAGE = 500
 class EventFilter:
     tool_id: str | None = None
     event_type: str | None = None
-    status: str | None = None
+    status: EventStatus | None = None
     since: datetime | None = None
     until: datetime | None = None
 
