@@ -24,6 +24,7 @@ import redis
 import uvicorn
 
 from webhook_worker.api.app import create_app
+from webhook_worker.api.views import event_view
 from webhook_worker.config import Settings
 from webhook_worker.errors import NotFoundError
 from webhook_worker.runtime import Runtime, open_runtime
@@ -302,7 +303,7 @@ class Service:
     async def stored(self, event_id: str) -> dict[str, Any]:
         async def lookup() -> dict[str, Any] | None:
             try:
-                return await self.runtime.events.get(event_id)
+                return event_view(await self.runtime.events.get(event_id))
             except NotFoundError:
                 return None
 
@@ -314,7 +315,7 @@ class Service:
 
         async def lookup() -> dict[str, Any] | None:
             try:
-                event = await self.runtime.events.get(event_id)
+                event = event_view(await self.runtime.events.get(event_id))
             except NotFoundError:
                 return None
             return event if event["status"] in wanted else None

@@ -67,5 +67,5 @@ async def test_redis_down_means_503_and_everything_accepted_is_stored(
             worker.stop()
             await asyncio.wait_for(worker_task, timeout=15)
 
-        items, _ = await runtime.events.list(EventFilter(tool_id="t"), limit=500)
-        assert {item["id"] for item in items} == accepted
+        page = await runtime.events.list(EventFilter(tool_id="t"), limit=500)
+        assert {item.id for item in page.items} == accepted

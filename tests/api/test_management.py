@@ -447,6 +447,20 @@ async def test_bad_event_query_is_a_400(api: Api, params: dict[str, str], field:
     assert field in body["detail"]
 
 
+@pytest.mark.parametrize("path", ["/api/v1/events", "/api/v1/dlq"])
+@pytest.mark.parametrize("cursor", ["not-ours", "a=b", "Zm9v"])
+async def test_a_cursor_this_api_did_not_return_is_a_400_naming_cursor(
+    api: Api, path: str, cursor: str
+) -> None:
+    response = await api.client.get(path, params={"cursor": cursor})
+    assert response.status_code == 400
+    assert response.json() == {
+        "error": "invalid_request",
+        "detail": "cursor: not a cursor this API returned",
+        "field": "cursor",
+    }
+
+
 async def test_a_webhook_flows_through_ingest_and_worker_into_the_api(api: Api) -> None:
     """The whole path: a signed POST, the worker stores it, the API shows it."""
     http = api.client

@@ -128,11 +128,11 @@ async def test_a_4xx_answer_dead_letters_after_one_attempt(
     assert event["status"] == "dead"
     assert outcomes(event) == ["dead"]
     assert len(target.requests) == 1
-    [letter], _ = await DeadLetterStore(service.runtime.db).list(DeadLetterFilter())
-    assert letter["event_id"] == event_id
-    assert letter["error_class"] == "http_4xx"
-    assert letter["retryable"] is False
-    assert "400" in letter["error"]
+    [letter] = (await DeadLetterStore(service.runtime.db).list(DeadLetterFilter())).items
+    assert letter.event_id == event_id
+    assert letter.error_class == "http_4xx"
+    assert letter.retryable is False
+    assert "400" in letter.error
 
 
 async def test_a_target_that_always_fails_is_dead_lettered_after_max_retries(
@@ -144,8 +144,9 @@ async def test_a_target_that_always_fails_is_dead_lettered_after_max_retries(
     event = await service.settled(event_id, "dead")
     assert outcomes(event) == ["failed", "failed", "failed", "dead"]  # 1 try + 3 retries
     assert len(target.requests) == 4
-    [letter], _ = await DeadLetterStore(service.runtime.db).list(DeadLetterFilter(tool_id="fwd"))
-    assert (letter["error_class"], letter["retryable"]) == ("http_5xx", True)
+    store = DeadLetterStore(service.runtime.db)
+    [letter] = (await store.list(DeadLetterFilter(tool_id="fwd"))).items
+    assert (letter.error_class, letter.retryable) == ("http_5xx", True)
 
 
 async def test_retry_after_is_honoured(service: Service, target: Target) -> None:
@@ -175,18 +176,18 @@ async def test_a_dead_letter_retried_after_the_target_is_fixed_is_processed(
     event_id = await send(service, {"n": 6})
     await service.settled(event_id, "dead")
     store = DeadLetterStore(service.runtime.db)
-    [letter], _ = await store.list(DeadLetterFilter())
+    [letter] = (await store.list(DeadLetterFilter())).items
 
-    response = await service.client.post(f"/api/v1/dlq/{letter['id']}/retry")
+    response = await service.client.post(f"/api/v1/dlq/{letter.id}/retry")
     assert response.status_code == 202, response.text
     assert response.json()["status"] == "retrying"
-    again = await service.client.post(f"/api/v1/dlq/{letter['id']}/retry")
+    again = await service.client.post(f"/api/v1/dlq/{letter.id}/retry")
     assert again.status_code == 409  # already on its way
 
     event = await service.settled(event_id, "processed")
     assert outcomes(event) == ["dead", "forwarded"]
-    assert (await store.get(letter["id"]))["status"] == "resolved"
-    assert (await store.get(letter["id"]))["retry_count"] == 1
+    assert (await store.get(letter.id)).status == "resolved"
+    assert (await store.get(letter.id)).retry_count == 1
 
 
 async def test_a_dead_letter_that_fails_again_keeps_one_dead_letter(
@@ -197,17 +198,17 @@ async def test_a_dead_letter_that_fails_again_keeps_one_dead_letter(
     event_id = await send(service, {"n": 7})
     await service.settled(event_id, "dead")
     store = DeadLetterStore(service.runtime.db)
-    [letter], _ = await store.list(DeadLetterFilter())
-    assert (await service.client.post(f"/api/v1/dlq/{letter['id']}/retry")).status_code == 202
+    [letter] = (await store.list(DeadLetterFilter())).items
+    assert (await service.client.post(f"/api/v1/dlq/{letter.id}/retry")).status_code == 202
 
     async def failed_again() -> bool:
-        current = await store.get(letter["id"])
-        return current["status"] == "pending" and current["retry_count"] == 1
+        current = await store.get(letter.id)
+        return current.status == "pending" and current.retry_count == 1
 
     await eventually(failed_again, what="the dead letter to come back")
-    letters, _ = await store.list(DeadLetterFilter())
-    assert [item["id"] for item in letters] == [letter["id"]]
-    assert "422" in letters[0]["error"]
+    letters = (await store.list(DeadLetterFilter())).items
+    assert [item.id for item in letters] == [letter.id]
+    assert "422" in letters[0].error
 
 
 async def test_bulk_retry_by_filter_and_discard(service: Service, target: Target) -> None:
@@ -339,8 +340,8 @@ async def test_retryable_dead_letters_are_retried_automatically_up_to_the_cap(
         event_id = await send(service, {"n": 10})
         event = await service.settled(event_id, "processed", within=20)
         assert outcomes(event) == ["dead", "dead", "forwarded"]
-        [letter], _ = await DeadLetterStore(service.runtime.db).list(DeadLetterFilter())
-        assert (letter["status"], letter["retry_count"]) == ("resolved", 2)
+        [letter] = (await DeadLetterStore(service.runtime.db).list(DeadLetterFilter())).items
+        assert (letter.status, letter.retry_count) == ("resolved", 2)
 
 
 async def test_automatic_retries_stop_at_the_cap(
@@ -354,12 +355,12 @@ async def test_automatic_retries_stop_at_the_cap(
         store = DeadLetterStore(service.runtime.db)
 
         async def retried_once_and_back() -> bool:
-            letters, _ = await store.list(DeadLetterFilter(status="pending"))
-            return bool(letters) and letters[0]["retry_count"] == 1
+            letters = (await store.list(DeadLetterFilter(status="pending"))).items
+            return bool(letters) and letters[0].retry_count == 1
 
         await eventually(retried_once_and_back, within=20, what="one automatic retry")
         assert len(target.requests) == 2
-        assert (await service.runtime.events.get(event_id))["status"] == "dead"
+        assert (await service.runtime.events.get(event_id)).status == "dead"
 
 
 async def test_a_forwarded_event_redelivered_after_a_crash_is_not_forwarded_again(
@@ -398,7 +399,7 @@ async def test_a_forwarded_event_redelivered_after_a_crash_is_not_forwarded_agai
         assert [d.message.event_id for d in again.done] == [event_id]
         assert len(target.requests) == 1
         event = await runtime.events.get(event_id)
-        assert outcomes(event) == ["forwarded"]
+        assert [attempt.outcome for attempt in event.attempts] == ["forwarded"]
 
 
 async def test_filter_follows_jmespath_truth_where_zero_is_true(service: Service) -> None:
@@ -424,8 +425,8 @@ async def test_replaying_a_dead_event_resolves_its_dead_letter(
     await service.settled(event_id, "dead")
     assert (await service.client.post(f"/api/v1/events/{event_id}/replay")).status_code == 202
     await service.settled(event_id, "processed")
-    [letter], _ = await DeadLetterStore(service.runtime.db).list(DeadLetterFilter())
-    assert letter["status"] == "resolved"
+    [letter] = (await DeadLetterStore(service.runtime.db).list(DeadLetterFilter())).items
+    assert letter.status == "resolved"
 
 
 async def test_a_private_target_is_refused_without_allow_private_forward(

@@ -16,7 +16,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from webhook_worker.api.cursor import decode_cursor
 from webhook_worker.api.responses import JSONResponse
+from webhook_worker.api.views import dead_letter_view, event_view, page_view
 from webhook_worker.clock import parse_time
 from webhook_worker.errors import BadRequestError
 from webhook_worker.replay import Replayer
@@ -25,11 +27,12 @@ from webhook_worker.storage.deadletters import (
     DeadLetterStore,
 )
 from webhook_worker.storage.events import EventFilter, EventStore
+from webhook_worker.storage.rows import Page
 from webhook_worker.tools.service import ToolService
 from webhook_worker.vocabulary import DeadLetterStatus, EventStatus
 
 _F = TypeVar("_F", EventFilter, DeadLetterFilter)
-_Page = tuple[list[dict[str, Any]], str | None]
+_R = TypeVar("_R")
 
 
 class ManagementAPI:
@@ -97,14 +100,14 @@ class ManagementAPI:
         where = EventFilter(
             tool_id=query.get("tool_id") or None,
             event_type=query.get("event_type") or None,
-            status=status or None,
+            status=EventStatus(status) if status else None,
             since=_time(query.get("since"), "since"),
             until=_time(query.get("until"), "until"),
         )
-        return await _page(self._events.list, where, query)
+        return await _page(self._events.list, event_view, where, query)
 
     async def get_event(self, request: Request) -> Response:
-        return JSONResponse(await self._events.get(request.path_params["event_id"]))
+        return JSONResponse(event_view(await self._events.get(request.path_params["event_id"])))
 
     async def replay_event(self, request: Request) -> Response:
         event_id = request.path_params["event_id"]
@@ -115,19 +118,20 @@ class ManagementAPI:
         query = request.query_params
         _refuse_unknown(query, (*_DLQ_FILTERS, *_PAGING))
         where = _dead_letter_filter(dict(query))
-        return await _page(self._dead_letters.list, where, query)
+        return await _page(self._dead_letters.list, dead_letter_view, where, query)
 
     async def get_dead_letter(self, request: Request) -> Response:
         letter = await self._dead_letters.get(request.path_params["dlq_id"])
-        letter["event"] = await self._events.get(letter["event_id"])
-        return JSONResponse(letter)
+        event = await self._events.get(letter.event_id)
+        return JSONResponse(dead_letter_view(letter, event))
 
     async def discard_dead_letter(self, request: Request) -> Response:
-        return JSONResponse(await self._dead_letters.discard(request.path_params["dlq_id"]))
+        letter = await self._dead_letters.discard(request.path_params["dlq_id"])
+        return JSONResponse(dead_letter_view(letter))
 
     async def retry_dead_letter(self, request: Request) -> Response:
         letter = await self._replayer.retry_dead_letter(request.path_params["dlq_id"])
-        return JSONResponse(letter, status_code=202)
+        return JSONResponse(dead_letter_view(letter), status_code=202)
 
     async def retry_dead_letters(self, request: Request) -> Response:
         """Bulk: every pending dead letter matching the filter in the JSON body."""
@@ -174,17 +178,20 @@ _NUL = "the NUL character (\\u0000) is not allowed"
 
 
 async def _page(
-    list_page: Callable[[_F, int, str | None], Awaitable[_Page]],
+    list_page: Callable[[_F, int, str | None], Awaitable[Page[_R]]],
+    view: Callable[[_R], dict[str, Any]],
     where: _F,
     query: Mapping[str, str],
 ) -> Response:
     """A page of a list endpoint: ``limit`` and ``cursor`` from the query string, a malformed
     cursor a 400."""
+    limit = _limit(query.get("limit"))
+    cursor = query.get("cursor")
     try:
-        items, cursor = await list_page(where, _limit(query.get("limit")), query.get("cursor"))
+        after = decode_cursor(cursor) if cursor else None
     except ValueError as exc:
         raise BadRequestError(str(exc), "cursor") from None
-    return JSONResponse({"items": items, "next_cursor": cursor})
+    return JSONResponse(page_view(await list_page(where, limit, after), view))
 
 
 def _refuse_unknown(raw: Mapping[str, Any], known: tuple[str, ...]) -> None:
@@ -212,7 +219,7 @@ def _dead_letter_filter(raw: Mapping[str, Any]) -> DeadLetterFilter:
         tool_id=values["tool_id"],
         event_type=values["event_type"],
         error_class=values["error_class"],
-        status=status,
+        status=DeadLetterStatus(status) if status is not None else None,
         since=_time(values["since"], "since"),
         until=_time(values["until"], "until"),
     )

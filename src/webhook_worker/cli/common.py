@@ -14,6 +14,7 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
+from webhook_worker.api.cursor import decode_cursor
 from webhook_worker.config import Settings
 from webhook_worker.errors import (
     ConfigError,
@@ -24,6 +25,7 @@ from webhook_worker.errors import (
 from webhook_worker.observability.logging import configure
 from webhook_worker.runtime import database
 from webhook_worker.storage.database import Database
+from webhook_worker.storage.rows import Page
 from webhook_worker.storage.tools import ToolStore
 
 T = TypeVar("T")
@@ -94,15 +96,18 @@ def with_store(settings: Settings, action: Callable[[ToolStore], Awaitable[T]]) 
 
 def read_page(
     settings: Settings,
-    read: Callable[[Database], Awaitable[tuple[list[dict[str, Any]], str | None]]],
-) -> tuple[list[dict[str, Any]], str | None]:
-    """A page of a list command: its items and the next page's cursor. User errors end the
+    cursor: str | None,
+    read: Callable[[Database, str | None], Awaitable[Page[T]]],
+) -> Page[T]:
+    """The page of a list command that follows the page which printed ``cursor`` (the first
+    without one); ``read`` gets the position the cursor stands for. User errors end the
     command with one line; a malformed ``--cursor`` with exit code 2."""
+    try:
+        after = decode_cursor(cursor) if cursor else None
+    except ValueError as exc:
+        fail(f"--{exc}", 2)
     with user_errors():
-        try:
-            return with_database(settings, read)
-        except ValueError as exc:  # only a malformed cursor raises it
-            fail(f"--{exc}", 2)
+        return with_database(settings, lambda db: read(db, after))
 
 
 def print_table(table: Table) -> None:

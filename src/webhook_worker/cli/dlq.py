@@ -12,13 +12,15 @@ from __future__ import annotations
 import sys
 from dataclasses import replace
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.console import Group
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from webhook_worker.api.cursor import next_cursor
+from webhook_worker.api.views import dead_letter_view, page_view
 from webhook_worker.cli.common import (
     console,
     fail,
@@ -37,6 +39,7 @@ from webhook_worker.cli.events import (
     pipeline_errors,
     short_time,
 )
+from webhook_worker.clock import iso
 from webhook_worker.config import Settings
 from webhook_worker.runtime import open_runtime
 from webhook_worker.storage.database import Database
@@ -45,6 +48,7 @@ from webhook_worker.storage.deadletters import (
     DeadLetterStore,
 )
 from webhook_worker.storage.events import MAX_PAGE, EventStore
+from webhook_worker.storage.rows import DeadLetterRow, EventRow
 from webhook_worker.vocabulary import DeadLetterStatus
 
 app = typer.Typer(help="List, inspect, retry and discard dead letters.", no_args_is_help=True)
@@ -99,32 +103,32 @@ def list_dead_letters(
         fail(f"--status: expected one of {', '.join(tuple(DeadLetterStatus))}, got {status!r}", 2)
     where = _filter(tool, event_type, error_class, since, until, status=status)
     settings = load_settings(quiet_logs=True)
-    items, next_cursor = read_page(
-        settings, lambda db: DeadLetterStore(db).list(where, limit, cursor)
+    page = read_page(
+        settings, cursor, lambda db, after: DeadLetterStore(db).list(where, limit, after)
     )
     if as_json:
-        print_json({"items": items, "next_cursor": next_cursor})
+        print_json(page_view(page, dead_letter_view))
         return
-    if not items:
+    if not page.items:
         console.print(
             "no dead letters" + (" match" if cursor or where != DeadLetterFilter() else " yet")
         )
         return
     table = Table("id", "event id", "tool", "type", "error class", "retries", "status", "created")
     table.columns[0].no_wrap = True  # what `dlq show` and `dlq retry` take: never cut
-    for item in items:
+    for item in page.items:
         table.add_row(
-            item["id"],
-            item["event_id"],
-            item["tool_id"],
-            item["event_type"] or "",
-            item["error_class"] or "",
-            str(item["retry_count"]),
-            _styled(item["status"]),
-            short_time(item["created_at"]),
+            item.id,
+            item.event_id,
+            item.tool_id,
+            item.event_type or "",
+            item.error_class or "",
+            str(item.retry_count),
+            _styled(item.status),
+            short_time(item.created_at),
         )
     print_table(table)
-    if next_cursor:
+    if more := next_cursor(page):
         filters = [
             ("--tool", tool),
             ("--type", event_type),
@@ -133,7 +137,7 @@ def list_dead_letters(
             ("--since", since),
             ("--until", until),
         ]
-        print_next_page("webhook-worker dlq list", filters, limit, next_cursor)
+        print_next_page("webhook-worker dlq list", filters, limit, more)
 
 
 @app.command()
@@ -141,17 +145,16 @@ def show(dead_letter_id: IdArg, as_json: JsonOpt = False) -> None:
     """Show a dead letter with its event: payload, headers and every attempt."""
     settings = load_settings(quiet_logs=True)
 
-    async def load(db: Database) -> dict[str, Any]:
+    async def load(db: Database) -> tuple[DeadLetterRow, EventRow]:
         letter = await DeadLetterStore(db).get(dead_letter_id)
-        letter["event"] = await EventStore(db).get(letter["event_id"])
-        return letter
+        return letter, await EventStore(db).get(letter.event_id)
 
     with user_errors():
-        letter = with_database(settings, load)
+        letter, event = with_database(settings, load)
     if as_json:
-        print_json(letter)
+        print_json(dead_letter_view(letter, event))
         return
-    console.print(_describe(letter))
+    console.print(_describe(letter, event))
 
 
 @app.command()
@@ -202,18 +205,16 @@ def discard(dead_letter_id: IdArg) -> None:
 
     with user_errors():
         letter = with_database(settings, lambda db: DeadLetterStore(db).discard(dead_letter_id))
-    console.print(
-        f"discarded dead letter {letter['id']} (event {letter['event_id']})", highlight=False
-    )
+    console.print(f"discarded dead letter {letter.id} (event {letter.event_id})", highlight=False)
 
 
 def _retry_one(settings: Settings, dead_letter_id: str) -> None:
-    async def go() -> dict[str, Any]:
+    async def go() -> DeadLetterRow:
         async with open_runtime(settings) as runtime:
             return await runtime.replayer.retry_dead_letter(dead_letter_id)
 
     with pipeline_errors():
-        event_id = run_async(go())["event_id"]
+        event_id = run_async(go()).event_id
     console.print(
         f"requeued dead letter {dead_letter_id} (event {event_id}): follow it with "
         f"`webhook-worker events show {event_id}`",
@@ -295,7 +296,7 @@ def _filter(
         tool_id=tool or None,
         event_type=event_type or None,
         error_class=error_class or None,
-        status=status,
+        status=DeadLetterStatus(status) if status is not None else None,
         since=parse_when(since, "--since"),
         until=parse_when(until, "--until"),
     )
@@ -321,20 +322,20 @@ def _styled(status: str) -> str:
     return f"[{style}]{status}[/]" if style else status
 
 
-def _describe(letter: dict[str, Any]) -> Group:
+def _describe(letter: DeadLetterRow, event: EventRow) -> Group:
     summary = Table.grid(padding=(0, 2))
     summary.add_column(style="bold")
     summary.add_column()
-    retryable = "retryable" if letter.get("retryable") else "not retryable"
+    retryable = "retryable" if letter.retryable else "not retryable"
     for label, value in (
-        ("dead letter", letter["id"]),
-        ("status", _styled(letter["status"])),
-        ("error class", f"{letter['error_class']} ({retryable})"),
-        ("error", letter["error"] or "-"),
-        ("retries", str(letter["retry_count"])),
-        ("created", letter["created_at"] or "-"),
-        ("last retry", letter["last_retry_at"] or "-"),
-        ("next auto retry", letter.get("next_retry_at") or "-"),
+        ("dead letter", letter.id),
+        ("status", _styled(letter.status)),
+        ("error class", f"{letter.error_class} ({retryable})"),
+        ("error", letter.error or "-"),
+        ("retries", str(letter.retry_count)),
+        ("created", iso(letter.created_at) or "-"),
+        ("last retry", iso(letter.last_retry_at) or "-"),
+        ("next auto retry", iso(letter.next_retry_at) or "-"),
     ):
         summary.add_row(label, value)
-    return Group(summary, "", "[bold]event[/]", describe_event(letter["event"]))
+    return Group(summary, "", "[bold]event[/]", describe_event(event))

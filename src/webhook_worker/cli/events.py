@@ -18,6 +18,8 @@ from rich.json import JSON
 from rich.panel import Panel
 from rich.table import Table
 
+from webhook_worker.api.cursor import next_cursor
+from webhook_worker.api.views import event_view, page_view
 from webhook_worker.cli.common import (
     console,
     fail,
@@ -30,21 +32,22 @@ from webhook_worker.cli.common import (
     user_errors,
     with_database,
 )
-from webhook_worker.clock import parse_time
+from webhook_worker.clock import iso, parse_time
 from webhook_worker.config import parse_duration
 from webhook_worker.errors import ConflictError, QueueUnavailableError
 from webhook_worker.runtime import StartupError, open_runtime
 from webhook_worker.storage.events import MAX_PAGE, EventFilter, EventStore
+from webhook_worker.storage.rows import EventRow
 from webhook_worker.vocabulary import EventStatus
 
 app = typer.Typer(help="List, inspect and replay stored events.", no_args_is_help=True)
 
-_STATUS_STYLES = {
-    "processed": "green",
-    "pending": "cyan",
-    "ignored": "dim",
-    "retrying": "yellow",
-    "dead": "red",
+_STATUS_STYLES: dict[str, str] = {
+    EventStatus.PROCESSED: "green",
+    EventStatus.PENDING: "cyan",
+    EventStatus.IGNORED: "dim",
+    EventStatus.RETRYING: "yellow",
+    EventStatus.DEAD: "red",
 }
 
 
@@ -109,32 +112,31 @@ def list_events(
     where = EventFilter(
         tool_id=tool or None,
         event_type=event_type or None,
-        status=status,
+        status=EventStatus(status) if status is not None else None,
         since=parse_when(since, "--since"),
         until=parse_when(until, "--until"),
     )
     settings = load_settings(quiet_logs=True)
-    items, next_cursor = read_page(settings, lambda db: EventStore(db).list(where, limit, cursor))
+    page = read_page(settings, cursor, lambda db, after: EventStore(db).list(where, limit, after))
     if as_json:
-        print_json({"items": items, "next_cursor": next_cursor})
+        print_json(page_view(page, event_view))
         return
-    if not items:
+    if not page.items:
         console.print("no events" + (" match" if cursor or where != EventFilter() else " yet"))
         return
     table = Table("id", "tool", "type", "delivery id", "status", "received")
     table.columns[0].no_wrap = True
-    for item in items:
-        style = _STATUS_STYLES.get(item["status"], "")
+    for item in page.items:
         table.add_row(
-            item["id"],
-            item["tool_id"],
-            item["event_type"] or "",
-            item["delivery_id"],
-            f"[{style}]{item['status']}[/]" if style else item["status"],
-            short_time(item["received_at"]),
+            item.id,
+            item.tool_id,
+            item.event_type or "",
+            item.delivery_id,
+            _styled(item.status),
+            short_time(item.received_at),
         )
     print_table(table)
-    if next_cursor:
+    if more := next_cursor(page):
         filters = [
             ("--tool", tool),
             ("--type", event_type),
@@ -142,7 +144,7 @@ def list_events(
             ("--since", since),
             ("--until", until),
         ]
-        print_next_page("webhook-worker events list", filters, limit, next_cursor)
+        print_next_page("webhook-worker events list", filters, limit, more)
 
 
 @app.command()
@@ -158,7 +160,7 @@ def show(
     with user_errors():
         event = with_database(settings, lambda db: EventStore(db).get(event_id))
     if as_json:
-        print_json(event)
+        print_json(event_view(event))
         return
     console.print(describe_event(event))
 
@@ -185,59 +187,59 @@ def replay(
     )
 
 
-def describe_event(event: dict[str, Any]) -> Group:
+def describe_event(event: EventRow) -> Group:
     """An event for a terminal: summary, headers, payload (and raw payload), attempts."""
     summary = Table.grid(padding=(0, 2))
     summary.add_column(style="bold")
     summary.add_column()
-    style = _STATUS_STYLES.get(event["status"], "")
     for label, value in (
-        ("id", event["id"]),
-        ("tool", event["tool_id"]),
-        ("type", event["event_type"] or "-"),
-        ("delivery id", event["delivery_id"]),
-        ("status", f"[{style}]{event['status']}[/]" if style else event["status"]),
-        ("received", event["received_at"]),
-        ("processed", event["processed_at"] or "-"),
+        ("id", event.id),
+        ("tool", event.tool_id),
+        ("type", event.event_type or "-"),
+        ("delivery id", event.delivery_id),
+        ("status", _styled(event.status)),
+        ("received", iso(event.received_at) or "-"),
+        ("processed", iso(event.processed_at) or "-"),
     ):
         summary.add_row(label, value)
 
     headers = Table("header", "value", box=None, show_edge=False)
-    for name, value in sorted((event.get("headers") or {}).items()):
+    for name, value in sorted(event.headers.items()):
         headers.add_row(name, str(value))
 
     attempts = Table("#", "started", "ms", "outcome", "http", "error class", "error")
-    for attempt in event["attempts"]:
+    for attempt in event.attempts:
         attempts.add_row(
-            str(attempt["attempt"]),
-            attempt["started_at"] or "",
-            f"{attempt['duration_ms']:.1f}",
-            attempt["outcome"],
-            str(attempt["http_status"] or ""),
-            attempt["error_class"] or "",
-            attempt["error"] or "",
+            str(attempt.attempt),
+            iso(attempt.started_at) or "",
+            f"{attempt.duration_ms:.1f}",
+            attempt.outcome,
+            str(attempt.http_status or ""),
+            attempt.error_class or "",
+            attempt.error or "",
         )
 
+    shown = event_view(event)  # payload and raw payload by the API's rule
     parts: list[Any] = [
         summary,
         Panel(headers, title="headers", title_align="left"),
-        Panel(_body(event["payload"]), title="payload", title_align="left"),
+        Panel(_body(shown["payload"]), title="payload", title_align="left"),
     ]
-    if "raw_payload" in event:
-        parts.append(Panel(_body(event["raw_payload"]), title="raw payload", title_align="left"))
-    parts.append(attempts if event["attempts"] else "no attempts recorded yet")
+    if "raw_payload" in shown:
+        parts.append(Panel(_body(shown["raw_payload"]), title="raw payload", title_align="left"))
+    parts.append(attempts if event.attempts else "no attempts recorded yet")
     return Group(*parts)
+
+
+def _styled(status: EventStatus) -> str:
+    style = _STATUS_STYLES.get(status, "")
+    return f"[{style}]{status}[/]" if style else status
 
 
 def _body(value: Any) -> Any:
     return value if isinstance(value, str) else JSON.from_data(value)
 
 
-def short_time(value: str | None) -> str:
-    """``2024-01-15 10:30:00Z`` from an API time (to the second, for tables)."""
-    if not value:
-        return ""
-    try:
-        return parse_time(value).strftime("%Y-%m-%d %H:%M:%SZ")
-    except ValueError:
-        return value
+def short_time(value: datetime) -> str:
+    """``2024-01-15 10:30:00Z`` (to the second, for tables)."""
+    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%SZ")

@@ -6,20 +6,20 @@ queue updates its dead letter (error, class, status) instead of adding a second 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Select, func, select, update
+from sqlalchemy import RowMapping, Select, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from webhook_worker.clock import iso
 from webhook_worker.errors import NotFoundError
 from webhook_worker.storage.database import Database
-from webhook_worker.storage.events import MAX_PAGE, decode_cursor, encode_cursor
+from webhook_worker.storage.events import MAX_PAGE
 from webhook_worker.storage.records import DeadLetterRecord, as_rows
+from webhook_worker.storage.rows import DeadLetterRow, Page, utc, utc_or_none
 from webhook_worker.storage.schema import dead_letters
 from webhook_worker.vocabulary import DeadLetterStatus
 
@@ -67,7 +67,7 @@ class DeadLetterFilter:
     tool_id: str | None = None
     event_type: str | None = None
     error_class: str | None = None
-    status: str | None = None
+    status: DeadLetterStatus | None = None
     since: datetime | None = None
     until: datetime | None = None
 
@@ -89,43 +89,36 @@ class DeadLetterFilter:
 
 
 class DeadLetterStore:
+    """The read side, as :class:`DeadLetterRow`, and discarding one."""
+
     def __init__(self, db: Database) -> None:
         self._db = db
 
     async def list(
-        self, where: DeadLetterFilter, limit: int = 50, cursor: str | None = None
-    ) -> tuple[list[dict[str, Any]], str | None]:
-        """A page of dead letters, newest first, and the next page's cursor."""
+        self, where: DeadLetterFilter, limit: int = 50, after: str | None = None
+    ) -> Page[DeadLetterRow]:
+        """A page of dead letters, newest first, starting after the dead letter id ``after``."""
         limit = max(1, min(limit, MAX_PAGE))
         query = (
             where.apply(select(dead_letters)).order_by(dead_letters.c.id.desc()).limit(limit + 1)
         )
-        if cursor:
-            query = query.where(dead_letters.c.id < decode_cursor(cursor))
+        if after:
+            query = query.where(dead_letters.c.id < after)
         async with self._db.connect() as conn:
-            rows = [dict(row) for row in (await conn.execute(query)).mappings()]
-        more = len(rows) > limit
-        rows = rows[:limit]
-        return [dead_letter_view(row) for row in rows], encode_cursor(
-            rows[-1]["id"]
-        ) if more else None
+            rows = list((await conn.execute(query)).mappings())
+        items = [_dead_letter_row(row) for row in rows[:limit]]
+        return Page(items, items[-1].id if len(rows) > limit else None)
 
-    async def get(self, dead_letter_id: str) -> dict[str, Any]:
+    async def get(self, dead_letter_id: str) -> DeadLetterRow:
+        """The dead letter; NotFoundError when there is none."""
         async with self._db.connect() as conn:
-            row = (
-                (
-                    await conn.execute(
-                        select(dead_letters).where(dead_letters.c.id == dead_letter_id)
-                    )
-                )
-                .mappings()
-                .first()
-            )
-        if row is None:
+            letter = await dead_letter(conn, dead_letter_id)
+        if letter is None:
             raise NotFoundError(f"no dead letter {dead_letter_id!r}")
-        return dead_letter_view(dict(row))
+        return letter
 
-    async def discard(self, dead_letter_id: str) -> dict[str, Any]:
+    async def discard(self, dead_letter_id: str) -> DeadLetterRow:
+        """Mark the dead letter ``discarded`` (no automatic retry); returns it as it is now."""
         async with self._db.begin() as conn:
             result = await conn.execute(
                 update(dead_letters)
@@ -141,6 +134,7 @@ class DeadLetterStore:
         return await self.get(dead_letter_id)
 
     async def count(self, where: DeadLetterFilter) -> int:
+        """How many dead letters match ``where``."""
         query = where.apply(select(func.count()).select_from(dead_letters))
         async with self._db.connect() as conn:
             return int(await conn.scalar(query) or 0)
@@ -156,19 +150,26 @@ class DeadLetterStore:
             return int(await conn.scalar(query) or 0)
 
 
-def dead_letter_view(row: Mapping[str, Any]) -> dict[str, Any]:
-    """The SPEC shape of a dead letter (plus ``retryable`` and ``next_retry_at``)."""
-    return {
-        "id": row["id"],
-        "event_id": row["event_id"],
-        "tool_id": row["tool_id"],
-        "event_type": row["event_type"],
-        "error": row["error"],
-        "error_class": row["error_class"],
-        "retryable": row["retryable"],
-        "retry_count": row["retry_count"],
-        "status": row["status"],
-        "created_at": iso(row["created_at"]),
-        "last_retry_at": iso(row["last_retry_at"]),
-        "next_retry_at": iso(row["next_retry_at"]),
-    }
+async def dead_letter(conn: AsyncConnection, dead_letter_id: str) -> DeadLetterRow | None:
+    """The dead letter as ``conn`` sees it (inside the caller's transaction), or None."""
+    query = select(dead_letters).where(dead_letters.c.id == dead_letter_id)
+    row = (await conn.execute(query)).mappings().first()
+    return None if row is None else _dead_letter_row(row)
+
+
+def _dead_letter_row(row: RowMapping) -> DeadLetterRow:
+    return DeadLetterRow(
+        id=row["id"],
+        event_id=row["event_id"],
+        tool_id=row["tool_id"],
+        event_type=row["event_type"],
+        error=row["error"],
+        error_class=row["error_class"],
+        retryable=row["retryable"],
+        retry_count=row["retry_count"],
+        status=DeadLetterStatus(row["status"]),
+        created_at=utc(row["created_at"]),
+        updated_at=utc(row["updated_at"]),
+        last_retry_at=utc_or_none(row["last_retry_at"]),
+        next_retry_at=utc_or_none(row["next_retry_at"]),
+    )

@@ -3,21 +3,15 @@ behind ``/api/v1/events`` and ``webhook-worker events``."""
 
 from __future__ import annotations
 
-import base64
-import binascii
-import re
-import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-import orjson
-from sqlalchemy import Insert, Table, bindparam, select, update
+from sqlalchemy import Insert, RowMapping, Select, Table, bindparam, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from webhook_worker.clock import iso
 from webhook_worker.errors import NotFoundError
 from webhook_worker.storage.database import Database, json_text
 from webhook_worker.storage.records import (
@@ -27,20 +21,36 @@ from webhook_worker.storage.records import (
     OutcomeRecord,
     as_rows,
 )
+from webhook_worker.storage.rows import AttemptRow, EventRow, Page, utc, utc_or_none
 from webhook_worker.storage.schema import attempts, events
 from webhook_worker.vocabulary import EventStatus
 
 MAX_PAGE = 500
-_CURSOR = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
 @dataclass(frozen=True, slots=True)
 class EventFilter:
     tool_id: str | None = None
     event_type: str | None = None
-    status: str | None = None
+    status: EventStatus | None = None
     since: datetime | None = None
     until: datetime | None = None
+
+    def apply(self, query: Select[Any]) -> Select[Any]:
+        """``query`` narrowed to the events this filter matches (an unset field matches all)."""
+        e = events.c
+        for column, value in (
+            (e.tool_id, self.tool_id),
+            (e.event_type, self.event_type),
+            (e.status, self.status),
+        ):
+            if value:
+                query = query.where(column == value)
+        if self.since:
+            query = query.where(e.received_at >= self.since)
+        if self.until:
+            query = query.where(e.received_at < self.until)
+        return query
 
 
 def insert_ignoring_conflicts(dialect: str, table: Table) -> Insert:
@@ -131,62 +141,49 @@ async def update_outcomes(conn: AsyncConnection, records: Sequence[OutcomeRecord
 
 
 class EventStore:
+    """The read side: events with their attempts, as :class:`EventRow`."""
+
     def __init__(self, db: Database) -> None:
         self._db = db
 
     async def list(
-        self, where: EventFilter, limit: int = 50, cursor: str | None = None
-    ) -> tuple[list[dict[str, Any]], str | None]:
-        """A page of events, newest first, and the cursor of the next page (None at the end)."""
+        self, where: EventFilter, limit: int = 50, after: str | None = None
+    ) -> Page[EventRow]:
+        """A page of events, newest first, starting after the event id ``after``."""
         limit = max(1, min(limit, MAX_PAGE))
-        query = select(events).order_by(events.c.id.desc()).limit(limit + 1)
-        if where.tool_id:
-            query = query.where(events.c.tool_id == where.tool_id)
-        if where.event_type:
-            query = query.where(events.c.event_type == where.event_type)
-        if where.status:
-            query = query.where(events.c.status == where.status)
-        if where.since:
-            query = query.where(events.c.received_at >= where.since)
-        if where.until:
-            query = query.where(events.c.received_at < where.until)
-        if cursor:
-            query = query.where(events.c.id < decode_cursor(cursor))
+        query = where.apply(select(events)).order_by(events.c.id.desc()).limit(limit + 1)
+        if after:
+            query = query.where(events.c.id < after)
         async with self._db.connect() as conn:
-            rows = [dict(row) for row in (await conn.execute(query)).mappings()]
+            rows = list((await conn.execute(query)).mappings())
             more = len(rows) > limit
             rows = rows[:limit]
             by_event = await _attempts_of(conn, [row["id"] for row in rows])
-        items = [event_view(row, by_event.get(row["id"], [])) for row in rows]
-        return items, encode_cursor(rows[-1]["id"]) if more else None
+        items = [_event_row(row, by_event.get(row["id"], ())) for row in rows]
+        return Page(items, items[-1].id if more else None)
 
-    async def get(self, event_id: str) -> dict[str, Any]:
+    async def get(self, event_id: str) -> EventRow:
+        """The event with its attempts; NotFoundError when there is none."""
         async with self._db.connect() as conn:
-            row = (
-                (await conn.execute(select(events).where(events.c.id == event_id)))
-                .mappings()
-                .first()
-            )
+            query = select(events).where(events.c.id == event_id)
+            row = (await conn.execute(query)).mappings().first()
             if row is None:
                 raise NotFoundError(f"no event {event_id!r}")
             by_event = await _attempts_of(conn, [event_id])
-        return event_view(dict(row), by_event.get(event_id, []))
+        return _event_row(row, by_event.get(event_id, ()))
 
     async def count(self, where: EventFilter | None = None) -> int:
-        from sqlalchemy import func
-
+        """How many events match ``where`` (all of them without it)."""
         query = select(func.count()).select_from(events)
-        if where and where.tool_id:
-            query = query.where(events.c.tool_id == where.tool_id)
-        if where and where.status:
-            query = query.where(events.c.status == where.status)
+        if where is not None:
+            query = where.apply(query)
         async with self._db.connect() as conn:
             return int(await conn.scalar(query) or 0)
 
 
 async def _attempts_of(
     conn: AsyncConnection, event_ids: list[str]
-) -> dict[str, list[dict[str, Any]]]:
+) -> dict[str, tuple[AttemptRow, ...]]:
     if not event_ids:
         return {}
     query = (
@@ -194,61 +191,34 @@ async def _attempts_of(
         .where(attempts.c.event_id.in_(event_ids))
         .order_by(attempts.c.event_id, attempts.c.attempt)
     )
-    grouped: dict[str, list[dict[str, Any]]] = {}
+    grouped: dict[str, list[AttemptRow]] = {}
     for row in (await conn.execute(query)).mappings():
         grouped.setdefault(row["event_id"], []).append(
-            {
-                "attempt": row["attempt"],
-                "started_at": iso(row["started_at"]),
-                "duration_ms": round(row["duration_ms"], 3),
-                "outcome": row["outcome"],
-                "error_class": row["error_class"],
-                "error": row["error"],
-                "http_status": row["http_status"],
-            }
+            AttemptRow(
+                attempt=row["attempt"],
+                started_at=utc(row["started_at"]),
+                duration_ms=row["duration_ms"],
+                outcome=row["outcome"],
+                error_class=row["error_class"],
+                error=row["error"],
+                http_status=row["http_status"],
+            )
         )
-    return grouped
+    return {event_id: tuple(rows) for event_id, rows in grouped.items()}
 
 
-def event_view(row: Mapping[str, Any], attempt_list: list[dict[str, Any]]) -> dict[str, Any]:
-    """The SPEC shape of an event. ``payload`` is what was stored (the transform's result when
-    there is one); ``raw_payload`` is the body as received, present only when it differs."""
-    body = decode_body(row["body"])
-    view: dict[str, Any] = {
-        "id": row["id"],
-        "tool_id": row["tool_id"],
-        "event_type": row["event_type"],
-        "delivery_id": row["delivery_id"],
-        "status": row["status"],
-        "received_at": iso(row["received_at"]),
-        "processed_at": iso(row["processed_at"]),
-        "payload": body if row["payload"] is None else row["payload"],
-        "headers": row["headers"],
-        "attempts": attempt_list,
-    }
-    if row["payload"] is not None:
-        view["raw_payload"] = body
-    return view
-
-
-def decode_body(body: bytes) -> Any:
-    """The body as JSON when it is JSON, else as text (undecodable bytes replaced)."""
-    try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return body.decode("utf-8", errors="replace")
-
-
-def encode_cursor(event_id: str) -> str:
-    return base64.urlsafe_b64encode(event_id.encode()).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> str:
-    """The event id a cursor stands for; ValueError for anything this API did not hand out."""
-    try:
-        if not _CURSOR.match(cursor):
-            raise ValueError
-        event_id = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        return str(uuid.UUID(event_id))
-    except (ValueError, binascii.Error, UnicodeDecodeError):
-        raise ValueError("cursor: not a cursor this API returned") from None
+def _event_row(row: RowMapping, attempt_rows: tuple[AttemptRow, ...]) -> EventRow:
+    return EventRow(
+        id=row["id"],
+        tool_id=row["tool_id"],
+        event_type=row["event_type"],
+        delivery_id=row["delivery_id"],
+        status=EventStatus(row["status"]),
+        received_at=utc(row["received_at"]),
+        processed_at=utc_or_none(row["processed_at"]),
+        headers=row["headers"],
+        body=bytes(row["body"]),
+        payload=row["payload"],
+        attempt_count=row["attempt_count"],
+        attempts=attempt_rows,
+    )
