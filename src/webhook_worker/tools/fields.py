@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from ipaddress import IPv4Network, IPv6Network, ip_network
-from typing import Annotated, Any, Final, NoReturn
+from typing import Annotated, Any, Final, Literal, NoReturn
 from urllib.parse import urlsplit
 
 import jmespath
@@ -53,13 +53,19 @@ class Kind:
     label: str
 
 
+def choices(values: Iterable[str]) -> str:
+    """A closed set of words as the docs table shows them: backquoted, joined with "or"."""
+    words = [f"`{value}`" for value in values]
+    return ", ".join(words[:-1]) + " or " + words[-1] if len(words) > 1 else "".join(words)
+
+
 def refuse(message: str) -> NoReturn:
     """Refuse a value with ``message`` as the whole explanation (no pydantic wording added)."""
     raise PydanticCustomError(REFUSED, message)
 
 
 def _identifier(value: Any) -> str:
-    if not isinstance(value, str) or not _ID.match(value):
+    if not isinstance(value, str) or not _ID.fullmatch(value):
         refuse(f"required: {ID_RULE}")
     return value
 
@@ -179,7 +185,7 @@ Provider = Annotated[
     str,
     PlainValidator(_provider),
     WithJsonSchema({"type": "string", "enum": list(PRESETS)}),
-    Kind("provider"),
+    Kind(choices(PRESETS)),
 ]
 HeaderName = Annotated[
     str, PlainValidator(_header_name), WithJsonSchema(_HEADER_SCHEMA), Kind("header name")
@@ -258,5 +264,12 @@ SigningSecret = Annotated[
     WithJsonSchema({"type": "string", "minLength": 1, "examples": ["whsec_c2VjcmV0LWtleQ=="]}),
     Kind("secret (whsec_...)"),
 ]
-Upper = BeforeValidator(_upper)
-"""Before a Literal of upper-case words: accepts them in any case (``"put"`` is ``PUT``)."""
+Method = Annotated[
+    Literal["POST", "PUT", "PATCH"],
+    BeforeValidator(_upper),
+    # Any case is accepted ("put" is PUT), and the schema says so.
+    WithJsonSchema(
+        {"type": "string", "pattern": "^([Pp][Oo][Ss][Tt]|[Pp][Uu][Tt]|[Pp][Aa][Tt][Cc][Hh])$"}
+    ),
+    Kind(choices(["POST", "PUT", "PATCH"])),
+]

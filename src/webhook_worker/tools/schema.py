@@ -38,11 +38,12 @@ from webhook_worker.tools.fields import (
     HeaderName,
     HeaderNames,
     Identifier,
+    Kind,
+    Method,
     Network,
     PositiveDuration,
     Provider,
     SigningSecret,
-    Upper,
     Url,
     refuse,
 )
@@ -97,8 +98,9 @@ class AuthDefinition(Section):
     )
     header: HeaderName | None = Field(
         None,
-        description="The header carrying the signature or token; required by `hmac` and "
-        "`token`, refused by the fixed-header types.",
+        description="The header carrying the signature or token: required by `hmac` and "
+        "`token`; for `bearer` and `basic`, used instead of `Authorization`; refused by the "
+        "fixed-header types.",
     )
     algorithm: Literal["sha256", "sha1", "sha512"] = Field(
         "sha256", description="`hmac`: the digest."
@@ -145,6 +147,7 @@ def _header_shorthand(value: Any) -> Any:
 Source = Annotated[
     FieldSourceDefinition,
     BeforeValidator(_header_shorthand, json_schema_input_type=HeaderName | FieldSourceDefinition),
+    Kind("header name, or object"),
 ]
 """A header name alone is short for ``{"header": name}``."""
 
@@ -164,15 +167,16 @@ class EventOverride(Section):
         return mode
 
 
+Overrides = Annotated[dict[str, EventOverride], Kind("object: event type to overrides")]
+
+
 class ForwardDefinition(Section):
     """Where ``store_and_forward`` sends each event, signed when ``signing_secret`` is set."""
 
     shape = 'an object such as {"url": "https://..."}'
 
     url: Url = Field(description="The http:// or https:// URL events are sent to.")
-    method: Annotated[Literal["POST", "PUT", "PATCH"], Upper] = Field(
-        "POST", description="The HTTP method (any case)."
-    )
+    method: Method = Field("POST", description="The HTTP method (any case).")
     headers: ForwardHeaders | None = Field(
         None,
         description="Extra request headers. Values of credential headers (names with "
@@ -221,6 +225,10 @@ class RateLimitDefinition(Section):
     per: PositiveDuration = Field(1.0, description="The window.")
 
 
+ServerTime = Annotated[Any, Kind("time")]
+"""``created_at`` and ``updated_at``: whatever a client sends back is ignored."""
+
+
 class ToolDefinition(Section):
     """A tool as it is created, replaced or applied (``POST /api/v1/tools``, ``tools apply``)."""
 
@@ -261,7 +269,7 @@ class ToolDefinition(Section):
         description="What the worker does with each event: store it, store and forward it "
         "(needs `forward`), or store the result of `transform` (needs `transform`).",
     )
-    events: dict[str, EventOverride] | None = Field(
+    events: Overrides | None = Field(
         None,
         description="Overrides of `mode`, `filter` and `transform` per event type.",
         examples=[{"push": {"mode": "store_only"}}],
@@ -285,12 +293,12 @@ class ToolDefinition(Section):
     rate_limit: RateLimitDefinition | None = Field(
         None, description="Requests above it are answered 429; unset: no limit."
     )
-    created_at: Any = Field(
+    created_at: ServerTime = Field(
         None,
         description="Set by the server; ignored when sent back.",
         json_schema_extra={"readOnly": True},
     )
-    updated_at: Any = Field(
+    updated_at: ServerTime = Field(
         None,
         description="Set by the server; ignored when sent back.",
         json_schema_extra={"readOnly": True},
@@ -309,10 +317,10 @@ class ToolView(ToolDefinition):
     """A stored tool as the API shows it: its definition with every secret redacted, and when
     it was created and last changed."""
 
-    created_at: Any = Field(
+    created_at: ServerTime = Field(
         description="When the tool was created.", json_schema_extra={"readOnly": True, **_TIME}
     )
-    updated_at: Any = Field(
+    updated_at: ServerTime = Field(
         description="When the tool was last changed.",
         json_schema_extra={"readOnly": True, **_TIME},
     )
