@@ -42,6 +42,8 @@ FIXED_HEADER_SCHEMES: Final[dict[str, tuple[str, ...]]] = {
     AuthType.STANDARD_WEBHOOKS: standard_webhooks.SIGNATURE_HEADERS,
 }
 _NEEDS_HEADER: Final = frozenset({AuthType.HMAC, AuthType.TOKEN})
+_AUTH_DEFAULTS: Final = AuthDefinition.model_validate({})
+"""What a field neither the tool nor its preset sets is (the declared defaults)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,7 +171,7 @@ def _auth(definition: AuthDefinition | None, preset: Preset) -> AuthConfig:
     # The preset's fields apply only while the tool keeps the preset's scheme.
     keeps_scheme = given.get("type", base.get("type")) == base.get("type")
     merged = {**base, **given} if keeps_scheme else given
-    kind = AuthType(merged.get("type", AuthType.NONE))
+    kind = AuthType(merged.get("type", _AUTH_DEFAULTS.type))
 
     secrets: list[Any] = [merged["secret"]] if "secret" in merged else []
     secrets.extend(merged.get("secrets") or [])
@@ -203,9 +205,9 @@ def _auth(definition: AuthDefinition | None, preset: Preset) -> AuthConfig:
         type=kind,
         secrets=tuple(secrets),
         header=header,
-        algorithm=merged.get("algorithm", "sha256"),
-        encoding=merged.get("encoding", "hex"),
-        prefix=merged.get("prefix", ""),
+        algorithm=merged.get("algorithm", _AUTH_DEFAULTS.algorithm),
+        encoding=merged.get("encoding", _AUTH_DEFAULTS.encoding),
+        prefix=merged.get("prefix", _AUTH_DEFAULTS.prefix),
         tolerance=merged.get("tolerance"),
         timestamp_header=timestamp_header,
     )
