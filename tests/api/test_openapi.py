@@ -74,7 +74,7 @@ def _resolve(document: dict[str, Any], schema: dict[str, Any], name: str) -> dic
     [
         ("ToolDefinition", ToolDefinition),
         ("ToolReplacement", ToolDefinition),
-        ("ToolView", ToolView),
+        ("Tool", ToolView),
     ],
 )
 def test_every_declared_tool_field_is_in_the_document(
@@ -108,7 +108,7 @@ def test_the_tool_schemas_are_the_declaration_s() -> None:
     }
     for method in ("get", "put", "patch"):
         answer = tool[method]["responses"]["200"]["content"]["application/json"]["schema"]
-        assert answer == {"$ref": body.format("ToolView")}
+        assert answer == {"$ref": body.format("Tool")}
 
 
 def _validator(component: str) -> Any:

@@ -21,12 +21,14 @@ def _ref(name: str) -> dict[str, str]:
 def tool_schemas() -> dict[str, Any]:
     """The tool's components, generated from its declaration (tools/schema.py):
     ``ToolDefinition`` (what POST takes), ``ToolReplacement`` (PUT: the id comes from the URL),
-    ``ToolPatch`` (PATCH) and ``ToolView`` (what every answer shows), with the sections and
-    enums they refer to."""
+    ``ToolPatch`` (PATCH) and ``Tool`` (what every answer shows: ToolView), with the sections
+    and enums they refer to."""
     _, top = models_json_schema(
         [(ToolDefinition, "validation"), (ToolView, "validation")], ref_template=_REF_TEMPLATE
     )
     schemas: dict[str, Any] = top["$defs"]
+    # Only the paths refer to the view, so it can keep the component name answers always had.
+    schemas["Tool"] = schemas.pop(ToolView.__name__)
     replacement = copy.deepcopy(schemas[ToolDefinition.__name__])
     # Whatever id the body holds is ignored: the URL names the tool.
     replacement["properties"]["id"] = {"description": "Ignored: the URL's tool_id is the id."}
@@ -219,13 +221,13 @@ def document() -> dict[str, Any]:
             "/api/v1/tools": {
                 "get": {
                     "summary": "List tools",
-                    "responses": {"200": _json(_page("ToolView"), "tools"), **_COMMON},
+                    "responses": {"200": _json(_page("Tool"), "tools"), **_COMMON},
                 },
                 "post": {
                     "summary": "Create a tool",
                     "requestBody": _json(_ref("ToolDefinition"), "definition"),
                     "responses": {
-                        "201": _json(_ref("ToolView"), "created"),
+                        "201": _json(_ref("Tool"), "created"),
                         "400": _error("invalid; names the field"),
                         **_COMMON,
                     },
@@ -236,7 +238,7 @@ def document() -> dict[str, Any]:
                 "get": {
                     "summary": "Show a tool (secrets redacted)",
                     "responses": {
-                        "200": _json(_ref("ToolView"), "tool"),
+                        "200": _json(_ref("Tool"), "tool"),
                         "404": _error("unknown"),
                         **_COMMON,
                     },
@@ -245,7 +247,7 @@ def document() -> dict[str, Any]:
                     "summary": "Replace a tool",
                     "requestBody": _json(_ref("ToolReplacement"), "definition"),
                     "responses": {
-                        "200": _json(_ref("ToolView"), "replaced"),
+                        "200": _json(_ref("Tool"), "replaced"),
                         "400": _error("invalid"),
                         "404": _error("unknown"),
                         **_COMMON,
@@ -255,7 +257,7 @@ def document() -> dict[str, Any]:
                     "summary": "Change a tool (JSON merge patch)",
                     "requestBody": _json(_ref("ToolPatch"), "patch"),
                     "responses": {
-                        "200": _json(_ref("ToolView"), "changed"),
+                        "200": _json(_ref("Tool"), "changed"),
                         "400": _error("invalid"),
                         "404": _error("unknown"),
                         **_COMMON,
