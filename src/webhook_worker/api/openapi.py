@@ -2,14 +2,47 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
+from pydantic.json_schema import models_json_schema
+
 from webhook_worker import __version__
+from webhook_worker.tools.schema import ToolDefinition, ToolView
 from webhook_worker.vocabulary import DeadLetterStatus, EventStatus
+
+_REF_TEMPLATE = "#/components/schemas/{model}"
 
 
 def _ref(name: str) -> dict[str, str]:
-    return {"$ref": f"#/components/schemas/{name}"}
+    return {"$ref": _REF_TEMPLATE.format(model=name)}
+
+
+def tool_schemas() -> dict[str, Any]:
+    """The tool's components, generated from its declaration (tools/schema.py):
+    ``ToolDefinition`` (what POST takes), ``ToolReplacement`` (PUT: the id comes from the URL),
+    ``ToolPatch`` (PATCH) and ``Tool`` (what every answer shows: ToolView), with the sections
+    and enums they refer to."""
+    _, top = models_json_schema(
+        [(ToolDefinition, "validation"), (ToolView, "validation")], ref_template=_REF_TEMPLATE
+    )
+    schemas: dict[str, Any] = top["$defs"]
+    # Only the paths refer to the view, so it can keep the component name answers always had.
+    schemas["Tool"] = schemas.pop(ToolView.__name__)
+    replacement = copy.deepcopy(schemas[ToolDefinition.__name__])
+    # Whatever id the body holds is ignored: the URL names the tool.
+    replacement["properties"]["id"] = {"description": "Ignored: the URL's tool_id is the id."}
+    required = [name for name in replacement.pop("required", []) if name != "id"]
+    if required:
+        replacement["required"] = required
+    replacement["title"] = "ToolReplacement"
+    schemas["ToolReplacement"] = replacement
+    schemas["ToolPatch"] = {
+        "type": "object",
+        "description": "A JSON merge patch (RFC 7386) of the stored definition: objects merge, "
+        "null removes a field. The result must be a valid ToolDefinition.",
+    }
+    return schemas
 
 
 def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
@@ -67,10 +100,6 @@ _PAGING = [
     _query("tool_id", "only this tool"),
     _query("event_type", "only this event type"),
 ]
-_TOOL_FIELDS = (
-    "id, provider, enabled, auth, allowed_ips, event_type, delivery_id, mode, events, filter, "
-    "transform, forward, retry, rate_limit (see docs/providers.md and docs/processing.md)"
-)
 _COMMON = {"401": _error("missing or wrong ADMIN_TOKEN"), "403": _error("not a loopback client")}
 _TIME = {"type": ["string", "null"], "format": "date-time"}
 
@@ -104,6 +133,7 @@ def document() -> dict[str, Any]:
         "components": {
             "securitySchemes": {"admin": {"type": "http", "scheme": "bearer"}},
             "schemas": {
+                **tool_schemas(),
                 "Error": {
                     "type": "object",
                     "required": ["error", "detail"],
@@ -120,23 +150,6 @@ def document() -> dict[str, Any]:
                         "event_id": {"type": "string"},
                         "status": {"enum": ["accepted", "duplicate"]},
                     },
-                },
-                "Tool": {
-                    "type": "object",
-                    "required": ["id", "created_at", "updated_at"],
-                    "properties": {
-                        "id": {"type": "string"},
-                        "provider": {"type": "string"},
-                        "enabled": {"type": "boolean"},
-                        "created_at": _TIME,
-                        "updated_at": _TIME,
-                    },
-                    "additionalProperties": True,
-                },
-                "ToolDefinition": {
-                    "type": "object",
-                    "additionalProperties": True,
-                    "description": _TOOL_FIELDS,
                 },
                 "Attempt": {
                     "type": "object",
@@ -232,7 +245,7 @@ def document() -> dict[str, Any]:
                 },
                 "put": {
                     "summary": "Replace a tool",
-                    "requestBody": _json(_ref("ToolDefinition"), "definition"),
+                    "requestBody": _json(_ref("ToolReplacement"), "definition"),
                     "responses": {
                         "200": _json(_ref("Tool"), "replaced"),
                         "400": _error("invalid"),
@@ -242,7 +255,7 @@ def document() -> dict[str, Any]:
                 },
                 "patch": {
                     "summary": "Change a tool (JSON merge patch)",
-                    "requestBody": _json(_ref("ToolDefinition"), "patch"),
+                    "requestBody": _json(_ref("ToolPatch"), "patch"),
                     "responses": {
                         "200": _json(_ref("Tool"), "changed"),
                         "400": _error("invalid"),

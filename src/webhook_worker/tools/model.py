@@ -1,80 +1,56 @@
-"""The tool model and its validation.
+"""The compiled tool the hot paths use, and :func:`parse_tool`, which builds it.
 
-:func:`parse_tool` turns a JSON/YAML mapping into a frozen :class:`Tool`, or raises
-ToolConfigError naming the first bad field. Expressions are compiled here, once, so the ingest
-and worker hot paths only evaluate them.
+tools/schema.py declares what a definition may hold and validates it field by field; here the
+rules that span fields are applied (a provider preset fills in what the tool leaves out; the
+auth type decides which secrets and headers are needed; a mode may need a forward or a
+transform) and the result is frozen into a :class:`Tool`. Expressions are compiled once, while
+validating, so the ingest and worker hot paths only evaluate them.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from ipaddress import IPv4Network, IPv6Network, ip_network
+from ipaddress import IPv4Network, IPv6Network
 from typing import Any, Final
-from urllib.parse import urlsplit
 
-import jmespath
-import jmespath.exceptions
 import jmespath.parser
 
 from webhook_worker.auth import slack, standard_webhooks, stripe_signature
-from webhook_worker.config import RetryPolicy, parse_duration
+from webhook_worker.config import RetryPolicy
 from webhook_worker.errors import ToolConfigError
 from webhook_worker.tools.presets import PRESETS, Preset
+from webhook_worker.tools.schema import (
+    SERVER_FIELDS,
+    AuthDefinition,
+    FieldSourceDefinition,
+    ForwardDefinition,
+    RateLimitDefinition,
+    RetryDefinition,
+    validate_definition,
+)
+from webhook_worker.vocabulary import AuthType, Mode
 
 PROVIDERS: Final = tuple(PRESETS)
-MODES: Final = ("store_only", "store_and_forward", "transform_and_store")
-AUTH_TYPES: Final = (
-    "none",
-    "token",
-    "hmac",
-    "basic",
-    "bearer",
-    "stripe",
-    "slack",
-    "standard_webhooks",
-)
+MODES: Final = tuple(Mode)
+AUTH_TYPES: Final = tuple(AuthType)
 # Schemes whose header names are fixed by the provider (``auth.header`` does not apply), with the
 # headers that carry their signatures, lower-cased as Tool.secret_headers reports them.
 FIXED_HEADER_SCHEMES: Final[dict[str, tuple[str, ...]]] = {
-    "stripe": (stripe_signature.HEADER.lower(),),
-    "slack": (slack.SIGNATURE_HEADER.lower(),),
-    "standard_webhooks": standard_webhooks.SIGNATURE_HEADERS,
+    AuthType.STRIPE: (stripe_signature.HEADER.lower(),),
+    AuthType.SLACK: (slack.SIGNATURE_HEADER.lower(),),
+    AuthType.STANDARD_WEBHOOKS: standard_webhooks.SIGNATURE_HEADERS,
 }
-HMAC_ALGORITHMS: Final = ("sha256", "sha1", "sha512")
-ENCODINGS: Final = ("hex", "base64")
-
-_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-_HEADER = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
-_MAX_SOURCE_HEADERS = 8
-_TOP_LEVEL: Final = frozenset(
-    {
-        "id",
-        "provider",
-        "enabled",
-        "description",
-        "auth",
-        "allowed_ips",
-        "event_type",
-        "delivery_id",
-        "mode",
-        "events",
-        "filter",
-        "transform",
-        "forward",
-        "retry",
-        "rate_limit",
-    }
-)
-_SERVER_FIELDS: Final = frozenset({"created_at", "updated_at"})
+_NEEDS_HEADER: Final = frozenset({AuthType.HMAC, AuthType.TOKEN})
+_AUTH_DEFAULTS: Final = AuthDefinition.model_validate({})
+"""What a field neither the tool nor its preset sets is (the declared defaults)."""
 
 
 @dataclass(frozen=True, slots=True)
 class AuthConfig:
     """How an incoming request proves it comes from the provider."""
 
-    type: str = "none"
+    type: AuthType = AuthType.NONE
     secrets: tuple[str, ...] = ()
     header: str | None = None
     algorithm: str = "sha256"
@@ -133,7 +109,7 @@ class Tool:
     allowed_ips: tuple[IPv4Network | IPv6Network, ...]
     event_type: FieldSource
     delivery_id: FieldSource
-    mode: str
+    mode: Mode
     config: Mapping[str, Any]
     forward: ForwardConfig | None = None
     retry: RetryPolicy | None = None
@@ -150,109 +126,60 @@ class Tool:
 
 
 def parse_tool(data: Mapping[str, Any], tool_id: str | None = None) -> Tool:
-    """Validate a tool definition. ``tool_id`` (from the URL) wins over ``data["id"]``."""
+    """Validate a tool definition. ``tool_id`` (from the URL) wins over ``data["id"]``. Raises
+    ToolConfigError naming the first bad field."""
     if not isinstance(data, Mapping):
         raise ToolConfigError("tool", "expected a JSON object")
-    unknown = sorted(set(data) - _TOP_LEVEL - _SERVER_FIELDS)
-    if unknown:
-        raise ToolConfigError(unknown[0], f"unknown field (known: {', '.join(sorted(_TOP_LEVEL))})")
-    identifier = tool_id if tool_id is not None else data.get("id")
-    if not isinstance(identifier, str) or not _ID.match(identifier):
-        raise ToolConfigError(
-            "id",
-            "required: 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit",
-        )
-    provider = data.get("provider", "generic")
-    if provider not in PRESETS:
-        raise ToolConfigError(
-            "provider", f"unknown provider {provider!r} (known: {', '.join(PROVIDERS)})"
-        )
-    preset = PRESETS[provider]
-    enabled = data.get("enabled", True)
-    if not isinstance(enabled, bool):
-        raise ToolConfigError("enabled", "expected true or false")
-    description = data.get("description", "")
-    if not isinstance(description, str):
-        raise ToolConfigError("description", "expected a string")
+    definition = validate_definition(data, tool_id)
+    mode = definition.mode
+    if mode == Mode.STORE_AND_FORWARD and definition.forward is None:
+        raise ToolConfigError("forward.url", f"required when mode is {mode}")
+    if mode == Mode.TRANSFORM_AND_STORE and definition.transform is None:
+        raise ToolConfigError("transform", f"required when mode is {mode}")
+    preset = PRESETS[definition.provider]
+    given = definition.model_fields_set
 
-    mode = data.get("mode", "store_only")
-    if mode not in MODES:
-        raise ToolConfigError("mode", f"expected one of {', '.join(MODES)}, got {mode!r}")
-    forward = _forward(data.get("forward"))
-    if mode == "store_and_forward" and forward is None:
-        raise ToolConfigError("forward.url", "required when mode is store_and_forward")
-
-    for name in ("filter", "transform"):
-        if data.get(name) is not None:
-            _compile(name, data[name])
-    if mode == "transform_and_store" and not data.get("transform"):
-        raise ToolConfigError("transform", "required when mode is transform_and_store")
-    _events(data.get("events"))
-
-    canonical = dict(data)
-    canonical.pop("created_at", None)
-    canonical.pop("updated_at", None)
-    canonical["id"] = identifier
-    canonical["provider"] = provider
+    canonical = {name: value for name, value in data.items() if name not in SERVER_FIELDS}
+    canonical["id"] = definition.id
+    canonical["provider"] = definition.provider
     return Tool(
-        id=identifier,
-        provider=provider,
-        enabled=enabled,
-        auth=_auth(data.get("auth"), preset),
-        allowed_ips=_networks(data.get("allowed_ips")),
-        event_type=_source("event_type", data.get("event_type", preset.event_type)),
-        delivery_id=_source("delivery_id", data.get("delivery_id", preset.delivery_id)),
+        id=definition.id,
+        provider=definition.provider,
+        enabled=definition.enabled,
+        auth=_auth(definition.auth, preset),
+        allowed_ips=tuple(definition.allowed_ips or ()),
+        event_type=_source(definition.event_type if "event_type" in given else preset.event_type),
+        delivery_id=_source(
+            definition.delivery_id if "delivery_id" in given else preset.delivery_id
+        ),
         mode=mode,
         config=canonical,
-        forward=forward,
-        retry=_retry(data.get("retry")),
-        description=description,
-        rate_limit=_rate_limit(data.get("rate_limit")),
+        forward=_forward(definition.forward),
+        retry=_retry(definition.retry),
+        description=definition.description,
+        rate_limit=_rate_limit(definition.rate_limit),
     )
 
 
-_AUTH_FIELDS: Final = frozenset(
-    {
-        "type",
-        "secret",
-        "secrets",
-        "header",
-        "algorithm",
-        "encoding",
-        "prefix",
-        "tolerance",
-        "timestamp_header",
-    }
-)
+def _auth(definition: AuthDefinition | None, preset: Preset) -> AuthConfig:
+    given = (
+        {}
+        if definition is None
+        else {name: getattr(definition, name) for name in definition.model_fields_set}
+    )
+    base = _preset_auth(given, preset)
+    # The preset's fields apply only while the tool keeps the preset's scheme.
+    keeps_scheme = given.get("type", base.get("type")) == base.get("type")
+    merged = {**base, **given} if keeps_scheme else given
+    kind = AuthType(merged.get("type", _AUTH_DEFAULTS.type))
 
-
-def _auth(raw: Any, preset: Preset) -> AuthConfig:
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, Mapping):
-        raise ToolConfigError(
-            "auth", 'expected an object such as {"type": "hmac", "secret": "..."}'
-        )
-    unknown = sorted(set(raw) - _AUTH_FIELDS)
-    if unknown:
-        raise ToolConfigError(
-            f"auth.{unknown[0]}", f"unknown field (known: {', '.join(sorted(_AUTH_FIELDS))})"
-        )
-    base = _preset_auth(raw, preset)
-    merged = {**base, **raw} if raw.get("type", base.get("type")) == base.get("type") else dict(raw)
-    kind = merged.get("type", "none")
-    if kind not in AUTH_TYPES:
-        raise ToolConfigError("auth.type", f"expected one of {', '.join(AUTH_TYPES)}, got {kind!r}")
-
-    secrets: list[str] = []
-    if "secret" in merged:
-        secrets.append(merged["secret"])
+    secrets: list[Any] = [merged["secret"]] if "secret" in merged else []
     secrets.extend(merged.get("secrets") or [])
-    if not all(isinstance(s, str) and s for s in secrets):
+    if not all(isinstance(secret, str) and secret for secret in secrets):
         raise ToolConfigError("auth.secrets", "every secret must be a non-empty string")
-    if kind != "none" and not secrets:
-        raise ToolConfigError("auth.secret", f"required for auth type {kind!r}")
-    if kind == "standard_webhooks":
+    if kind != AuthType.NONE and not secrets:
+        raise ToolConfigError("auth.secret", f"required for auth type {str(kind)!r}")
+    if kind == AuthType.STANDARD_WEBHOOKS:
         for secret in secrets:
             try:
                 standard_webhooks.decode_secret(secret)
@@ -265,39 +192,23 @@ def _auth(raw: Any, preset: Preset) -> AuthConfig:
                 ) from None
 
     header = merged.get("header")
-    if kind in ("hmac", "token") and not header:
-        raise ToolConfigError("auth.header", f"required for auth type {kind!r}")
+    if kind in _NEEDS_HEADER and not header:
+        raise ToolConfigError("auth.header", f"required for auth type {str(kind)!r}")
     if kind in FIXED_HEADER_SCHEMES and header is not None:
         raise ToolConfigError(
-            "auth.header", f"auth type {kind!r} reads fixed headers; remove auth.header"
+            "auth.header", f"auth type {str(kind)!r} reads fixed headers; remove auth.header"
         )
-    _header_name("auth.header", header)
     timestamp_header = merged.get("timestamp_header")
-    if timestamp_header is not None and kind != "hmac":
+    if timestamp_header is not None and kind != AuthType.HMAC:
         raise ToolConfigError("auth.timestamp_header", "only auth type 'hmac' uses it")
-    _header_name("auth.timestamp_header", timestamp_header)
-    algorithm = merged.get("algorithm", "sha256")
-    if algorithm not in HMAC_ALGORITHMS:
-        raise ToolConfigError("auth.algorithm", f"expected one of {', '.join(HMAC_ALGORITHMS)}")
-    encoding = merged.get("encoding", "hex")
-    if encoding not in ENCODINGS:
-        raise ToolConfigError("auth.encoding", f"expected one of {', '.join(ENCODINGS)}")
-    prefix = merged.get("prefix", "")
-    if not isinstance(prefix, str):
-        raise ToolConfigError("auth.prefix", "expected a string such as 'sha256='")
-    tolerance = None
-    if merged.get("tolerance") is not None:
-        tolerance = _duration("auth.tolerance", merged["tolerance"])
-        if tolerance <= 0:
-            raise ToolConfigError("auth.tolerance", "must be positive, such as 5m")
     return AuthConfig(
         type=kind,
         secrets=tuple(secrets),
         header=header,
-        algorithm=algorithm,
-        encoding=encoding,
-        prefix=prefix,
-        tolerance=tolerance,
+        algorithm=merged.get("algorithm", _AUTH_DEFAULTS.algorithm),
+        encoding=merged.get("encoding", _AUTH_DEFAULTS.encoding),
+        prefix=merged.get("prefix", _AUTH_DEFAULTS.prefix),
+        tolerance=merged.get("tolerance"),
         timestamp_header=timestamp_header,
     )
 
@@ -327,174 +238,41 @@ def _preset_auth(raw: Mapping[str, Any], preset: Preset) -> dict[str, Any]:
     return base
 
 
-def _header_name(name: str, value: Any) -> None:
-    if value is not None and (not isinstance(value, str) or not _HEADER.fullmatch(value)):
-        raise ToolConfigError(name, f"{value!r} is not a valid header name")
-
-
-def _source(name: str, raw: Any) -> FieldSource:
-    if raw is None:
+def _source(source: FieldSourceDefinition | Mapping[str, Any] | None) -> FieldSource:
+    """A tool's own (validated) source, or its preset's (a plain mapping, validated here)."""
+    if isinstance(source, Mapping):
+        source = FieldSourceDefinition.model_validate(source)
+    if source is None:
         return FieldSource()
-    if isinstance(raw, str):
-        raw = {"header": raw}
-    if not isinstance(raw, Mapping) or set(raw) - {"header", "path"} or len(raw) != 1:
-        raise ToolConfigError(
-            name,
-            'expected {"header": "X-Name"}, {"header": ["X-Name", "X-Fallback"]} '
-            'or {"path": "<JMESPath>"}',
-        )
-    if "header" in raw:
-        headers = raw["header"]
-        names = [headers] if isinstance(headers, str) else headers
-        if not isinstance(names, list) or not names or len(names) > _MAX_SOURCE_HEADERS:
-            raise ToolConfigError(
-                f"{name}.header",
-                f"expected a header name or a list of 1 to {_MAX_SOURCE_HEADERS} header names",
-            )
-        for header in names:
-            _header_name(f"{name}.header", header)
-        return FieldSource(headers=tuple(names))
-    return FieldSource(path=raw["path"], compiled=_compile(f"{name}.path", raw["path"]))
+    if source.header is not None:
+        return FieldSource(headers=source.header)
+    assert source.path is not None  # FieldSourceDefinition holds exactly one of them
+    return FieldSource(path=source.path.expression, compiled=source.path)
 
 
-def _compile(name: str, expression: Any) -> jmespath.parser.ParsedResult:
-    if not isinstance(expression, str) or not expression.strip():
-        raise ToolConfigError(name, "expected a JMESPath expression")
-    try:
-        return jmespath.compile(expression)
-    except jmespath.exceptions.JMESPathError as exc:
-        detail = " ".join(str(exc).split())  # the library's message spans lines
-        raise ToolConfigError(name, f"invalid JMESPath expression: {detail}") from None
-
-
-def _events(raw: Any) -> None:
-    if raw is None:
-        return
-    if not isinstance(raw, Mapping):
-        raise ToolConfigError(
-            "events", 'expected an object such as {"push": {"mode": "store_only"}}'
-        )
-    for event_type, override in raw.items():
-        where = f"events.{event_type}"
-        if not isinstance(override, Mapping):
-            raise ToolConfigError(where, "expected an object")
-        unknown = sorted(set(override) - {"mode", "transform", "filter"})
-        if unknown:
-            raise ToolConfigError(
-                f"{where}.{unknown[0]}", "unknown field (known: filter, mode, transform)"
-            )
-        if "mode" in override and override["mode"] not in MODES:
-            raise ToolConfigError(f"{where}.mode", f"expected one of {', '.join(MODES)}")
-        for name in ("transform", "filter"):
-            if override.get(name) is not None:
-                _compile(f"{where}.{name}", override[name])
-
-
-def _forward(raw: Any) -> ForwardConfig | None:
-    if raw is None:
+def _forward(forward: ForwardDefinition | None) -> ForwardConfig | None:
+    if forward is None:
         return None
-    if not isinstance(raw, Mapping):
-        raise ToolConfigError("forward", 'expected an object such as {"url": "https://..."}')
-    unknown = sorted(set(raw) - {"url", "method", "headers", "timeout", "signing_secret"})
-    if unknown:
-        raise ToolConfigError(f"forward.{unknown[0]}", "unknown field")
-    url = raw.get("url")
-    parts = urlsplit(url) if isinstance(url, str) else None
-    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ToolConfigError("forward.url", f"expected an http:// or https:// URL, got {url!r}")
-    method = str(raw.get("method", "POST")).upper()
-    if method not in ("POST", "PUT", "PATCH"):
-        raise ToolConfigError("forward.method", "expected POST, PUT or PATCH")
-    headers = raw.get("headers") or {}
-    if not isinstance(headers, Mapping) or not all(
-        isinstance(k, str) and _HEADER.match(k) and isinstance(v, str) for k, v in headers.items()
-    ):
-        raise ToolConfigError("forward.headers", "expected an object of header names to strings")
-    timeout = _duration("forward.timeout", raw.get("timeout", "10s"))
-    if timeout <= 0:
-        raise ToolConfigError("forward.timeout", "must be positive")
-    secret = raw.get("signing_secret")
-    if secret is not None:
-        if not isinstance(secret, str) or not secret:
-            raise ToolConfigError("forward.signing_secret", "expected a non-empty string")
-        try:
-            standard_webhooks.decode_secret(secret)
-        except ValueError:
-            raise ToolConfigError(
-                "forward.signing_secret",
-                "expected a Standard Webhooks secret: whsec_ followed by base64 "
-                '(make one with: python -c "import base64, os; '
-                "print('whsec_' + base64.b64encode(os.urandom(32)).decode())\")",
-            ) from None
-    return ForwardConfig(str(url), method, tuple(headers.items()), timeout, secret)
-
-
-def _rate_limit(raw: Any) -> RateLimit | None:
-    if raw is None:
-        return None
-    if not isinstance(raw, Mapping) or set(raw) - {"requests", "per"}:
-        raise ToolConfigError("rate_limit", 'expected {"requests": 100, "per": "1s"}')
-    requests = raw.get("requests")
-    if not isinstance(requests, int) or isinstance(requests, bool) or requests < 1:
-        raise ToolConfigError("rate_limit.requests", "expected a whole number >= 1")
-    per = _duration("rate_limit.per", raw.get("per", "1s"))
-    if per <= 0:
-        raise ToolConfigError("rate_limit.per", "must be positive")
-    return RateLimit(requests, per)
-
-
-def _retry(raw: Any) -> RetryPolicy | None:
-    if raw is None:
-        return None
-    if not isinstance(raw, Mapping):
-        raise ToolConfigError("retry", 'expected an object such as {"max_retries": 5}')
-    defaults = RetryPolicy()
-    known = {"max_retries", "initial_interval", "max_interval", "multiplier", "max_elapsed_time"}
-    unknown = sorted(set(raw) - known)
-    if unknown:
-        raise ToolConfigError(
-            f"retry.{unknown[0]}", f"unknown field (known: {', '.join(sorted(known))})"
-        )
-    max_retries = raw.get("max_retries", defaults.max_retries)
-    if not isinstance(max_retries, int) or isinstance(max_retries, bool) or max_retries < 0:
-        raise ToolConfigError("retry.max_retries", "expected a whole number >= 0")
-    multiplier = raw.get("multiplier", defaults.multiplier)
-    if not isinstance(multiplier, int | float) or multiplier < 1:
-        raise ToolConfigError("retry.multiplier", "expected a number >= 1")
-    return RetryPolicy(
-        max_retries=max_retries,
-        initial_interval=_duration(
-            "retry.initial_interval", raw.get("initial_interval", defaults.initial_interval)
-        ),
-        max_interval=_duration(
-            "retry.max_interval", raw.get("max_interval", defaults.max_interval)
-        ),
-        multiplier=float(multiplier),
-        max_elapsed_time=_duration(
-            "retry.max_elapsed_time", raw.get("max_elapsed_time", defaults.max_elapsed_time)
-        ),
+    return ForwardConfig(
+        url=forward.url,
+        method=forward.method,
+        headers=tuple((forward.headers or {}).items()),
+        timeout=forward.timeout,
+        signing_secret=forward.signing_secret,
     )
 
 
-def _duration(name: str, raw: Any) -> float:
-    if isinstance(raw, int | float) and not isinstance(raw, bool):
-        if raw < 0:
-            raise ToolConfigError(name, "must not be negative")
-        return float(raw)
-    if not isinstance(raw, str):
-        raise ToolConfigError(name, "expected a duration such as 500ms, 30s or 5m")
-    try:
-        return parse_duration(raw)
-    except ValueError as exc:
-        raise ToolConfigError(name, str(exc)) from None
+def _retry(retry: RetryDefinition | None) -> RetryPolicy | None:
+    if retry is None:
+        return None
+    return RetryPolicy(
+        max_retries=retry.max_retries,
+        initial_interval=retry.initial_interval,
+        max_interval=retry.max_interval,
+        multiplier=float(retry.multiplier),
+        max_elapsed_time=retry.max_elapsed_time,
+    )
 
 
-def _networks(raw: Any) -> tuple[IPv4Network | IPv6Network, ...]:
-    if raw is None:
-        return ()
-    if not isinstance(raw, list):
-        raise ToolConfigError("allowed_ips", 'expected a list of CIDRs such as ["10.0.0.0/8"]')
-    try:
-        return tuple(ip_network(str(item), strict=False) for item in raw)
-    except ValueError as exc:
-        raise ToolConfigError("allowed_ips", str(exc)) from None
+def _rate_limit(rate_limit: RateLimitDefinition | None) -> RateLimit | None:
+    return None if rate_limit is None else RateLimit(rate_limit.requests, rate_limit.per)
