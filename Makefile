@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck unit format clean bench chaos
+.PHONY: run test test-fast lint typecheck unit format clean bench chaos
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -20,6 +20,10 @@ run: $(STAMP)
 
 ## test: lint, type-check, then the whole test suite against real PostgreSQL and Redis
 test: lint typecheck unit
+
+## test-fast: lint, type-check, then the tests without the chaos, bench, deploy and slow markers
+test-fast: lint typecheck
+	$(BIN)/pytest -m "not chaos and not bench and not deploy and not slow" $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests

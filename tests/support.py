@@ -32,25 +32,59 @@ from webhook_worker.runtime import Runtime, open_runtime
 T = TypeVar("T")
 
 
+class _Deadline:
+    """What :func:`eventually` and :func:`eventually_sync` share: when to give up, and the
+    failure that says what was awaited (with ``details()``, e.g. the processes' logs)."""
+
+    def __init__(self, within: float, what: str, details: Callable[[], str] | None) -> None:
+        self.within = within
+        self.what = what
+        self.details = details
+        self.end = time.monotonic() + within
+
+    def check(self) -> None:
+        """Fail the test if the deadline has passed."""
+        if time.monotonic() > self.end:
+            extra = f"\n{self.details()}" if self.details else ""
+            pytest.fail(f"timed out after {self.within:g}s waiting for {self.what}{extra}")
+
+
 async def eventually(
-    check: Callable[[], Awaitable[T]],
+    check: Callable[[], Awaitable[T | None]],
     within: float = 5.0,
     what: str = "condition",
     *,
     interval: float = 0.01,
     details: Callable[[], str] | None = None,
 ) -> T:
-    """Poll ``check`` every ``interval`` seconds until it returns something truthy, failing
-    after ``within`` seconds (with ``details()`` appended, e.g. the processes' logs)."""
-    deadline = time.monotonic() + within
+    """Poll ``check`` every ``interval`` seconds until it returns something truthy (which is
+    returned), failing after ``within`` seconds (with ``details()`` appended). The one way the
+    tests wait for something: never a fixed sleep."""
+    deadline = _Deadline(within, what, details)
     while True:
         result = await check()
         if result:
             return result
-        if time.monotonic() > deadline:
-            extra = f"\n{details()}" if details else ""
-            pytest.fail(f"timed out after {within:g}s waiting for {what}{extra}")
+        deadline.check()
         await asyncio.sleep(interval)
+
+
+def eventually_sync(
+    check: Callable[[], T | None],
+    within: float = 5.0,
+    what: str = "condition",
+    *,
+    interval: float = 0.01,
+    details: Callable[[], str] | None = None,
+) -> T:
+    """:func:`eventually` for code without an event loop (CLI tests, starting servers)."""
+    deadline = _Deadline(within, what, details)
+    while True:
+        result = check()
+        if result:
+            return result
+        deadline.check()
+        time.sleep(interval)
 
 
 def free_port() -> int:
@@ -86,17 +120,21 @@ class RedisServer:
             ],
             stdout=subprocess.DEVNULL,
         )  # fmt: skip
+        process = self.process
         client = redis.Redis(port=self.port, password=self.password, socket_timeout=1)
-        deadline = time.monotonic() + 10
-        while True:
+
+        def answers() -> bool:
+            if process.poll() is not None:
+                pytest.fail(f"redis-server on port {self.port} exited with {process.returncode}")
             try:
-                client.ping()
-                break
+                return bool(client.ping())
             except redis.ConnectionError:
-                if self.process.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"redis-server on port {self.port} did not start")
-                time.sleep(0.02)
-        client.close()
+                return False
+
+        try:
+            eventually_sync(answers, within=10, what=f"redis-server on port {self.port} to start")
+        finally:
+            client.close()
 
     def kill(self) -> None:
         """Crash it (SIGKILL): no shutdown, only what the append-only file already holds."""
@@ -246,15 +284,18 @@ async def uvicorn_serving_app(app: Any, **config: Any) -> AsyncIterator[str]:
         uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", **config)
     )
     task = asyncio.create_task(server.serve())
-    deadline = time.monotonic() + 15
-    while not server.started:
+
+    async def started() -> bool:
         if task.done():
             task.result()
             pytest.fail("uvicorn stopped before it started")
-        if time.monotonic() > deadline:
-            server.should_exit = True
-            pytest.fail("uvicorn did not start within 15s")
-        await asyncio.sleep(0.01)
+        return server.started
+
+    try:
+        await eventually(started, within=15, what=f"uvicorn to start on port {port}")
+    except BaseException:
+        server.should_exit = True
+        raise
     try:
         yield f"http://127.0.0.1:{port}"
     finally:

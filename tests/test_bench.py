@@ -26,6 +26,8 @@ from webhook_worker.tools.model import parse_tool
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ["--duration", "2", "--connections", "4", "--warmup", "0.5"]
+# Longer than the 300 s each `bench` run may take, so its own failure (with output) comes first.
+pytestmark = [pytest.mark.bench, pytest.mark.timeout(360)]
 
 
 def _bench(*args: str, **env: str) -> subprocess.CompletedProcess[str]:

@@ -42,6 +42,8 @@ import webhook_worker.observability.runtime  # noqa: F401 (registers the runtime
 from webhook_worker.config import Settings, parse_address, parse_duration
 from webhook_worker.errors import ConfigError
 
+# Longer than the 120 s each promtool or docker-compose run may take.
+pytestmark = [pytest.mark.deploy, pytest.mark.timeout(300)]
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
 PROMETHEUS = DEPLOY / "prometheus"

@@ -21,6 +21,8 @@ from webhook_worker.storage.database import Database
 from webhook_worker.storage.schema import events
 
 EVENTS = int(os.environ.get("TEST_PROCESS_EVENTS", "3000"))
+# About a minute each on a busy machine; its own waits allow up to three.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 
 @pytest.fixture(params=["redis", "database-queue"])

@@ -201,6 +201,7 @@ def run_schemathesis(base_url: str, seeded: Seeded) -> tuple[int, list[str]]:
     return sent, failures
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend_settings", ["sqlite", "postgresql+redis"], indirect=True)
 async def test_management_api_conforms_to_its_schema(backend_settings: Settings) -> None:
     settings = replace(backend_settings, admin_token=ADMIN_TOKEN)

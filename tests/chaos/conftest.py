@@ -33,6 +33,21 @@ _OWN_PREFIXES = (
 
 ClusterFactory = Callable[..., Cluster]
 
+CHAOS_TIMEOUT = 600
+"""Seconds per chaos test before it fails as hung. At CI size one takes up to ~30 s on a quiet
+machine and at full size (`make chaos`) up to ~100 s (docs/reliability.md); a busy machine is
+several times slower, and each test's own waits already fail after 60 s without progress."""
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test of this directory ``chaos`` (left out of `make test-fast`), with its
+    timeout."""
+    here = Path(__file__).parent
+    for item in items:
+        if item.path.is_relative_to(here):
+            item.add_marker(pytest.mark.chaos)
+            item.add_marker(pytest.mark.timeout(CHAOS_TIMEOUT))
+
 
 @pytest.fixture
 def sizes() -> Sizes:

@@ -8,17 +8,14 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import pytest
 
-from tests.support import free_port
-
-T = TypeVar("T")
+from tests.support import eventually_sync, free_port
 
 SECRET = "cli-s3cret-value"
 # Variables the settings read: the tests set what they need and nothing leaks in from outside.
@@ -77,17 +74,6 @@ def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
     return lines[0]
-
-
-def poll(check: Callable[[], T | None], within: float, what: str) -> T:
-    deadline = time.monotonic() + within
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {within}s waiting for {what}")
-        time.sleep(0.05)
 
 
 @pytest.fixture(scope="session")
@@ -317,7 +303,9 @@ def server(tmp_path: Path) -> Iterator[tuple[Cli, str, subprocess.Popen[bytes]]]
             return False
 
     try:
-        poll(live, within=30, what="`webhook-worker run` to answer /health/live")
+        eventually_sync(
+            live, within=30, what="`webhook-worker run` to answer /health/live", interval=0.05
+        )
         yield cli, url, process
     finally:
         if process.poll() is None:
@@ -340,7 +328,9 @@ def test_send_end_to_end(server: tuple[Cli, str, subprocess.Popen[bytes]]) -> No
         items: list[Any] = cli.json("events", "list", "--tool", "demo")["items"]
         return items or None
 
-    items = poll(stored, within=30, what="the sent event in `events list`")
+    items = eventually_sync(
+        stored, within=30, what="the sent event in `events list`", interval=0.05
+    )
     assert len(items) == 1
     event = cli.json("events", "show", items[0]["id"])
     assert event["status"] == "processed"
@@ -358,7 +348,7 @@ def test_send_end_to_end(server: tuple[Cli, str, subprocess.Popen[bytes]]) -> No
         items: list[Any] = cli.json("events", "list")["items"]
         return items if len(items) == 2 else None
 
-    newest, oldest = poll(both_stored, within=30, what="the second event")
+    newest, oldest = eventually_sync(both_stored, within=30, what="the second event", interval=0.05)
     assert oldest["id"] == event["id"]
     first_page = cli.ok("events", "list", "--limit", "1")
     assert newest["id"] in first_page and oldest["id"] not in first_page
@@ -376,7 +366,9 @@ def test_send_end_to_end(server: tuple[Cli, str, subprocess.Popen[bytes]]) -> No
         result = cli("send", "demo")
         return result if result.returncode != 0 else None
 
-    result = poll(refused, within=30, what="the running server to see the tool disabled")
+    result = eventually_sync(
+        refused, within=30, what="the running server to see the tool disabled", interval=0.05
+    )
     assert result.returncode == 1
     assert "403" in result.stdout
 

@@ -22,8 +22,8 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
-from tests.cli.test_cli import Cli, clean_env, one_line_error, poll
-from tests.support import free_port
+from tests.cli.test_cli import Cli, clean_env, one_line_error
+from tests.support import eventually_sync, free_port
 from webhook_worker.cli import app
 
 
@@ -108,7 +108,9 @@ class Service:
             done = event.get("status") == status and len(event["attempts"]) >= attempts
             return event if done else None
 
-        return poll(check, within=15, what=f"event {event_id} to be {status}")
+        return eventually_sync(
+            check, within=15, what=f"event {event_id} to be {status}", interval=0.05
+        )
 
     def dead_letters(self, tool_id: str, count: int) -> list[dict[str, Any]]:
         """The tool's dead letters (newest first), once there are ``count``."""
@@ -119,7 +121,9 @@ class Service:
             ).json()["items"]
             return items if len(items) >= count else None
 
-        return poll(check, within=15, what=f"{count} dead letters of {tool_id}")
+        return eventually_sync(
+            check, within=15, what=f"{count} dead letters of {tool_id}", interval=0.05
+        )
 
 
 @pytest.fixture(scope="module")
@@ -154,7 +158,9 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
             return False
 
     try:
-        poll(live, within=30, what="`webhook-worker run` to answer /health/live")
+        eventually_sync(
+            live, within=30, what="`webhook-worker run` to answer /health/live", interval=0.05
+        )
         yield Service(cli, url, target, http)
     finally:
         process.send_signal(signal.SIGTERM)
