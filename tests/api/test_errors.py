@@ -38,6 +38,8 @@ from webhook_worker.runtime import Runtime, open_runtime
 from webhook_worker.storage.database import Database
 from webhook_worker.storage.deadletters import upsert_dead_letters
 from webhook_worker.storage.events import insert_events
+from webhook_worker.storage.records import DeadLetterRecord, EventRecord
+from webhook_worker.vocabulary import DeadLetterStatus, EventStatus
 
 ADMIN_TOKEN = "err0rs-admin-t0ken"
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
@@ -156,39 +158,38 @@ async def seed_dead_letter(runtime: Runtime, status: str) -> tuple[str, str]:
         await insert_events(
             conn,
             [
-                {
-                    "id": event_id,
-                    "tool_id": "demo",
-                    "event_type": "push",
-                    "delivery_id": f"delivery-{event_id}",
-                    "status": "dead",
-                    "received_at": now,
-                    "processed_at": now,
-                    "headers": {"content-type": "application/json"},
-                    "body": b'{"n": 1}',
-                    "payload": None,
-                    "attempt_count": 1,
-                }
+                EventRecord(
+                    id=event_id,
+                    tool_id="demo",
+                    event_type="push",
+                    delivery_id=f"delivery-{event_id}",
+                    status=EventStatus.DEAD,
+                    received_at=now,
+                    processed_at=now,
+                    headers={"content-type": "application/json"},
+                    body=b'{"n": 1}',
+                    payload=None,
+                    attempt_count=1,
+                )
             ],
         )
         await upsert_dead_letters(
             conn,
             [
-                {
-                    "id": dlq_id,
-                    "event_id": event_id,
-                    "tool_id": "demo",
-                    "event_type": "push",
-                    "error": "forward answered 400",
-                    "error_class": "http_4xx",
-                    "retryable": False,
-                    "retry_count": 0,
-                    "status": status,
-                    "created_at": now,
-                    "updated_at": now,
-                    "last_retry_at": None,
-                    "next_retry_at": None,
-                }
+                DeadLetterRecord(
+                    id=dlq_id,
+                    event_id=event_id,
+                    tool_id="demo",
+                    event_type="push",
+                    error="forward answered 400",
+                    error_class="http_4xx",
+                    retryable=False,
+                    retry_count=0,
+                    status=DeadLetterStatus(status),
+                    created_at=now,
+                    updated_at=now,
+                    next_retry_at=None,
+                )
             ],
         )
     return event_id, dlq_id
