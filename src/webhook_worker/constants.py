@@ -17,6 +17,36 @@ REDIS_RETRY_SUFFIX: Final = "retry"
 REDIS_MALFORMED_SUFFIX: Final = "events:malformed"
 """Stream where entries of the events stream that cannot be decoded are set aside for a human."""
 
+
+class RedisKeys:
+    """Every Redis key under one prefix (REDIS_KEY_PREFIX): the only place keys are composed.
+
+    Plain attributes, computed once, since the per-message keys are built on the ingest path.
+    """
+
+    __slots__ = ("_dedupe_prefix", "malformed", "prefix", "retry", "retry_hash_prefix", "stream")
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.stream = f"{prefix}:{REDIS_STREAM_SUFFIX}"
+        """``{prefix}:events``: the stream of accepted events."""
+        self.malformed = f"{prefix}:{REDIS_MALFORMED_SUFFIX}"
+        """``{prefix}:events:malformed``: entries that could not be decoded."""
+        self.retry = f"{prefix}:{REDIS_RETRY_SUFFIX}"
+        """``{prefix}:retry``: sorted set of event ids waiting for a retry, by due time."""
+        self.retry_hash_prefix = f"{self.retry}:"
+        """What :meth:`retry_hash` puts before the event id (the promote script needs it)."""
+        self._dedupe_prefix = f"{prefix}:{REDIS_DEDUPE_SUFFIX}:"
+
+    def retry_hash(self, event_id: str) -> str:
+        """``{prefix}:retry:{event_id}``: the fields of a message waiting for a retry."""
+        return self.retry_hash_prefix + event_id
+
+    def dedupe(self, tool_id: str, delivery_id: str) -> str:
+        """``{prefix}:delivery:{tool_id}:{delivery_id}``: the first event id for a delivery id."""
+        return f"{self._dedupe_prefix}{tool_id}:{delivery_id}"
+
+
 # Stream entry fields.
 FIELD_EVENT_ID: Final = b"id"
 FIELD_TOOL_ID: Final = b"tool"

@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 
 from webhook_worker.config import Settings
-from webhook_worker.constants import REDIS_STREAM_SUFFIX, TABLE_QUEUE
+from webhook_worker.constants import TABLE_QUEUE, RedisKeys
 from webhook_worker.errors import DatabaseUnavailableError, WebhookWorkerError
 from webhook_worker.queue.base import Queue
 from webhook_worker.queue.batcher import EnqueueBatcher
@@ -68,7 +68,7 @@ class Runtime:
     def queue_destination(self) -> tuple[str, str]:
         """``(messaging system, destination name)`` for trace attributes."""
         if self.settings.uses_redis:
-            return "redis", f"{self.settings.redis_key_prefix}:{REDIS_STREAM_SUFFIX}"
+            return "redis", RedisKeys(self.settings.redis_key_prefix).stream
         return self.db.dialect, TABLE_QUEUE
 
     @property

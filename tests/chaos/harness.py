@@ -39,7 +39,7 @@ from redis.exceptions import ResponseError
 from sqlalchemy import func, select
 
 from tests.support import Processes, eventually, free_port
-from webhook_worker.constants import REDIS_GROUP, REDIS_RETRY_SUFFIX, REDIS_STREAM_SUFFIX
+from webhook_worker.constants import REDIS_GROUP, RedisKeys
 from webhook_worker.storage.database import Database
 from webhook_worker.storage.schema import attempts, dead_letters, events, queue_messages
 
@@ -358,8 +358,9 @@ class QueueProbe:
     ) -> None:
         self._db = db
         self._redis = redis
-        self.stream = f"{prefix}:{REDIS_STREAM_SUFFIX}"
-        self.retry = f"{prefix}:{REDIS_RETRY_SUFFIX}"
+        keys = RedisKeys(prefix)
+        self.stream = keys.stream
+        self.retry = keys.retry
 
     async def state(self) -> dict[str, int]:
         """``depth``: messages in the queue (waiting or handed out); ``pending``: handed out and

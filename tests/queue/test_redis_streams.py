@@ -108,7 +108,7 @@ async def test_dedupe_key_expires_after_the_ttl_from_first_sight(
     queue = await make_queue(ttl=120.5)
     sent = message()
     await queue.enqueue([sent])
-    key = queue.dedupe_key(sent.tool_id, sent.delivery_id)
+    key = queue.keys.dedupe(sent.tool_id, sent.delivery_id)
     assert await redis_client.get(key) == sent.event_id.encode()
     assert 115 <= await redis_client.ttl(key) <= 121
 
@@ -127,7 +127,7 @@ async def test_failed_append_forgets_the_delivery_id(
     with pytest.raises(QueueUnavailableError):
         await queue.enqueue([sent])
     # Otherwise the sender's retry would be answered "duplicate" for an event never enqueued.
-    assert await redis_client.exists(queue.dedupe_key(sent.tool_id, sent.delivery_id)) == 0
+    assert await redis_client.exists(queue.keys.dedupe(sent.tool_id, sent.delivery_id)) == 0
 
 
 # Reclaiming what a dead consumer left behind.
@@ -201,7 +201,7 @@ async def test_malformed_entries_are_set_aside(
     assert [d.message for d in deliveries] == [good]
     assert len([r for r in caplog.records if "malformed" in r.getMessage()]) == 2
 
-    aside = await redis_client.xrange(queue.malformed_key)
+    aside = await redis_client.xrange(queue.keys.malformed)
     assert [fields[FIELD_MALFORMED_SOURCE_ID] for _, fields in aside] == [missing, bad_text]
     assert all(fields[FIELD_MALFORMED_ERROR] for _, fields in aside)
     assert aside[0][1][b"tool"] == b"t"
@@ -222,7 +222,7 @@ async def test_malformed_entry_found_by_reclaim_is_set_aside(
 
     async def set_aside() -> bool:
         assert await queue.reclaim(10) == []
-        return bool(await redis_client.xlen(queue.malformed_key))
+        return bool(await redis_client.xlen(queue.keys.malformed))
 
     await eventually(set_aside, what="the entry to be set aside")
     assert await redis_client.xlen(queue.stream_key) == 0

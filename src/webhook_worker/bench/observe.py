@@ -25,7 +25,7 @@ import httpx
 from sqlalchemy import Select, create_engine, func, select
 
 from webhook_worker.bench.deployment import Deployment
-from webhook_worker.constants import REDIS_STREAM_SUFFIX
+from webhook_worker.constants import RedisKeys
 from webhook_worker.queue import redis_connection
 from webhook_worker.storage.database import Database
 from webhook_worker.storage.schema import events, queue_messages
@@ -47,7 +47,7 @@ class Observer:
         self._pids = deployment.pids
         settings = deployment.settings
         self._redis = redis_connection.connect(settings) if settings.uses_redis else None
-        self._stream = f"{settings.redis_key_prefix}:{REDIS_STREAM_SUFFIX}"
+        self._stream = RedisKeys(settings.redis_key_prefix).stream
         url = settings.sqlalchemy_url()
         self._sqlite = (
             create_engine(url.replace("+aiosqlite", ""), connect_args={"timeout": 30})

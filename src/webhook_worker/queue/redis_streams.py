@@ -33,11 +33,8 @@ from webhook_worker.config import Settings
 from webhook_worker.constants import (
     FIELD_MALFORMED_ERROR,
     FIELD_MALFORMED_SOURCE_ID,
-    REDIS_DEDUPE_SUFFIX,
     REDIS_GROUP,
-    REDIS_MALFORMED_SUFFIX,
-    REDIS_RETRY_SUFFIX,
-    REDIS_STREAM_SUFFIX,
+    RedisKeys,
 )
 from webhook_worker.errors import QueueUnavailableError
 from webhook_worker.queue.base import Delivery, EnqueueResult, Message
@@ -78,11 +75,10 @@ class RedisStreamsQueue:
         self._consumer = consumer_name
         self._ttl = max(1, math.ceil(idempotency_ttl))
         self._reclaim_idle_ms = max(0, round(reclaim_idle * 1000))
-        self._stream = f"{key_prefix}:{REDIS_STREAM_SUFFIX}"
-        self._malformed = f"{key_prefix}:{REDIS_MALFORMED_SUFFIX}"
-        self._dedupe_prefix = f"{key_prefix}:{REDIS_DEDUPE_SUFFIX}:"
-        self._retry = f"{key_prefix}:{REDIS_RETRY_SUFFIX}"
-        self._retry_prefix = f"{self._retry}:"
+        self._keys = RedisKeys(key_prefix)
+        self._stream = self._keys.stream
+        self._malformed = self._keys.malformed
+        self._retry = self._keys.retry
         self._where = f"{kwargs.get('host', '?')}:{kwargs.get('port', '?')}"
         socket_timeout = kwargs.get("socket_timeout")
         # A BLOCK as long as the socket timeout would end in a timeout error on an idle stream.
@@ -112,18 +108,14 @@ class RedisStreamsQueue:
         return queue
 
     @property
+    def keys(self) -> RedisKeys:
+        """The Redis keys this queue uses."""
+        return self._keys
+
+    @property
     def stream_key(self) -> str:
         """The Redis key of the events stream."""
         return self._stream
-
-    @property
-    def malformed_key(self) -> str:
-        """The Redis key of the stream holding entries that could not be decoded."""
-        return self._malformed
-
-    def dedupe_key(self, tool_id: str, delivery_id: str) -> str:
-        """The Redis key remembering ``delivery_id`` of ``tool_id`` for the idempotency TTL."""
-        return f"{self._dedupe_prefix}{tool_id}:{delivery_id}"
 
     async def setup(self) -> None:
         """Create the stream and the consumer group if they do not exist yet (idempotent)."""
@@ -140,8 +132,9 @@ class RedisStreamsQueue:
             return []
         keys = [self._stream]
         args: list[bytes | str | int] = [self._ttl]
+        dedupe = self._keys.dedupe
         for message in messages:
-            keys.append(self.dedupe_key(message.tool_id, message.delivery_id))
+            keys.append(dedupe(message.tool_id, message.delivery_id))
             fields = encode(message)
             args += [message.event_id, len(fields), *fields]
         with self._unavailable("enqueue"):
@@ -265,7 +258,7 @@ class RedisStreamsQueue:
                 for delivery, delay in deliveries:
                     event_id = delivery.message.event_id
                     fields = encode(delivery.message)
-                    holder = self._retry_prefix + event_id
+                    holder = self._keys.retry_hash(event_id)
                     pipe.delete(holder)
                     pipe.hset(holder, mapping=dict(pairs(fields)))
                     pipe.zadd(self._retry, {event_id: now + delay})
@@ -278,7 +271,8 @@ class RedisStreamsQueue:
         """Move retries whose time has come back into the stream. Returns how many moved."""
         with self._unavailable("promote due retries"):
             moved = await self._promote_script(
-                keys=[self._retry, self._stream], args=[time.time(), limit, self._retry_prefix]
+                keys=[self._retry, self._stream],
+                args=[time.time(), limit, self._keys.retry_hash_prefix],
             )
         return int(moved)
 

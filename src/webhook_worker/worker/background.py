@@ -1,0 +1,168 @@
+"""The worker's background loops, beside the main receive loop.
+
+- reclaim: take over messages that stopped or crashed workers left unacknowledged;
+- renew: keep the leases of what this worker holds, so a slow forward is not reclaimed;
+- promote: move retries that are due back into the queue;
+- dead-letter auto retry: requeue retryable dead letters (DLQ_AUTO_RETRY_*);
+- housekeeping: the queue depth metric and the queue's own clean-up;
+- shed: send back to the queue what slow tools hold in line beyond their share.
+
+Every loop but lease renewal ends when the worker is asked to stop. The loops watch the stop
+event rather than relying on cancellation alone: a cancel that lands inside a Redis or database
+call can come back as a connection error, which a loop built to survive outages would take for
+one and carry on. Renewal goes on until the worker has drained, since what it still holds must
+not be reclaimed while its outcome is being written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+
+from webhook_worker.errors import QueueUnavailableError, UnavailableError
+from webhook_worker.observability import metrics
+from webhook_worker.queue.base import Delivery, Queue
+from webhook_worker.replay import Replayer
+from webhook_worker.worker.backoff import pause
+from webhook_worker.worker.holding import Holding
+
+log = logging.getLogger(__name__)
+
+_HOUSEKEEPING_INTERVAL = 5.0
+_PROMOTE_INTERVAL = 0.1
+_SHED_INTERVAL = 0.25
+_STOP_TIMEOUT = 10.0
+
+Read = Callable[[int], Awaitable[list[Delivery]]]
+Take = Callable[[Read], Awaitable[int | None]]
+"""Reads up to a batch with ``read(count)`` and hands it to the worker; how many came (None:
+asked to stop)."""
+
+
+class Background:
+    """Starts and stops the loops (see the module docstring)."""
+
+    def __init__(
+        self,
+        queue: Queue,
+        holding: Holding,
+        stopping: asyncio.Event,
+        *,
+        take: Take,
+        shed: Callable[[], None],
+        replayer: Replayer | None,
+        reclaim_interval: float,
+        lease_renewal: float,
+        dlq_auto_retry_max: int,
+        dlq_auto_retry_interval: float,
+    ) -> None:
+        """``take`` is how reclaimed messages join the worker; ``shed()`` defers what slow
+        tools hold beyond their share."""
+        self._queue = queue
+        self._holding = holding
+        self._stopping = stopping
+        self._take = take
+        self._shed = shed
+        self._replayer = replayer
+        self._reclaim_interval = reclaim_interval
+        self._lease_renewal = lease_renewal
+        self._dlq_auto_retry_max = dlq_auto_retry_max
+        self._dlq_auto_retry_interval = dlq_auto_retry_interval
+        self._loops: tuple[asyncio.Task[None], ...] = ()
+        self._renewer: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Start every loop."""
+        self._loops = (
+            asyncio.create_task(self._reclaim_forever(), name="worker-reclaim"),
+            asyncio.create_task(self._housekeeping_forever(), name="worker-housekeeping"),
+            asyncio.create_task(self._promote_forever(), name="worker-promote-retries"),
+            asyncio.create_task(self._retry_dead_letters_forever(), name="worker-dlq-retry"),
+            asyncio.create_task(self._shed_forever(), name="worker-shed-slow-lanes"),
+        )
+        self._renewer = asyncio.create_task(self._renew_forever(), name="worker-renew-leases")
+
+    async def stop(self) -> None:
+        """Once the stop event is set: wait for the loops to end (those stuck past a timeout
+        are cancelled). Lease renewal goes on until :meth:`stop_renewing`."""
+        if not self._loops:
+            return
+        _, stuck = await asyncio.wait(self._loops, timeout=_STOP_TIMEOUT)
+        for task in stuck:
+            task.cancel()
+
+    async def stop_renewing(self) -> None:
+        """Stop lease renewal (the worker holds nothing any more)."""
+        if self._renewer is not None:
+            self._renewer.cancel()
+            await asyncio.gather(self._renewer, return_exceptions=True)
+
+    async def _reclaim_forever(self) -> None:
+        while not self._stopping.is_set():
+            await pause(self._stopping, self._reclaim_interval)
+            try:
+                while not self._stopping.is_set():
+                    taken = await self._take(self._queue.reclaim)
+                    if not taken:
+                        break
+                    metrics.RECLAIMED.inc(taken)
+                    log.info("reclaimed %d messages from stopped consumers", taken)
+            except QueueUnavailableError as exc:
+                log.warning("reclaim skipped, queue unavailable: %s", exc)
+
+    async def _renew_forever(self) -> None:
+        """Keep what this worker holds from looking abandoned: a message waiting on a slow
+        forward (or on the database coming back) must not be reclaimed by another worker."""
+        while True:
+            await asyncio.sleep(self._lease_renewal)
+            held = self._holding.older_than(self._lease_renewal)
+            if not held:
+                continue
+            try:
+                await self._queue.renew(held)
+            except QueueUnavailableError as exc:
+                log.warning("could not renew %d held messages: %s", len(held), exc)
+            else:
+                self._holding.renewed(held)
+
+    async def _promote_forever(self) -> None:
+        """Move retries that are due back into the queue (Redis keeps them aside until then)."""
+        while not self._stopping.is_set():
+            try:
+                moved = await self._queue.promote_due()
+            except QueueUnavailableError:
+                moved = 0
+            if not moved:
+                await pause(self._stopping, _PROMOTE_INTERVAL)
+
+    async def _retry_dead_letters_forever(self) -> None:
+        """The automatic retry of retryable dead letters (DLQ_AUTO_RETRY_*)."""
+        if self._replayer is None or self._dlq_auto_retry_max == 0:
+            return
+        # Look several times per interval so a due dead letter waits at most a fraction more.
+        tick = min(self._dlq_auto_retry_interval / 4, 30.0)
+        while not self._stopping.is_set():
+            await pause(self._stopping, tick)
+            try:
+                while await self._replayer.retry_due(
+                    self._dlq_auto_retry_max, self._dlq_auto_retry_interval
+                ):
+                    pass
+            except Exception as exc:  # the next tick tries again
+                if not isinstance(exc, UnavailableError):
+                    raise
+                log.warning("automatic dead letter retry skipped: %r", exc)
+
+    async def _housekeeping_forever(self) -> None:
+        while not self._stopping.is_set():
+            with contextlib.suppress(QueueUnavailableError):
+                metrics.QUEUE_DEPTH.set(await self._queue.depth())
+                await self._queue.housekeeping()
+            await pause(self._stopping, _HOUSEKEEPING_INTERVAL)
+
+    async def _shed_forever(self) -> None:
+        while not self._stopping.is_set():
+            self._shed()
+            await pause(self._stopping, _SHED_INTERVAL)

@@ -1,0 +1,125 @@
+"""The outcome writer: events whose processing ended are settled in groups.
+
+Settling an event writes its outcome (one transaction for the group), then schedules its retry
+or acknowledges it in the queue, and only then lets go of it (:class:`Holding`). One task does
+this in groups of up to ``batch_size``; while one group is written the next accumulates, so
+under load a write carries many events and when idle an event waits for no one (the grouping
+is :class:`~webhook_worker.groupcommit.GroupCommit`'s).
+
+A write that fails for good is logged and its messages are let go unacknowledged: the queue
+hands them out again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from typing import NamedTuple
+
+from webhook_worker.groupcommit import GroupCommit
+from webhook_worker.queue.base import Delivery, Queue
+from webhook_worker.worker.backoff import with_backoff
+from webhook_worker.worker.holding import Holding
+from webhook_worker.worker.processor import Processor
+from webhook_worker.worker.work import Batch, Work
+
+log = logging.getLogger(__name__)
+
+
+class _Defer(NamedTuple):
+    delivery: Delivery
+    delay: float
+
+
+# What a group holds: a message to acknowledge, one to send back for a while, or an event whose
+# outcome to write ((work, forwarded): a plain pair, as the one item every forward adds).
+_Outcome = Delivery | _Defer | tuple[Work, bool]
+
+
+class Settler:
+    """Writes outcomes, reschedules and acknowledges, in groups (see the module docstring)."""
+
+    def __init__(
+        self,
+        processor: Processor,
+        queue: Queue,
+        holding: Holding,
+        stopping: asyncio.Event,
+        batch_size: int,
+    ) -> None:
+        """``stopping``: once set, a write waiting for the database or queue to come back gives
+        up (its messages are redelivered)."""
+        self._processor = processor
+        self._queue = queue
+        self._holding = holding
+        self._stopping = stopping
+        self._group: GroupCommit[_Outcome, None] = GroupCommit(
+            self._write, max_group=batch_size, name="worker-settle"
+        )
+
+    def start(self) -> None:
+        """Start the writing task."""
+        self._group.start()
+
+    def settle(self, work: Work, *, forwarded: bool) -> None:
+        """Write the event's outcome, then acknowledge it or schedule its retry."""
+        self._group.add((work, forwarded))
+
+    def acknowledge(self, deliveries: Sequence[Delivery]) -> None:
+        """Acknowledge messages whose outcome is already written."""
+        self._group.add_many(deliveries)
+
+    def defer(self, delivery: Delivery, delay: float) -> None:
+        """Back to the queue, untried and unchanged, for ``delay`` seconds."""
+        self._group.add(_Defer(delivery, delay))
+
+    async def close(self, within: float) -> None:
+        """Write what is waiting, then stop (what cannot be written in time is redelivered)."""
+        if not await self._group.close(within):
+            log.warning(
+                "outcomes still unwritten at the shutdown timeout; they will be redelivered"
+            )
+
+    async def _write(self, group: list[_Outcome]) -> None:
+        batch = Batch()
+        acknowledge: list[Delivery] = []
+        defer: list[tuple[Delivery, float]] = []
+        for item in group:
+            if isinstance(item, Delivery):
+                acknowledge.append(item)
+            elif isinstance(item, _Defer):
+                defer.append(item)
+            elif item[1]:
+                batch.to_forward.append(item[0])
+            else:
+                batch.to_update.append(item[0])
+        try:
+            await self._settle(batch, acknowledge, defer)
+        except Exception:
+            settled = len(batch.to_forward) + len(batch.to_update)
+            log.exception("writing %d outcomes failed; they will be redelivered", settled)
+            self._holding.release([_delivery(item) for item in group])
+
+    async def _settle(
+        self, batch: Batch, acknowledge: list[Delivery], defer: list[tuple[Delivery, float]]
+    ) -> None:
+        if (batch.to_forward or batch.to_update) and not await with_backoff(
+            lambda: self._processor.record(batch), self._stopping
+        ):
+            return  # stopping while the database is away: everything here is redelivered
+        retry = [*batch.retry, *defer]
+        done = [*acknowledge, *batch.done]
+        if retry and not await with_backoff(lambda: self._queue.retry_later(retry), self._stopping):
+            return
+        if done and not await with_backoff(lambda: self._queue.ack(done), self._stopping):
+            return
+        self._holding.release([*done, *(delivery for delivery, _ in retry)])
+
+
+def _delivery(item: _Outcome) -> Delivery:
+    if isinstance(item, Delivery):
+        return item
+    if isinstance(item, _Defer):
+        return item.delivery
+    return item[0].delivery

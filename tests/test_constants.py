@@ -1,0 +1,15 @@
+"""The Redis key layout is a wire contract: running processes and stored data depend on it."""
+
+from webhook_worker.constants import RedisKeys
+
+
+def test_redis_keys_are_the_documented_names() -> None:
+    keys = RedisKeys("webhook-worker:prod")
+
+    assert keys.prefix == "webhook-worker:prod"
+    assert keys.stream == "webhook-worker:prod:events"
+    assert keys.malformed == "webhook-worker:prod:events:malformed"
+    assert keys.retry == "webhook-worker:prod:retry"
+    assert keys.retry_hash("0192-abc") == "webhook-worker:prod:retry:0192-abc"
+    assert keys.retry_hash_prefix == "webhook-worker:prod:retry:"
+    assert keys.dedupe("github", "d-1:x") == "webhook-worker:prod:delivery:github:d-1:x"
