@@ -226,13 +226,14 @@ class Worker:
             self._start_forward(nxt)
 
     async def _dead_letter_poison(self, poison: list[Delivery]) -> None:
-        metrics.POISON.inc(len(poison))
         await self._processor.dead_letter(
             poison,
             ErrorClass.POISON,
             f"delivered more than {self._max_deliveries} times without being acknowledged "
             "(WORKER_MAX_DELIVERIES); a worker may have crashed while processing it",
         )
+        # Counted once the dead letters are committed: this runs again while the database is away.
+        metrics.POISON.inc(len(poison))
 
     async def _store(self, fresh: list[Delivery]) -> Batch:
         try:
