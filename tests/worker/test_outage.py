@@ -215,8 +215,8 @@ async def test_a_database_outage_during_record_counts_each_outcome_once(
     await forward_in_order(processor, first, [c.event_id])
     await processor.record(first)
     await runtime.queue.ack(first.done)
-    [letter], _ = await dead_letters.list(DeadLetterFilter())
-    await runtime.replayer.retry_dead_letter(letter["id"])
+    [letter] = (await dead_letters.list(DeadLetterFilter())).items
+    await runtime.replayer.retry_dead_letter(letter.id)
 
     # A will fail retryably, B for good, C get through.
     a, b = message(1), message(2)
@@ -256,15 +256,14 @@ async def test_a_database_outage_during_record_counts_each_outcome_once(
     # What was committed is what was counted; the outage itself left no attempt.
     events = {e: await runtime.events.get(e) for e in (a.event_id, b.event_id, c.event_id)}
     assert {
-        e: (event["status"], [x["outcome"] for x in event["attempts"]])
-        for e, event in events.items()
+        e: (event.status, [x.outcome for x in event.attempts]) for e, event in events.items()
     } == {
         a.event_id: ("retrying", ["failed"]),
         b.event_id: ("dead", ["dead"]),
         c.event_id: ("processed", ["dead", "forwarded"]),
     }
-    letters, _ = await dead_letters.list(DeadLetterFilter())
-    assert sorted((x["event_id"], x["status"]) for x in letters) == sorted(
+    letters = (await dead_letters.list(DeadLetterFilter())).items
+    assert sorted((x.event_id, x.status) for x in letters) == sorted(
         [(b.event_id, "pending"), (c.event_id, "resolved")]
     )
 
@@ -307,5 +306,5 @@ async def test_a_database_outage_while_storing_counts_dead_letters_once(
     after = dead_letters("poison", "fwd")
     assert (after[0] - before[0], after[1] - before[1]) == (1, 1)
 
-    letters, _ = await DeadLetterStore(runtime.db).list(DeadLetterFilter())
-    assert sorted(x["error_class"] for x in letters) == ["invalid_payload", "poison"]
+    letters = (await DeadLetterStore(runtime.db).list(DeadLetterFilter())).items
+    assert sorted(x.error_class for x in letters) == ["invalid_payload", "poison"]
