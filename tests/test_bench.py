@@ -206,7 +206,8 @@ def test_every_request_is_signed_as_the_provider_would(auth: dict[str, Any]) -> 
         head, _, body = builder.build().partition(b"\r\n\r\n")
         lines = head.decode("latin-1").split("\r\n")
         assert lines[0] == "POST /webhooks/gh HTTP/1.1"
-        headers = httpx.Headers([tuple(line.split(": ", 1)) for line in lines[1:]])
+        fields = [line.split(": ", 1) for line in lines[1:]]
+        headers = httpx.Headers([(name, value) for name, value in fields])
         assert int(headers["content-length"]) == len(body)
         verifier.verify(headers, body, time.time())
         deliveries.add(headers["x-github-delivery"])

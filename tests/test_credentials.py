@@ -51,7 +51,7 @@ def test_the_rule_ignores_case(name: str, secret: bool) -> None:
 
 
 async def test_ingest_stores_exactly_the_headers_that_carry_no_credential(tmp_path: Path) -> None:
-    settings = Settings(data_dir=tmp_path)  # type: ignore[arg-type]
+    settings = Settings(data_dir=tmp_path)
     async with running_service(settings) as service:
         await service.runtime.tool_service.create({"id": "open", "auth": {"type": "none"}})
         sent = {name: f"value-of-{name}" for name in HEADERS}
@@ -66,7 +66,7 @@ async def test_ingest_stores_exactly_the_headers_that_carry_no_credential(tmp_pa
 
 async def test_ingest_still_drops_the_tools_own_auth_header(tmp_path: Path) -> None:
     # "X-Shared" names no credential word: it is dropped because the tool reads its token there.
-    settings = Settings(data_dir=tmp_path)  # type: ignore[arg-type]
+    settings = Settings(data_dir=tmp_path)
     async with running_service(settings) as service:
         await service.runtime.tool_service.create(
             {"id": "tok", "auth": {"type": "token", "header": "X-Shared", "secret": "s3cret"}}

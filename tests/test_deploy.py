@@ -58,7 +58,7 @@ RUNBOOK_URL = "https://github.com/webhook-worker/webhook-worker/blob/main/docs/o
 # Labels Prometheus attaches to every scraped series (the target's), not the package's.
 TARGET_LABELS = frozenset({"job", "instance", "pod", "namespace"})
 # Series Prometheus makes itself.
-SYNTHETIC_SERIES = {"up": frozenset()}
+SYNTHETIC_SERIES: dict[str, frozenset[str]] = {"up": frozenset()}
 PROMQL_KEYWORDS = frozenset(
     {"and", "or", "unless", "bool", "offset", "by", "without", "on", "ignoring"}
     | {"group_left", "group_right", "inf", "nan", "start", "end", "atan2"}
@@ -245,12 +245,12 @@ def promql_problems(expr: str) -> list[str]:
     known_labels = set(TARGET_LABELS)
     for name in metrics:
         known_labels |= series.get(name, frozenset())
-    for name, labels in selectors:
-        allowed = TARGET_LABELS | series.get(name, frozenset()) if name else known_labels
+    for selected, labels in selectors:
+        allowed = TARGET_LABELS | series.get(selected, frozenset()) if selected else known_labels
         problems += [
-            f"{name or 'a selector'} has no label {label!r}"
+            f"{selected or 'a selector'} has no label {label!r}"
             for label in sorted(labels - allowed)
-            if not name or name in series
+            if not selected or selected in series
         ]
     problems += [
         f"no metric here has the label {label!r}" for label in sorted(grouping - known_labels)
@@ -363,7 +363,8 @@ def test_alert_expressions_use_exported_metrics_and_labels() -> None:
 
 @functools.cache
 def _dashboard() -> dict[str, Any]:
-    return json.loads(DASHBOARD.read_text())
+    dashboard: dict[str, Any] = json.loads(DASHBOARD.read_text())
+    return dashboard
 
 
 def _panels() -> Iterator[dict[str, Any]]:
@@ -456,7 +457,10 @@ def test_grafana_provisioning_points_at_the_mounted_dashboards() -> None:
 def _compose_config() -> dict[str, Any]:
     env = _compose_env(SECRETS_KEY=_fernet_key(), ADMIN_TOKEN="test-admin-token")
     _ok([*_compose_command(), "-f", str(COMPOSE), "config", "-q"], env)
-    return yaml.safe_load(_ok([*_compose_command(), "-f", str(COMPOSE), "config"], env))
+    config: dict[str, Any] = yaml.safe_load(
+        _ok([*_compose_command(), "-f", str(COMPOSE), "config"], env)
+    )
+    return config
 
 
 def _environment(service: dict[str, Any]) -> dict[str, str]:

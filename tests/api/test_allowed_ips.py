@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from ipaddress import ip_network
 from pathlib import Path
+from typing import cast
 
 import httpx
 import pytest
@@ -57,7 +58,10 @@ class Ingest:
             serving(runtime, client=(peer, 40000)) as client,
         ):
             body = uuid.uuid4().bytes  # never a duplicate of an earlier request
-            return await client.post(f"/webhooks/{tool_id}", content=body, headers=headers)
+            # httpx types header values as all str or all bytes, but encodes each value on its
+            # own (bytes as given): the cases mix them to send raw bytes.
+            sent = cast(Sequence[tuple[str, str]], headers)
+            return await client.post(f"/webhooks/{tool_id}", content=body, headers=sent)
 
     async def queued(self) -> int:
         async with open_runtime(self.settings) as runtime:

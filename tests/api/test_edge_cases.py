@@ -61,7 +61,8 @@ def signature(body: bytes) -> str:
 
 async def raw_body(runtime: Runtime, event_id: str) -> bytes:
     async with runtime.db.connect() as conn:
-        body: bytes = await conn.scalar(select(events.c.body).where(events.c.id == event_id))
+        body = await conn.scalar(select(events.c.body).where(events.c.id == event_id))
+    assert isinstance(body, bytes), event_id
     return body
 
 

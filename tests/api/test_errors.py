@@ -76,7 +76,7 @@ def _documented_tree() -> dict[str, tuple[str | None, str]]:
 
 def test_the_drawn_tree_is_the_class_hierarchy() -> None:
     tree = _documented_tree()
-    classes = [WebhookWorkerError, *_subclasses(WebhookWorkerError)]
+    classes: list[type[WebhookWorkerError]] = [WebhookWorkerError, *_subclasses(WebhookWorkerError)]
     defined = {cls.__name__: cls for cls in classes if cls.__module__ == errors.__name__}
     assert set(tree) == set(defined)
     for name, (parent, _) in tree.items():

@@ -17,7 +17,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import orjson
@@ -234,7 +234,10 @@ class ProviderService(support.Service):
     async def deliver(
         self, tool_id: str, body: bytes, headers: Mapping[str, str | bytes]
     ) -> httpx.Response:
-        return await self.client.post(f"/webhooks/{tool_id}", content=body, headers=headers)
+        # httpx types header values as all str or all bytes, but encodes each value on its own
+        # (bytes as given): the malformed cases mix them to send raw non-ASCII bytes.
+        sent = cast(Mapping[str, str], headers)
+        return await self.client.post(f"/webhooks/{tool_id}", content=body, headers=sent)
 
 
 @pytest.fixture
@@ -288,6 +291,7 @@ async def test_accepted_with_event_type_and_delivery_id_then_duplicate(
 @pytest.mark.parametrize("name", SIGNED)
 async def test_forged_is_401_and_not_queued(service: ProviderService, name: str) -> None:
     provider = PROVIDERS[name]
+    assert provider.forged_secret is not None
     tool_id = await service.add(provider)
     body, headers, _ = delivered(provider, secret=provider.forged_secret)
     response = await service.deliver(tool_id, body, headers)

@@ -11,6 +11,7 @@ requests must be refused with a 4xx.
 from __future__ import annotations
 
 import asyncio
+import functools
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -21,7 +22,7 @@ import requests
 import schemathesis
 from hypothesis import HealthCheck, Phase, assume, given, settings
 from hypothesis import strategies as st
-from schemathesis import GenerationMode
+from schemathesis import APIOperation, Case, GenerationMode
 from schemathesis.checks import (
     content_type_conformance,
     negative_data_rejection,
@@ -30,6 +31,7 @@ from schemathesis.checks import (
     response_schema_conformance,
     status_code_conformance,
 )
+from schemathesis.core.result import Ok
 
 from tests.api.support import uvicorn_serving
 from tests.support import serving
@@ -39,7 +41,7 @@ from webhook_worker.runtime import Runtime, open_runtime
 from webhook_worker.storage.deadletters import upsert_dead_letters
 from webhook_worker.storage.events import insert_attempts, insert_events
 from webhook_worker.storage.records import AttemptRecord, DeadLetterRecord, EventRecord
-from webhook_worker.vocabulary import AttemptOutcome
+from webhook_worker.vocabulary import AttemptOutcome, DeadLetterStatus, ErrorClass, EventStatus
 
 ADMIN_TOKEN = "schemathesis-admin-t0ken"
 CHECKS = [
@@ -80,57 +82,58 @@ async def seed(runtime: Runtime) -> Seeded:
     now = datetime.now(UTC)
     bodies = [b'{"n": 1}', b"\xff\xfe not json", b'{"deep": [[[["x"]]]]}', b""]
     events = [
-        {
-            "id": new_id(),
-            "tool_id": "demo",
-            "event_type": "push" if index % 2 else None,
-            "delivery_id": f"delivery-{index}",
-            "status": "dead" if index < 3 else "processed",
-            "received_at": now - timedelta(minutes=10 - index),
-            "processed_at": now - timedelta(minutes=9 - index),
-            "headers": {"content-type": "application/json"},
-            "body": body,
-            "payload": {"summary": index} if index == 2 else None,
-            "attempt_count": 1,
-        }
+        EventRecord(
+            id=new_id(),
+            tool_id="demo",
+            event_type="push" if index % 2 else None,
+            delivery_id=f"delivery-{index}",
+            status=EventStatus.DEAD if index < 3 else EventStatus.PROCESSED,
+            received_at=now - timedelta(minutes=10 - index),
+            processed_at=now - timedelta(minutes=9 - index),
+            headers={"content-type": "application/json"},
+            body=body,
+            payload={"summary": index} if index == 2 else None,
+            attempt_count=1,
+        )
         for index, body in enumerate(bodies)
     ]
+    statuses = (DeadLetterStatus.PENDING, DeadLetterStatus.DISCARDED, DeadLetterStatus.RESOLVED)
     letters = [
-        {
-            "id": new_id(),
-            "event_id": event["id"],
-            "tool_id": "demo",
-            "event_type": event["event_type"],
-            "error": "forward answered 400",
-            "error_class": "http_4xx",
-            "retryable": False,
-            "retry_count": 0,
-            "status": status,
-            "created_at": now,
-            "updated_at": now,
-            "next_retry_at": None,
-        }
-        for event, status in zip(events, ("pending", "discarded", "resolved"), strict=False)
+        DeadLetterRecord(
+            id=new_id(),
+            event_id=event.id,
+            tool_id="demo",
+            event_type=event.event_type,
+            error="forward answered 400",
+            error_class=ErrorClass.HTTP_4XX,
+            retryable=False,
+            retry_count=0,
+            status=status,
+            created_at=now,
+            updated_at=now,
+            next_retry_at=None,
+        )
+        for event, status in zip(events, statuses, strict=False)
     ]
     async with runtime.db.begin() as conn:
-        await insert_events(conn, [EventRecord(**event) for event in events])
+        await insert_events(conn, events)
         await insert_attempts(
             conn,
             [
                 AttemptRecord(
-                    event_id=events[0]["id"],
+                    event_id=events[0].id,
                     attempt=1,
                     started_at=now,
                     duration_ms=3.5,
                     outcome=AttemptOutcome.DEAD,
-                    error_class="http_4xx",
+                    error_class=ErrorClass.HTTP_4XX,
                     error="forward answered 400",
                     http_status=400,
                 )
             ],
         )
-        await upsert_dead_letters(conn, [DeadLetterRecord(**letter) for letter in letters])
-    return Seeded(["demo"], [e["id"] for e in events], [d["id"] for d in letters])
+        await upsert_dead_letters(conn, letters)
+    return Seeded(["demo"], [e.id for e in events], [d.id for d in letters])
 
 
 def exercise(session: requests.Session, strategy: Any, examples: int, extra: list[Any]) -> int:
@@ -162,6 +165,13 @@ def exercise(session: requests.Session, strategy: Any, examples: int, extra: lis
     return sent
 
 
+def positive_with_path(
+    operation: APIOperation[Any, Any, Any, Any], path_parameters: dict[str, str]
+) -> st.SearchStrategy[Case[Any]]:
+    """Valid requests to ``operation`` whose path ids are ``path_parameters``."""
+    return operation.as_strategy(GenerationMode.POSITIVE, path_parameters=path_parameters)
+
+
 def run_schemathesis(base_url: str, seeded: Seeded) -> tuple[int, list[str]]:
     """Every /api/v1 operation; the number of requests sent and one line per failure."""
     schema = schemathesis.openapi.from_url(f"{base_url}/openapi.json").include(
@@ -170,7 +180,10 @@ def run_schemathesis(base_url: str, seeded: Seeded) -> tuple[int, list[str]]:
     session = requests.Session()
     sent = 0
     failures: list[str] = []
-    operations = [result.ok() for result in schema.get_all_operations()]
+    operations = []
+    for result in schema.get_all_operations():
+        assert isinstance(result, Ok), result.err()
+        operations.append(result.ok())
     assert len(operations) == 14, [op.label for op in operations]
 
     for operation in operations:
@@ -186,11 +199,7 @@ def run_schemathesis(base_url: str, seeded: Seeded) -> tuple[int, list[str]]:
             seeded_ids = st.fixed_dictionaries(
                 {name: st.sampled_from(values[name]) for name in path_names}
             )
-            strategy = seeded_ids.flatmap(
-                lambda ids, op=operation: op.as_strategy(
-                    GenerationMode.POSITIVE, path_parameters=ids
-                )
-            )
+            strategy = seeded_ids.flatmap(functools.partial(positive_with_path, operation))
             runs.append(("seeded", strategy, SEEDED_EXAMPLES, []))
 
         for kind, strategy, examples, extra in runs:

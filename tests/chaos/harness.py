@@ -376,21 +376,21 @@ class QueueProbe:
         assert self._db is not None
         now = time.time()
         async with self._db.connect() as conn:
-            depth = await conn.scalar(select(func.count()).select_from(queue_messages))
-            pending = await conn.scalar(
+            queued = await conn.scalar(select(func.count()).select_from(queue_messages))
+            handed_out = await conn.scalar(
                 select(func.count())
                 .select_from(queue_messages)
                 .where(queue_messages.c.locked_until > now)
             )
-            scheduled = await conn.scalar(
+            waiting = await conn.scalar(
                 select(func.count())
                 .select_from(queue_messages)
                 .where(queue_messages.c.available_at > now)
             )
         return {
-            "depth": int(depth or 0),
-            "pending": int(pending or 0),
-            "scheduled": int(scheduled or 0),
+            "depth": int(queued or 0),
+            "pending": int(handed_out or 0),
+            "scheduled": int(waiting or 0),
         }
 
     async def pending_of(self, consumer: str) -> int:

@@ -159,7 +159,7 @@ async def test_hanging_and_resetting_targets_do_not_hold_up_healthy_tools(
         )
         failing_done_s = time.monotonic() - sent_at
         drained = await until(probe.drained, within=60, what="the queue to empty")
-        received = {
+        received: dict[str, Counter[str | None]] = {
             "healthy": Counter(r.headers.get("webhook-id") for r in healthy.requests),
             "slow": Counter(r.headers.get("webhook-id") for r in slow.requests),
             "hang": Counter(hang.requests),

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 import orjson
 import pytest
+from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
+from opentelemetry.util.types import AnyValue
 
 from tests.support import eventually, running_service, target_server
 from webhook_worker.config import Settings
@@ -15,6 +17,12 @@ from webhook_worker.observability import tracing
 
 CALLER_TRACE = "0af7651916cd43dd8448eb211c80319c"
 CALLER_TRACEPARENT = f"00-{CALLER_TRACE}-b7ad6b7169203331-01"
+
+
+def attributes(span: ReadableSpan) -> Mapping[str, AnyValue]:
+    """``span.attributes``: typed optional by the SDK, but a finished span always has them."""
+    assert span.attributes is not None
+    return span.attributes
 
 
 @pytest.fixture
@@ -46,7 +54,7 @@ async def test_ingest_enqueue_process_and_forward_are_one_trace(
         event_id = response.json()["event_id"]
         await service.settled(event_id)
 
-        def finished(kind: SpanKind) -> list[object]:
+        def finished(kind: SpanKind) -> list[ReadableSpan]:
             return [s for s in spans.get_finished_spans() if s.kind == kind]
 
         async def consumer_done() -> bool:
@@ -58,24 +66,26 @@ async def test_ingest_enqueue_process_and_forward_are_one_trace(
     [server] = by_kind[SpanKind.SERVER]
     [producer] = by_kind[SpanKind.PRODUCER]
     [consumer] = by_kind[SpanKind.CONSUMER]
-    forwards = [s for s in by_kind[SpanKind.CLIENT] if s.attributes.get("http.request.method")]
+    forwards = [s for s in by_kind[SpanKind.CLIENT] if attributes(s).get("http.request.method")]
     [forward] = forwards
-    writes = [s for s in by_kind[SpanKind.CLIENT] if s.attributes.get("db.operation.name")]
+    writes = [s for s in by_kind[SpanKind.CLIENT] if attributes(s).get("db.operation.name")]
 
     # The caller's trace is continued end to end.
     for span in (server, producer, consumer, forward):
         assert format(span.context.trace_id, "032x") == CALLER_TRACE
+    assert producer.parent is not None and consumer.parent is not None
+    assert forward.parent is not None
     assert producer.parent.span_id == server.context.span_id
     assert consumer.parent.span_id == producer.context.span_id
     assert forward.parent.span_id == consumer.context.span_id
 
-    assert server.attributes["http.response.status_code"] == 202
-    assert producer.attributes["messaging.message.id"] == event_id
-    assert producer.attributes["messaging.operation.type"] == "send"
-    assert consumer.attributes["messaging.operation.type"] == "process"
-    assert consumer.attributes["webhook.tool_id"] == "traced"
-    assert consumer.attributes["webhook.status"] == "processed"
-    assert forward.attributes["http.response.status_code"] == 200
+    assert attributes(server)["http.response.status_code"] == 202
+    assert attributes(producer)["messaging.message.id"] == event_id
+    assert attributes(producer)["messaging.operation.type"] == "send"
+    assert attributes(consumer)["messaging.operation.type"] == "process"
+    assert attributes(consumer)["webhook.tool_id"] == "traced"
+    assert attributes(consumer)["webhook.status"] == "processed"
+    assert attributes(forward)["http.response.status_code"] == 200
 
     # The batch's database write is linked to the event it stored.
     assert any(

@@ -8,6 +8,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import cast
 
 import pytest
 import redis.asyncio as aioredis
@@ -30,6 +31,16 @@ from webhook_worker.queue.redis_streams import RedisStreamsQueue
 def redis_addr(client: aioredis.Redis) -> str:
     kwargs = client.connection_pool.connection_kwargs
     return f"{kwargs.get('host', '127.0.0.1')}:{kwargs.get('port', 6379)}"
+
+
+async def stream_entries(
+    client: aioredis.Redis, key: str
+) -> list[tuple[bytes, dict[bytes, bytes]]]:
+    """Every entry of the stream ``key``, as ``(id, fields)``."""
+    entries = await client.xrange(key)
+    # redis-py types XRANGE's reply loosely (maybe None, str or bytes, fields maybe None); with
+    # decode_responses off it is always a list of (bytes id, bytes fields), [] for no stream.
+    return cast(list[tuple[bytes, dict[bytes, bytes]]], entries)
 
 
 @pytest.fixture
@@ -60,7 +71,7 @@ async def test_the_body_is_stored_as_raw_bytes(
     binary = bytes(range(256)) + b"\xff\xfe\x00 not utf-8 \xc3\x28"
     await queue.enqueue([message(body=binary)])
     # No base64: another reader of the stream sees exactly what was posted.
-    entries = await redis_client.xrange(queue.stream_key)
+    entries = await stream_entries(redis_client, queue.stream_key)
     assert entries[0][1][FIELD_BODY] == binary
 
 
@@ -201,7 +212,7 @@ async def test_malformed_entries_are_set_aside(
     assert [d.message for d in deliveries] == [good]
     assert len([r for r in caplog.records if "malformed" in r.getMessage()]) == 2
 
-    aside = await redis_client.xrange(queue.keys.malformed)
+    aside = await stream_entries(redis_client, queue.keys.malformed)
     assert [fields[FIELD_MALFORMED_SOURCE_ID] for _, fields in aside] == [missing, bad_text]
     assert all(fields[FIELD_MALFORMED_ERROR] for _, fields in aside)
     assert aside[0][1][b"tool"] == b"t"

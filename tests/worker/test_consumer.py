@@ -4,13 +4,14 @@ outages, graceful stop."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 import uuid
 from collections.abc import AsyncIterator
 
 import orjson
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import Table, func, select
 
 from tests.support import eventually, free_port
 from webhook_worker.config import Settings
@@ -37,8 +38,8 @@ def message(delivery: str | None = None) -> Message:
     )
 
 
-async def count(db: Database, table: object, **where: str) -> int:
-    query = select(func.count()).select_from(table)  # type: ignore[arg-type]
+async def count(db: Database, table: Table, **where: str) -> int:
+    query = select(func.count()).select_from(table)
     for column, value in where.items():
         query = query.where(table.c[column] == value)
     async with db.connect() as conn:
@@ -128,7 +129,7 @@ async def test_poison_message_is_dead_lettered_not_retried_forever(
     for name in ("a", "b", "c"):
         crashed = queue_on(db, consumer=name, reclaim_idle=0.05)
         taken = await crashed.receive(1, 0) or await eventually(
-            lambda crashed=crashed: crashed.reclaim(1), what="the message"
+            functools.partial(crashed.reclaim, 1), what="the message"
         )
         assert taken[0].message.event_id == poison.event_id
 

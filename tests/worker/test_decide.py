@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypedDict
 
 import jmespath
 import orjson
@@ -105,8 +105,13 @@ def test_a_transform_yielding_null_is_dead() -> None:
     assert prepared.payload is None
 
 
+class _Shaping(TypedDict, total=False):
+    filter: str
+    transform: str
+
+
 @pytest.mark.parametrize("needs", [{"filter": "a"}, {"transform": "a"}])
-def test_a_body_that_is_not_json_is_dead_when_json_is_needed(needs: dict[str, str]) -> None:
+def test_a_body_that_is_not_json_is_dead_when_json_is_needed(needs: _Shaping) -> None:
     prepared = decide.prepare(plan(**needs), b"\xff not json")
     assert prepared.status == EventStatus.DEAD
     assert prepared.failure is not None
@@ -206,6 +211,8 @@ def test_retry_after_wins_over_the_backoff_capped_by_max_interval() -> None:
 def test_the_time_scale_shrinks_delays_and_the_elapsed_bound() -> None:
     failure = http_failure(500)
     fast = decide.settle(failed(failure), message(), RECEIVED + 0.05, POLICY, 0.001, lambda: 0.5)
-    assert fast == decide.RetryAfter(pytest.approx(0.001), failure, 1, RECEIVED)
+    assert isinstance(fast, decide.RetryAfter)
+    assert fast.delay == pytest.approx(0.001)
+    assert fast == decide.RetryAfter(fast.delay, failure, 1, RECEIVED)
     late = decide.settle(failed(failure), message(), RECEIVED + 0.0595, POLICY, 0.001)
     assert late == decide.Dead(failure)

@@ -24,6 +24,7 @@ from tests.support import (
 from webhook_worker.config import RetryPolicy, Settings
 from webhook_worker.runtime import open_runtime
 from webhook_worker.storage.deadletters import DeadLetterFilter, DeadLetterStore
+from webhook_worker.vocabulary import DeadLetterStatus
 
 FAST_RETRY = {"max_retries": 3, "initial_interval": "200ms", "max_interval": "2s"}
 
@@ -355,7 +356,7 @@ async def test_automatic_retries_stop_at_the_cap(
         store = DeadLetterStore(service.runtime.db)
 
         async def retried_once_and_back() -> bool:
-            letters = (await store.list(DeadLetterFilter(status="pending"))).items
+            letters = (await store.list(DeadLetterFilter(status=DeadLetterStatus.PENDING))).items
             return bool(letters) and letters[0].retry_count == 1
 
         await eventually(retried_once_and_back, within=20, what="one automatic retry")

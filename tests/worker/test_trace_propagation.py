@@ -62,7 +62,7 @@ INVALID = [
 
 async def test_no_traceparent_or_an_invalid_one_is_not_forwarded(tmp_path: Path) -> None:
     assert not tracing.enabled()
-    settings = Settings(data_dir=tmp_path, allow_private_forward=True)  # type: ignore[arg-type]
+    settings = Settings(data_dir=tmp_path, allow_private_forward=True)
     async with target_server() as target, running_service(settings) as service:
         await add_tool(service, target)
         assert await forward_once(service, target, {}) == ""
