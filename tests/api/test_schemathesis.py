@@ -242,6 +242,10 @@ FOUND: list[tuple[str, str, Any, int]] = [
     ("POST", "/api/v1/dlq/retry", {"limit": 5}, 400),
     ("POST", "/api/v1/tools", {"id": "nul", "description": "a\x00b"}, 400),
     ("PUT", "/api/v1/tools/demo", {"auth": {"type": "none"}, "events": {"\x00": {}}}, 400),
+    # A newline in a path id: the /api/v1 mount does not match it; the answer is JSON all the same.
+    ("PUT", "/api/v1/tools/x%0Ay", {"auth": {"type": "none"}}, 404),
+    ("PATCH", "/api/v1/tools/%0A", {}, 404),
+    ("GET", "/api/v1/x%0Ay", None, 404),
 ]
 
 

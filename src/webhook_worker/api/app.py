@@ -11,6 +11,7 @@ from typing import Any
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Mount, Route
@@ -66,7 +67,12 @@ def create_app(runtime: Runtime) -> Starlette:
         finally:
             await runtime.stop()
 
-    return _WebhookApp(ingest, routes=routes, lifespan=lifespan)
+    return _WebhookApp(
+        ingest,
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={HTTPException: v1.on_http_exception},
+    )
 
 
 _INGEST_PREFIXES = ("/webhooks/", "/api/webhooks/tools/")

@@ -52,7 +52,7 @@ def management_app(routes: Sequence[BaseRoute], admin_token: str | None) -> Star
             Middleware(_InternalErrors),
             Middleware(_Guard, admin_token=admin_token, routes=routes),
         ],
-        exception_handlers={WebhookWorkerError: _on_error, HTTPException: _on_http_exception},
+        exception_handlers={WebhookWorkerError: _on_error, HTTPException: on_http_exception},
     )
 
 
@@ -68,12 +68,14 @@ async def _on_error(request: Request, exc: Exception) -> Response:
     return error_response(exc)
 
 
-async def _on_http_exception(request: Request, exc: Exception) -> Response:
-    """Starlette's routing answers (no such path, wrong method) in the API's error shape."""
+async def on_http_exception(request: Request, exc: Exception) -> Response:
+    """Starlette's routing answers (no such path, wrong method) in the API's error shape. The
+    whole app uses it too: a path the ``/api/v1`` mount does not match (one with a newline, say)
+    gets the same JSON answer."""
     assert isinstance(exc, HTTPException)
     status = exc.status_code
     if status == 404:
-        detail = f"no {request.url.path} in the management API (see /openapi.json)"
+        detail = f"no {request.url.path!r} here (see /openapi.json)"
     elif status == 405:
         allowed = (exc.headers or {}).get("Allow", "")
         detail = f"{request.method} is not allowed here; allowed: {allowed}"
