@@ -25,7 +25,7 @@ from webhook_worker.tools.service import ToolService
 from webhook_worker.worker.consumer import Worker
 from webhook_worker.worker.forwarder import Forwarder
 from webhook_worker.worker.processor import Processor
-from webhook_worker.worker.target_guard import TargetGuard
+from webhook_worker.worker.target_guard import TargetGuard, set_allow_private
 
 
 class StartupError(WebhookWorkerError):
@@ -132,6 +132,7 @@ async def open_runtime(
         # Embedded: the queue is in the SQLite file, so the worker's commits may skip the fsync.
         db.relaxed_commits = db.is_sqlite and isinstance(queue, DatabaseQueue)
         forwarder = Forwarder(guard=TargetGuard(settings.allow_private_forward))
+        set_allow_private(settings.allow_private_forward)  # for tool validation
         try:
             store = ToolStore(db, secrets)
             await store.reencrypt()  # after a key is set or rotated, nothing waits for an edit

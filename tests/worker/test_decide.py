@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tracemalloc
 from typing import Any, TypedDict
 
 import jmespath
@@ -136,6 +137,86 @@ def test_failure_messages_are_one_bounded_line() -> None:
 
 
 _PUSH = {"action": "opened", "repository": {"name": "ww"}}
+
+
+# Issue 12 point 17: expressions that build enormous values from a small body.
+def _doubling(step: str, times: int) -> str:
+    return "|".join([step] * times)
+
+
+def test_a_transform_doubling_its_result_is_dead_with_a_clear_message() -> None:
+    # Shared in memory, so JMESPath itself returns at once; the stored JSON would be 2**40
+    # elements.
+    prepared = decide.prepare(plan(transform=_doubling("[@,@]", 40)), body(_PUSH))
+    status = prepared.status  # alone: a failed assertion must not print the payload
+    assert status == EventStatus.DEAD
+    assert prepared.failure is not None
+    assert prepared.failure.error_class == ErrorClass.TRANSFORM_ERROR
+    assert "the transform's result exceeded the bound" in prepared.failure.message
+    assert not prepared.failure.retryable
+    assert prepared.payload is None
+
+
+@pytest.mark.parametrize(
+    ("which", "expression", "document"),
+    [
+        ("transform", _doubling("[@,@]", 60), _PUSH),
+        ("transform", f"to_string({_doubling('[@,@]', 60)})", _PUSH),
+        ("transform", _doubling("join('', [@,@])", 60), "ab"),  # a string, really doubled
+        ("transform", _doubling("[@,@][]", 60), [1]),  # flattened: lists really doubled
+        ("transform", f"length([{_doubling('[@,@]', 60)}][*][*][*][*][*][*][*][*][*])", [1]),
+        (
+            "transform",  # two chains built apart: == would compare 2**60 leaves
+            f"[{_doubling('[@,@]', 60)}, {_doubling('[@,@]', 60)}] | [0] == [1]",
+            _PUSH,
+        ),
+        ("transform", f"map(&to_string([{_doubling('[@,@]', 14)}]), [*][*])", [list(range(5000))]),
+        ("filter", f"length(to_string({_doubling('[@,@]', 60)})) > `0`", _PUSH),
+    ],
+)
+@pytest.mark.timeout(60)
+def test_explosive_expressions_are_refused_quickly_and_in_little_memory(
+    which: str, expression: str, document: Any
+) -> None:
+    # Unbounded, these take hours and gigabytes: the test's timeout is the time bound, the
+    # traced peak below the memory bound (no timed assertion: the machine's speed varies).
+    shaping: _Shaping = {"filter": expression} if which == "filter" else {"transform": expression}
+    prepared = decide.prepare(plan(**shaping), body(document))
+    tracemalloc.start()  # slows it down: a second run for the memory
+    try:
+        decide.prepare(plan(**shaping), body(document))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 64 * 1024 * 1024
+    assert prepared.status == EventStatus.DEAD
+    assert prepared.failure is not None
+    expected = ErrorClass.FILTER_ERROR if which == "filter" else ErrorClass.TRANSFORM_ERROR
+    assert prepared.failure.error_class == expected
+    assert f"the {which}'s result exceeded the bound" in prepared.failure.message
+
+
+@pytest.mark.parametrize(
+    ("expression", "document"),
+    [
+        ("[@,@]", {"blob": "x" * 100_000}),  # twice a 100 KB body: within the bound
+        (
+            "items[*].{id: id, all: @}",
+            {"items": [{"id": n, "tags": ["a"] * 20} for n in range(500)]},
+        ),
+        ("sort_by(items, &id)[-1].id", {"items": [{"id": n} for n in range(2000)]}),
+        (
+            "items[?id > `5`].tags[] | join(',', @)",
+            {"items": [{"id": n, "tags": ["t"]} for n in range(9)]},
+        ),
+        ("{a: a, b: [a, a][], c: to_string(a), d: a[1:]}", {"a": [1, 2, 3]}),
+        ("*.x", {"p": {"x": 1}, "q": {"x": 2}}),
+    ],
+)
+def test_ordinary_expressions_give_what_jmespath_gives(expression: str, document: Any) -> None:
+    prepared = decide.prepare(plan(transform=expression), body(document))
+    assert prepared.status == EventStatus.PROCESSED, prepared.failure
+    assert prepared.payload == jmespath.search(expression, document)
 
 
 # settle ----------------------------------------------------------------------------------

@@ -30,6 +30,7 @@ from webhook_worker.credentials import is_credential_header
 from webhook_worker.errors import QueueUnavailableError
 from webhook_worker.ids import new_id
 from webhook_worker.observability import metrics, tracing
+from webhook_worker.observability.labels import event_type as label
 from webhook_worker.queue.base import EnqueueResult, Message
 from webhook_worker.queue.batcher import EnqueueBatcher
 from webhook_worker.tools.cache import ToolCache
@@ -163,7 +164,10 @@ class IngestHandler:
                 "the event was not accepted because the queue is unavailable; retry later",
                 headers={"Retry-After": "5"},
             )
-        labels = {"event_type": event_type or "", "tool_id": tool_id}
+        labels = {
+            "event_type": label(tool_id, event_type, tool.config.get("events")),
+            "tool_id": tool_id,
+        }
         if result.duplicate:
             metrics.EVENTS_DUPLICATE.labels(**labels).inc()
             return JSONResponse(

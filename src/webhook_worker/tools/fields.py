@@ -26,6 +26,7 @@ from pydantic_core import PydanticCustomError
 from webhook_worker.auth import standard_webhooks
 from webhook_worker.config import parse_duration
 from webhook_worker.tools.presets import PRESETS
+from webhook_worker.worker import target_guard
 
 REFUSED: Final = "tool_config"
 """The pydantic error type of every refusal below: its message is shown as it is."""
@@ -150,6 +151,9 @@ def _url(value: Any) -> str:
         parts = None
     if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
         refuse(f"expected an http:// or https:// URL, got {value!r}")
+    refusal = target_guard.configured_refusal(value)  # SSRF: IP literals, at once
+    if refusal is not None:
+        refuse(refusal)
     return str(value)
 
 

@@ -24,6 +24,7 @@ import orjson
 from webhook_worker.config import RetryPolicy
 from webhook_worker.queue.base import Message
 from webhook_worker.vocabulary import ErrorClass, EventStatus
+from webhook_worker.worker import expressions
 from webhook_worker.worker.forwarder import ForwardOutcome
 from webhook_worker.worker.plan import Plan
 from webhook_worker.worker.retry import Backoff, Failure
@@ -50,8 +51,9 @@ IGNORED: Final = Prepared(EventStatus.IGNORED)
 
 def prepare(plan: Plan, body: bytes) -> Prepared:
     """Run the plan's filter, then its transform, on ``body`` (parsed as JSON only when one of
-    them needs it). A body that is not JSON, a filter or transform that fails, or a transform
-    that yields null makes the event dead at once: another try would fail the same way."""
+    them needs it). A body that is not JSON, a filter or transform that fails or builds a value
+    past the bound of :mod:`~webhook_worker.worker.expressions`, or a transform that yields null
+    makes the event dead at once: another try would fail the same way."""
     kept = TO_FORWARD if plan.forwards else STORED
     if not plan.needs_json:
         return kept
@@ -62,22 +64,34 @@ def prepare(plan: Plan, body: bytes) -> Prepared:
             ErrorClass.INVALID_PAYLOAD,
             "the body is not JSON, which the tool's filter or transform needs",
         )
+    limit = expressions.limit_for(len(body))
     if plan.filter is not None:
         try:
-            keep = plan.filter.search(document)
+            keep = expressions.search(plan.filter, document, limit)
         except jmespath.exceptions.JMESPathError as exc:
             return dead(ErrorClass.FILTER_ERROR, f"the filter failed: {exc}")
+        except expressions.TooLarge:
+            return dead(ErrorClass.FILTER_ERROR, _too_large("filter", limit))
         if not truthy(keep):
             return IGNORED
     if plan.transform is None:
         return kept
     try:
-        payload = plan.transform.search(document)
+        payload = expressions.search(plan.transform, document, limit)
     except jmespath.exceptions.JMESPathError as exc:
         return dead(ErrorClass.TRANSFORM_ERROR, f"the transform failed: {exc}")
+    except expressions.TooLarge:
+        return dead(ErrorClass.TRANSFORM_ERROR, _too_large("transform", limit))
     if payload is None:
         return dead(ErrorClass.TRANSFORM_ERROR, "the transform produced null")
     return Prepared(kept.status, payload)
+
+
+def _too_large(which: str, limit: int) -> str:
+    return (
+        f"the {which}'s result exceeded the bound of {limit} bytes (4 times the body, at least "
+        f"1 MiB) or of {expressions.MAX_STEPS} steps; it was stopped, so check the expression"
+    )
 
 
 def truthy(value: Any) -> bool:

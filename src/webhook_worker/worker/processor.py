@@ -32,6 +32,7 @@ from webhook_worker.config import Settings
 from webhook_worker.constants import TABLE_EVENTS
 from webhook_worker.ids import new_id
 from webhook_worker.observability import metrics, tracing
+from webhook_worker.observability.labels import event_type as event_type_label
 from webhook_worker.queue.base import Delivery
 from webhook_worker.storage.database import Database
 from webhook_worker.storage.deadletters import (
@@ -359,7 +360,9 @@ def _retrying(work: Work, retry: decide.RetryAfter) -> None:
 def _dead_lettered(work: Work) -> None:
     failure = work.failure
     error_class = failure.error_class if failure else ErrorClass.UNKNOWN
-    metrics.DLQ_ENTRIES.labels(work.message.event_type or "", error_class).inc()
+    message = work.message
+    kind = event_type_label(message.tool_id, message.event_type, work.plan.overrides)
+    metrics.DLQ_ENTRIES.labels(kind, error_class).inc()
     log.warning(
         "event dead-lettered: %s", failure.message if failure else "", extra=event_fields(work)
     )
@@ -367,7 +370,9 @@ def _dead_lettered(work: Work) -> None:
 
 def _settled(work: Work) -> None:
     """Count the event's outcome, end its span, and (at debug level) log it."""
-    labels = (work.message.event_type or "", work.message.tool_id, work.status)
+    message = work.message
+    kind = event_type_label(message.tool_id, message.event_type, work.plan.overrides)
+    labels = (kind, message.tool_id, work.status)
     if log.isEnabledFor(logging.DEBUG):
         log.debug("event %s", work.status, extra=event_fields(work))
     metrics.EVENTS_PROCESSED.labels(*labels).inc()
