@@ -19,6 +19,7 @@ tool definitions encrypt and redact them, and :func:`redact_url` hides them on t
 from __future__ import annotations
 
 import functools
+import re
 from dataclasses import dataclass
 from typing import Final
 from urllib.parse import unquote_plus
@@ -129,3 +130,12 @@ def redact_url(url: str, mask: str = "REDACTED") -> str:
         text = url[credential.start : credential.end]
         url = url[: credential.start] + credential.masked(text, mask) + url[credential.end :]
     return url
+
+
+_URL_IN_TEXT: Final = re.compile(r"https?://[^\s'\"<>]+", re.IGNORECASE)
+
+
+def redact_urls_in(text: str, mask: str = "REDACTED") -> str:
+    """``text`` (an HTTP client's error message, say) with the credentials of every URL in it
+    replaced by ``mask``."""
+    return _URL_IN_TEXT.sub(lambda match: redact_url(match.group(), mask), text)

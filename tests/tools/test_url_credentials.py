@@ -4,6 +4,7 @@ names its host), restored from the placeholder only for the same host, and hidde
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 from typing import Any
@@ -13,12 +14,15 @@ from cryptography.fernet import Fernet
 from sqlalchemy import text
 
 from tests.cli.test_cli import Cli, clean_env
+from webhook_worker.credentials import redact_urls_in
 from webhook_worker.errors import ToolConfigError
 from webhook_worker.storage.database import Database
 from webhook_worker.storage.tools import ToolStore
 from webhook_worker.tools.model import parse_tool
 from webhook_worker.tools.secrets import PREFIX, SecretBox, SecretsAtRest
 from webhook_worker.tools.service import REDACTED, ToolService
+from webhook_worker.worker.forwarder import Forwarder, ForwardRequest
+from webhook_worker.worker.target_guard import TargetGuard
 
 KEY = Fernet.generate_key().decode()
 PASSWORD = "hook-p4ssw0rd"
@@ -139,3 +143,37 @@ def test_cli_views_redact_them(tmp_path: Path) -> None:
         assert result.returncode == 0, result.stderr
         assert_hidden(result.stdout, result.stderr)
     assert json.loads(outputs[3].stdout)["forward"]["url"] == SHOWN
+
+
+async def test_a_failed_forward_does_not_repeat_them() -> None:
+    # The HTTP client's message for a malformed answer quotes the URL; the attempt's error (kept
+    # with the event, shown by the API, logged) must not carry the API key with it.
+    async def malformed(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(65536)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nBad Header\r\n\r\nok")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(malformed, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    forwarder = Forwarder(TargetGuard(allow_private=True))
+    try:
+        url = URL.replace("https://", "http://").replace("example.com", f"127.0.0.1:{port}")
+        config = parse_tool(tool(url)).forward
+        assert config is not None
+        outcome = await forwarder.send(config, ForwardRequest("ev", "shop", None, b"{}", "a/b"))
+    finally:
+        await forwarder.close()
+        server.close()
+        await server.wait_closed()
+    assert outcome.failure is not None
+    assert "Bad Header" in outcome.failure.message  # the client's own words are kept
+    assert_hidden(outcome.failure.message)
+
+
+def test_urls_in_a_message_are_redacted() -> None:
+    message = f"400, message='Invalid', url='{URL}', after http://e.com/?token=t0k"
+    assert redact_urls_in(message) == (
+        "400, message='Invalid', url='https://REDACTED:REDACTED@example.com/in?api_key=REDACTED"
+        "&page=2', after http://e.com/?token=REDACTED"
+    )
