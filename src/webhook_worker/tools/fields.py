@@ -42,6 +42,8 @@ _ID = re.compile(ID_PATTERN)
 # C0 controls but horizontal tab (RFC 9110 lets a field value hold it), and DEL: a CR or LF in a
 # header value or URL would end the line it is written on and start a header of its own.
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+_NO_CONTROL_PATTERN: Final = r"^[^\u0000-\u0008\u000a-\u001f\u007f]*$"
+"""The same rule for the JSON Schema (ECMA-262 escapes)."""
 _URL_UNSAFE = re.compile(r"[\x00-\x20\x7f]")
 _DURATION_HINT = "expected a duration such as 500ms, 30s or 5m"
 _WHSEC_HOWTO = (
@@ -254,7 +256,7 @@ ForwardHeaders = Annotated[
         {
             "type": "object",
             "propertyNames": _HEADER_SCHEMA,
-            "additionalProperties": {"type": "string"},
+            "additionalProperties": {"type": "string", "pattern": _NO_CONTROL_PATTERN},
         }
     ),
     Kind("object: header name to string"),

@@ -17,7 +17,8 @@ from webhook_worker.clock import iso
 from webhook_worker.errors import NotFoundError, ToolConfigError
 from webhook_worker.storage.tools import ToolStore
 from webhook_worker.tools.model import Tool, parse_tool
-from webhook_worker.tools.secret_paths import REDACTED, secret_spots
+from webhook_worker.tools.secret_paths import REDACTED as REDACTED  # re-exported: the placeholder
+from webhook_worker.tools.secret_paths import secret_spots
 
 
 class ToolService:
