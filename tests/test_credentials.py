@@ -11,7 +11,12 @@ from cryptography.fernet import Fernet
 
 from tests.support import running_service
 from webhook_worker.config import Settings
-from webhook_worker.credentials import is_credential_header
+from webhook_worker.credentials import (
+    is_credential_header,
+    is_credential_query,
+    redact_url,
+    url_credentials,
+)
 from webhook_worker.tools.secrets import SecretBox, SecretsAtRest, is_sealed
 from webhook_worker.tools.service import REDACTED, redact
 
@@ -23,6 +28,7 @@ HEADERS: dict[str, bool] = {
     "Authorization": True,
     "Proxy-Authorization": True,
     "X-Auth-User": True,
+    "X-Auth": True,  # outside the first word list, as X-Password was
     "Cookie": True,
     "X-Session-Token": True,
     "X-Webhook-Secret": True,
@@ -96,3 +102,52 @@ def test_forward_headers_are_encrypted_and_redacted_by_the_same_rule() -> None:
         assert is_sealed(sealed["forward"]["headers"][name]) is secret, name
         shown = redacted["forward"]["headers"][name]
         assert shown == (REDACTED if secret else f"value-of-{name}"), name
+
+
+# URLs: the same rule for query parameter names, and the userinfo.
+
+
+@pytest.mark.parametrize(
+    ("name", "secret"),
+    [
+        *[(name, True) for name in ("key", "api_key", "apikey", "token", "access_token")],
+        *[(name, True) for name in ("secret", "client_secret", "password", "signature", "sig")],
+        *[(name, True) for name in ("X-Goog-Signature", "AWSAccessKeyId", "pwd", "auth")],
+        *[(name, False) for name in ("page", "id", "format", "user", "expires", "q")],
+    ],
+)
+def test_query_parameters_named_like_credentials(name: str, secret: bool) -> None:
+    assert is_credential_query(name) is secret
+    assert is_credential_query(name.upper()) is secret
+
+
+@pytest.mark.parametrize(
+    ("url", "redacted"),
+    [
+        ("https://example.com/in", "https://example.com/in"),
+        ("https://u:p%40ss@example.com:8443/in", "https://REDACTED:REDACTED@example.com:8443/in"),
+        ("https://t0ken@example.com/", "https://REDACTED@example.com/"),
+        (
+            "https://example.com/in?api_key=k3y&page=2&access_token=t0k&Sig=s1g",
+            "https://example.com/in?api_key=REDACTED&page=2&access_token=REDACTED&Sig=REDACTED",
+        ),
+        ("https://example.com/in?api%5Fkey=k3y", "https://example.com/in?api%5Fkey=REDACTED"),
+        ("https://example.com/in?token=&key", "https://example.com/in?token=&key"),
+        ("https://example.com/a@b?page=1#key=x", "https://example.com/a@b?page=1#key=x"),
+        ("http://[::1]:8080/x?token=t#frag", "http://[::1]:8080/x?token=REDACTED#frag"),
+    ],
+)
+def test_credentials_in_urls_are_redacted_as_opentelemetry_asks(url: str, redacted: str) -> None:
+    assert redact_url(url) == redacted
+    assert redact_url(url, "********") == redacted.replace("REDACTED", "********")
+
+
+def test_each_credential_of_a_url_is_named() -> None:
+    url = "https://u:p@e.com/?token=a&token=b&key=c"
+    found = [(c.key, url[c.start : c.end], c.what) for c in url_credentials(url)]
+    assert found == [
+        ("userinfo", "u:p", "the user and password"),
+        ("query token 0", "a", "query parameter 'token'"),
+        ("query token 1", "b", "query parameter 'token'"),
+        ("query key 0", "c", "query parameter 'key'"),
+    ]

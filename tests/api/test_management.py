@@ -216,6 +216,76 @@ async def test_secrets_are_redacted_in_every_response(api: Api) -> None:
     assert stored["forward"]["headers"]["X-Api-Key"] == "fwd-api-key"
 
 
+@pytest.mark.parametrize(
+    ("auth", "field", "says"),
+    [
+        ({"secrets": "hunter2"}, "auth.secrets", "expected a list of non-empty strings"),
+        ({"secrets": [SECRET, ""]}, "auth.secrets", "expected a list of non-empty strings"),
+        ({"secret": "********"}, "auth.secret", "enter the secret"),
+        ({"secrets": ["********"]}, "auth.secrets[0]", "enter the secret"),
+    ],
+)
+async def test_secrets_that_are_not_secrets_are_a_400_naming_the_field(
+    api: Api, auth: dict[str, Any], field: str, says: str
+) -> None:
+    definition = hmac_tool()
+    definition["auth"].update(auth)
+    response = await api.client.post("/api/v1/tools", json=definition)
+    assert response.status_code == 400, response.text
+    assert response.json()["field"] == field
+    assert says in response.json()["detail"]
+    assert "hunter2" not in response.text
+    assert (await api.client.get("/api/v1/tools")).json()["items"] == []
+
+
+async def test_a_new_forward_host_needs_the_credentials_again(api: Api) -> None:
+    definition = hmac_tool(
+        mode="store_and_forward",
+        forward={
+            "url": "https://u:p4ssw0rd@example.com/in?api_key=k3y-value",
+            "headers": {"X-Api-Key": "fwd-api-key"},
+        },
+    )
+    created = await api.client.post("/api/v1/tools", json=definition)
+    assert created.status_code == 201, created.text
+    view = created.json()
+    assert view["forward"]["url"] == "https://********:********@example.com/in?api_key=********"
+    for text in ("p4ssw0rd", "k3y-value", "fwd-api-key"):
+        assert text not in created.text
+    moved = {"forward": {"url": "https://elsewhere.example/in"}}
+    patched = await api.client.patch("/api/v1/tools/demo", json=moved)
+    assert patched.status_code == 400, patched.text
+    assert patched.json()["field"] == "forward.headers.X-Api-Key"
+    assert "the target changed" in patched.json()["detail"]
+    view["forward"]["url"] = view["forward"]["url"].replace("example.com", "elsewhere.example")
+    put = await api.client.put("/api/v1/tools/demo", json=view)
+    assert put.status_code == 400, put.text
+    assert put.json()["field"] == "forward.url"
+    moved["forward"]["headers"] = {"X-Api-Key": "n3w-key"}
+    assert (await api.client.patch("/api/v1/tools/demo", json=moved)).status_code == 200
+    stored = await ToolStore.from_settings(api.runtime.db, api.runtime.settings).get("demo")
+    assert stored["config"]["forward"]["headers"] == {"X-Api-Key": "n3w-key"}
+
+
+@pytest.mark.parametrize(
+    ("definition", "field"),
+    [
+        ({"id": "demo\n"}, "id"),
+        (
+            {"id": "x", "forward": {"url": "https://e.com", "headers": {"X-A": "1\r\nX-B: 2"}}},
+            "forward.headers",
+        ),
+        ({"id": "x", "forward": {"url": "https://e.com/\r\nX-B: 2"}}, "forward.url"),
+    ],
+)
+async def test_newlines_in_ids_headers_and_urls_are_a_400(
+    api: Api, definition: dict[str, Any], field: str
+) -> None:
+    response = await api.client.post("/api/v1/tools", json=definition)
+    assert response.status_code == 400, response.text
+    assert response.json()["field"] == field
+
+
 # Access
 
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import logging
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 
 import orjson
 import pytest
@@ -97,6 +100,39 @@ async def test_ingest_enqueue_process_and_forward_are_one_trace(
     assert request.headers["traceparent"] != CALLER_TRACEPARENT
     assert request.headers["traceparent"].split("-")[1] == CALLER_TRACE
     assert request.headers["traceparent"].split("-")[2] == format(forward.context.span_id, "016x")
+
+
+async def test_url_full_on_the_forward_span_has_its_credentials_redacted(
+    spans: InMemorySpanExporter, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="webhook_worker")
+    password, api_key = "hook-p4ssw0rd", "k3y-0f-the-api"
+    settings = Settings(data_dir=tmp_path, allow_private_forward=True)  # type: ignore[arg-type]
+    async with target_server() as target, running_service(settings) as service:
+        base, path = target.url.rsplit("/", 1)
+        url = f"{base.replace('://', f'://hook-user:{password}@')}/{path}?api_key={api_key}&page=2"
+        await service.runtime.tool_service.create(
+            {"id": "creds", "mode": "store_and_forward", "forward": {"url": url}}
+        )
+        response = await service.post(b"{}", tool_id="creds", sign=False)
+        await service.settled(response.json()["event_id"])
+
+        async def forward_span_ended() -> bool:
+            return any(s.attributes.get("url.full") for s in spans.get_finished_spans())
+
+        await eventually(forward_span_ended, what="the forward span to end")
+    [forward] = [s for s in spans.get_finished_spans() if s.attributes.get("url.full")]
+    expected = f"{base.replace('://', '://REDACTED:REDACTED@')}/{path}?api_key=REDACTED&page=2"
+    assert forward.attributes["url.full"] == expected
+    assert forward.attributes["http.response.status_code"] == 200
+    # The target still got them: only what is shown is redacted.
+    assert target.requests[0].headers["authorization"].startswith("Basic ")
+    attributes = json.dumps([dict(s.attributes) for s in spans.get_finished_spans()])
+    ours = "\n".join(r.getMessage() for r in caplog.records if r.name.startswith("webhook_worker"))
+    assert "event processed" in ours  # the worker's log lines are there to search
+    for secret in (password, api_key):
+        assert secret not in attributes
+        assert secret not in ours
 
 
 async def test_without_configuration_no_spans_and_no_traceparent(tmp_path: object) -> None:

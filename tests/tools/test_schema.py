@@ -143,3 +143,40 @@ def test_a_declared_field_is_validated_documented_and_in_the_json_schema() -> No
         "retention",
         "'a while' is not a duration such as 500ms, 30s, 5m or 24h",
     )
+
+
+@pytest.mark.parametrize(
+    ("forward", "field"),
+    [
+        ({"headers": {"X-Team": "a\r\nX-Injected: 1"}}, "forward.headers"),
+        ({"headers": {"X-Team": "a\nb"}}, "forward.headers"),
+        ({"headers": {"X-Team": "a\x00b"}}, "forward.headers"),
+        ({"headers": {"X-Team": "a\x7fb"}}, "forward.headers"),
+        ({"headers": {"Authorization": "Bearer t0ken\r\n"}}, "forward.headers"),
+        ({"headers": {"X-Team\r\nX-Injected": "1"}}, "forward.headers"),
+        ({"url": "https://example.com/in\r\nX-Injected: 1"}, "forward.url"),
+        ({"url": "https://example.com/in?a=b\tc"}, "forward.url"),
+        ({"url": "https://example.com/in put"}, "forward.url"),
+    ],
+)
+def test_forward_headers_and_urls_hold_no_control_characters(
+    forward: dict[str, Any], field: str
+) -> None:
+    with pytest.raises(ToolConfigError) as caught:
+        parse_tool({"id": "t", "forward": {"url": "https://example.com/in", **forward}})
+    assert caught.value.field == field
+    assert "t0ken" not in str(caught.value)  # a header value may be a credential
+
+
+def test_a_tab_inside_a_header_value_is_allowed() -> None:
+    # RFC 9110 lets a field value hold horizontal tabs.
+    tool = parse_tool({"id": "t", "forward": {"url": "https://e.com", "headers": {"X-A": "a\tb"}}})
+    assert tool.forward is not None and tool.forward.headers == (("X-A", "a\tb"),)
+
+
+@pytest.mark.parametrize("tool_id", ["demo\n", "demo\r\n", "\ndemo", "de\nmo", "demo\x00"])
+def test_a_tool_id_matches_in_full(tool_id: str) -> None:
+    for definition, given in (({"id": tool_id}, None), ({"id": "x"}, tool_id)):
+        with pytest.raises(ToolConfigError) as caught:
+            parse_tool(definition, tool_id=given)
+        assert caught.value.field == "id"

@@ -3,15 +3,16 @@ expressions, CIDRs, URLs, secrets.
 
 Each is an ``Annotated`` type carrying three things: its validator (which refuses with a message
 that says what to write instead), its JSON Schema (for /openapi.json) and a :class:`Kind` (the
-word the docs table uses for it). tools/schema.py declares the tool's fields with them. A
-validator refuses with :func:`refuse`; a message never contains a secret.
+word the docs table uses for it). tools/schema.py declares the tool's fields with them, and
+marks the fields that hold secrets with :class:`Secret`. A validator refuses with
+:func:`refuse`; a message never contains a secret.
 """
 
 from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from ipaddress import IPv4Network, IPv6Network, ip_network
 from typing import Annotated, Any, Final, Literal, NoReturn
@@ -39,6 +40,12 @@ ID_RULE: Final = "1-128 letters, digits, '.', '_' or '-', starting with a letter
 
 _HEADER = re.compile(HEADER_PATTERN)
 _ID = re.compile(ID_PATTERN)
+# C0 controls but horizontal tab (RFC 9110 lets a field value hold it), and DEL: a CR or LF in a
+# header value or URL would end the line it is written on and start a header of its own.
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+_NO_CONTROL_PATTERN: Final = r"^[^\u0000-\u0008\u000a-\u001f\u007f]*$"
+"""The same rule for the JSON Schema (ECMA-262 escapes)."""
+_URL_UNSAFE = re.compile(r"[\x00-\x20\x7f]")
 _DURATION_HINT = "expected a duration such as 500ms, 30s or 5m"
 _WHSEC_HOWTO = (
     "expected a Standard Webhooks secret: whsec_ followed by base64 "
@@ -52,6 +59,26 @@ class Kind:
     """What the docs table calls a field's type (``duration``, ``JMESPath``...)."""
 
     label: str
+
+
+@dataclass(frozen=True, slots=True)
+class Secret:
+    """Marks a declared field as holding a secret. tools/secret_paths.py finds the marked fields
+    in the declaration, and from there their values are encrypted at rest (tools/secrets.py),
+    redacted in every view and restored from the ``********`` placeholder (tools/service.py):
+    marking a field is all a new secret needs.
+
+    A string is one secret; a list, each of its strings; an object, each of its string values
+    (those whose key ``only`` accepts, when given).
+    """
+
+    only: Callable[[str], bool] | None = None
+    """For an object: which keys' values are secrets (for headers, the credential rule)."""
+    in_url: bool = False
+    """The value is a URL: only the credentials written into it are secret (credentials.py)."""
+    sent_to: str | None = None
+    """The field of the same section whose URL the secret is sent to. When that URL's origin
+    (scheme, host, port) changes, the stored secret is not carried over: it must be given again."""
 
 
 def choices(values: Iterable[str]) -> str:
@@ -98,7 +125,16 @@ def _forward_headers(value: Any) -> dict[str, str]:
         if not isinstance(text, str):
             # Only the name: the value may be a credential.
             refuse(f"the value of header {name!r} must be a string")
+        if _CONTROL.search(text):
+            refuse(f"the value of header {name!r} must not contain control characters (CR, LF...)")
     return dict(value)
+
+
+def _secret_list(value: Any) -> list[str]:
+    # A string here ("hunter2", one YAML dash away) must not become one secret per character.
+    if not isinstance(value, list) or not all(isinstance(item, str) and item for item in value):
+        refuse("expected a list of non-empty strings")
+    return list(value)
 
 
 def _seconds(value: Any) -> float:
@@ -150,7 +186,11 @@ def _url(value: Any) -> str:
     except ValueError:  # an unbalanced "[" in the host
         parts = None
     if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
-        refuse(f"expected an http:// or https:// URL, got {value!r}")
+        # Not the value itself: a URL may carry a password or an API key.
+        refuse("expected an http:// or https:// URL")
+    if _URL_UNSAFE.search(value):
+        # urlsplit drops CR, LF and tab without a word; the value would keep them.
+        refuse("must not contain spaces or control characters (percent-encode them)")
     refusal = target_guard.configured_refusal(value)  # SSRF: IP literals, at once
     if refusal is not None:
         refuse(refusal)
@@ -220,10 +260,16 @@ ForwardHeaders = Annotated[
         {
             "type": "object",
             "propertyNames": _HEADER_SCHEMA,
-            "additionalProperties": {"type": "string"},
+            "additionalProperties": {"type": "string", "pattern": _NO_CONTROL_PATTERN},
         }
     ),
     Kind("object: header name to string"),
+]
+SecretList = Annotated[
+    list[str],
+    PlainValidator(_secret_list),
+    WithJsonSchema({"type": "array", "items": {"type": "string", "minLength": 1}}),
+    Kind("list of strings"),
 ]
 Duration = Annotated[
     float, PlainValidator(_seconds), WithJsonSchema(_DURATION_SCHEMA), Kind("duration")

@@ -18,6 +18,7 @@ import jmespath.parser
 
 from webhook_worker.auth import slack, standard_webhooks, stripe_signature
 from webhook_worker.config import RetryPolicy
+from webhook_worker.credentials import redact_url
 from webhook_worker.errors import ToolConfigError
 from webhook_worker.tools.presets import PRESETS, Preset
 from webhook_worker.tools.schema import (
@@ -88,6 +89,12 @@ class ForwardConfig:
     headers: tuple[tuple[str, str], ...] = ()
     timeout: float = 10.0
     signing_secret: str | None = None
+    redacted_url: str = field(init=False, compare=False)
+    """``url`` with its credentials (user and password, credential query values) as
+    ``REDACTED``: what spans (``url.full``) and logs may show. Worked out once, here."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "redacted_url", redact_url(self.url))
 
 
 @dataclass(frozen=True, slots=True)

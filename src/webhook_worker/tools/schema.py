@@ -5,6 +5,9 @@ descriptions. From them come the validation messages (:func:`validate_definition
 Schema in ``/openapi.json`` (api/openapi.py) and the field table in docs/tools.md
 (tools/reference.py). A new field is declared here and appears in all three.
 
+The fields that hold secrets are marked :class:`~webhook_worker.tools.fields.Secret`: from the
+marks, tools/secret_paths.py knows what to encrypt at rest and redact in every view.
+
 They describe a definition as written. What spans fields (what a provider preset fills in, which
 auth types need a header, which modes need a forward or a transform) is decided in
 tools/model.py, which turns a validated definition into the frozen, compiled Tool the hot paths
@@ -31,6 +34,7 @@ from pydantic import (
 )
 
 from webhook_worker.config import RetryPolicy
+from webhook_worker.credentials import is_credential_header
 from webhook_worker.tools.fields import (
     Duration,
     Expression,
@@ -43,6 +47,8 @@ from webhook_worker.tools.fields import (
     Network,
     PositiveDuration,
     Provider,
+    Secret,
+    SecretList,
     SigningSecret,
     Url,
     refuse,
@@ -85,12 +91,12 @@ class AuthDefinition(Section):
         description="The scheme; default: the preset's (`none` for `generic`). `stripe`, "
         "`slack` and `standard_webhooks` read their provider's fixed headers.",
     )
-    secret: StrictStr | None = Field(
+    secret: Annotated[StrictStr, Secret()] | None = Field(
         None,
         description="The shared secret or token. Required by every type but `none`.",
         json_schema_extra={"minLength": 1},
     )
-    secrets: list[StrictStr] | None = Field(
+    secrets: Annotated[SecretList, Secret()] | None = Field(
         None,
         description="More secrets, for rotation: a request matching any one is accepted "
         "(`secret` comes first). A Standard Webhooks secret is base64, optionally after "
@@ -171,23 +177,33 @@ Overrides = Annotated[dict[str, EventOverride], Kind("object: event type to over
 
 
 class ForwardDefinition(Section):
-    """Where ``store_and_forward`` sends each event, signed when ``signing_secret`` is set."""
+    """Where ``store_and_forward`` sends each event, signed when ``signing_secret`` is set.
+
+    (``signing_secret`` comes before ``headers``: secrets are listed in declaration order.)"""
 
     shape = 'an object such as {"url": "https://..."}'
 
-    url: Url = Field(description="The http:// or https:// URL events are sent to.")
-    method: Method = Field("POST", description="The HTTP method (any case).")
-    headers: ForwardHeaders | None = Field(
-        None,
-        description="Extra request headers. Values of credential headers (names with "
-        "authorization, token, secret, key, signature or cookie) are secrets.",
+    url: Annotated[Url, Secret(in_url=True, sent_to="url")] = Field(
+        description="The http:// or https:// URL events are sent to. A user and password in "
+        "it, and the values of query parameters named like credentials (`api_key`, `token`, "
+        "`sig`...), are secrets; they are not carried over to another host."
     )
-    timeout: PositiveDuration = Field(10.0, description="How long one attempt may take.")
-    signing_secret: SigningSecret | None = Field(
+    method: Method = Field("POST", description="The HTTP method (any case).")
+    signing_secret: Annotated[SigningSecret, Secret(sent_to="url")] | None = Field(
         None,
         description="Signs each forward with Standard Webhooks headers (`webhook-id`, "
-        "`webhook-timestamp`, `webhook-signature`): `whsec_` and base64.",
+        "`webhook-timestamp`, `webhook-signature`): `whsec_` and base64. Not carried over to "
+        "another host.",
     )
+    headers: Annotated[ForwardHeaders, Secret(only=is_credential_header, sent_to="url")] | None = (
+        Field(
+            None,
+            description="Extra request headers. Values of credential headers (names with "
+            "authorization, token, secret, key, signature or cookie) are secrets, not carried "
+            "over to another host.",
+        )
+    )
+    timeout: PositiveDuration = Field(10.0, description="How long one attempt may take.")
 
 
 class RetryDefinition(Section):

@@ -1,10 +1,12 @@
 """Tool secrets at rest: encrypted with SECRETS_KEY in the database, plaintext everywhere else.
 
-A tool definition carries secrets in ``auth.secret``, ``auth.secrets[*]``,
-``forward.signing_secret`` and the ``forward.headers`` values whose names carry a credential
-(:func:`~webhook_worker.credentials.is_credential_header`, the rule ingest and tools/service.py's
-redaction use too). :class:`SecretsAtRest` seals them before the tool store writes a
-definition and opens them after it reads one, so every other module sees plaintext.
+A tool definition carries secrets in the fields tools/schema.py marks secret (``auth.secret``,
+``auth.secrets[*]``, ``forward.signing_secret``, the ``forward.headers`` values whose names carry
+a credential, and the credentials written into ``forward.url``): tools/secret_paths.py finds
+them, for this module and for tools/service.py's redaction alike. :class:`SecretsAtRest` seals
+them before the tool store writes a definition and opens them after it reads one, so every
+other module sees plaintext. In a URL only the credential is sealed, in place
+(``https://enc:v1:...@host/``), so the stored URL still names its host.
 
 A sealed value is ``enc:v1:<Fernet token>``. The prefix makes encrypted and plain values easy to
 tell apart: plaintext written by an older release, or by the embedded mode without a key, is
@@ -17,15 +19,13 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from functools import partial
-from operator import setitem
 from typing import Any, Final
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
 from webhook_worker.config import SECRETS_KEY_HOWTO, Settings, parse_secrets_key
-from webhook_worker.credentials import is_credential_header
 from webhook_worker.errors import ConfigError, ToolConfigError
+from webhook_worker.tools.secret_paths import secret_spots
 
 PREFIX: Final = "enc:v1:"
 """Marks an encrypted value. A new format would be ``enc:v2:``; readers keep accepting v1."""
@@ -168,32 +168,11 @@ class SecretsAtRest:
 def secret_fields(
     config: Mapping[str, Any],
 ) -> Iterator[tuple[str, str, Callable[[str], None]]]:
-    """Each non-empty secret string in ``config``: ``(field name, value, setter)``. The setter
-    replaces the value in place (so ``config`` must be a copy the caller may change)."""
-    auth = config.get("auth")
-    if isinstance(auth, dict):
-        if _secret(auth.get("secret")):
-            yield "auth.secret", auth["secret"], partial(setitem, auth, "secret")
-        secrets = auth.get("secrets")
-        if isinstance(secrets, list):
-            for index, value in enumerate(secrets):
-                if _secret(value):
-                    yield f"auth.secrets[{index}]", value, partial(setitem, secrets, index)
-    forward = config.get("forward")
-    if isinstance(forward, dict):
-        if _secret(forward.get("signing_secret")):
-            signing = forward["signing_secret"]
-            yield "forward.signing_secret", signing, partial(setitem, forward, "signing_secret")
-        headers = forward.get("headers")
-        if isinstance(headers, dict):
-            for name, value in list(headers.items()):
-                # A value sealed under an earlier, broader rule is still a secret to open.
-                if _secret(value) and (is_credential_header(name) or is_sealed(value)):
-                    yield f"forward.headers.{name}", value, partial(setitem, headers, name)
-
-
-def _secret(value: Any) -> bool:
-    return isinstance(value, str) and value != ""
+    """Each non-empty secret string in ``config``'s declared secret fields: ``(field name,
+    value, setter)``. The setter replaces the value in place (so ``config`` must be a copy the
+    caller may change)."""
+    for spot in secret_spots(config):
+        yield spot.field, spot.value, spot.put
 
 
 def _token(sealed: str) -> bytes:

@@ -1,22 +1,24 @@
 """What the management API and the CLI do with tools: validate, store, redact, merge.
 
-Secrets never leave through here: every view is redacted, and a redacted placeholder sent back
-in an update keeps the stored secret (so a client can GET, edit and PUT a tool).
+Secrets never leave through here: every view is redacted (the fields tools/schema.py declares
+secret, found by tools/secret_paths.py), and a redacted placeholder sent back in an update keeps
+the stored secret (so a client can GET, edit and PUT a tool). A placeholder with no stored secret
+behind it is refused, not stored as the secret; so is one for a secret that was sent to another
+host than the definition's URL now names.
 """
 
 from __future__ import annotations
 
 import copy
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any, Final
+from typing import Any
 
 from webhook_worker.clock import iso
-from webhook_worker.credentials import is_credential_header
-from webhook_worker.errors import NotFoundError
+from webhook_worker.errors import NotFoundError, ToolConfigError
 from webhook_worker.storage.tools import ToolStore
 from webhook_worker.tools.model import Tool, parse_tool
-
-REDACTED: Final = "********"
+from webhook_worker.tools.secret_paths import REDACTED as REDACTED  # re-exported: the placeholder
+from webhook_worker.tools.secret_paths import secret_spots
 
 
 class ToolService:
@@ -38,7 +40,7 @@ class ToolService:
         return view(await self._store.get(tool_id))
 
     async def create(self, data: Mapping[str, Any]) -> dict[str, Any]:
-        row = await self._store.create(parse_tool(data))
+        row = await self._store.create(parse_tool(restore_secrets(dict(data), None)))
         await self._changed()
         return view(row)
 
@@ -53,7 +55,9 @@ class ToolService:
     async def patch(self, tool_id: str, changes: Mapping[str, Any]) -> dict[str, Any]:
         """PATCH: a JSON merge patch (RFC 7386) on the stored definition."""
         stored = (await self._store.get(tool_id))["config"]
-        merged = restore_secrets(merge_patch(stored, changes), stored)
+        # On the redacted definition: a secret the patch leaves alone is a placeholder, and so is
+        # refused like one when the patch moves the URL it is sent to to another host.
+        merged = restore_secrets(merge_patch(redact(stored), changes), stored)
         row = await self._store.replace(parse_tool(merged, tool_id=tool_id))
         await self._changed()
         return view(row)
@@ -75,8 +79,7 @@ class ToolService:
                     stored = (await self._store.get(tool_id))["config"]
                 except NotFoundError:
                     stored = None
-            candidate = restore_secrets(dict(definition), stored) if stored else dict(definition)
-            tool = parse_tool(candidate)
+            tool = parse_tool(restore_secrets(dict(definition), stored))
             self._store.check(tool)
             plans.append((tool, stored))
         outcomes: list[tuple[str, str]] = []
@@ -103,49 +106,39 @@ def view(row: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def redact(config: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of ``config`` with each secret replaced by ``********``."""
     result = copy.deepcopy(dict(config))
-    auth = result.get("auth")
-    if isinstance(auth, dict):
-        if "secret" in auth:
-            auth["secret"] = REDACTED
-        if isinstance(auth.get("secrets"), list):
-            auth["secrets"] = [REDACTED for _ in auth["secrets"]]
-    forward = result.get("forward")
-    if isinstance(forward, dict):
-        if forward.get("signing_secret"):
-            forward["signing_secret"] = REDACTED
-        headers = forward.get("headers")
-        if isinstance(headers, dict):
-            forward["headers"] = {
-                name: REDACTED if is_credential_header(name) else value
-                for name, value in headers.items()
-            }
+    for spot in secret_spots(result):
+        spot.put(spot.shown)
     return result
 
 
-def restore_secrets(config: dict[str, Any], stored: Mapping[str, Any]) -> dict[str, Any]:
-    """A copy of ``config`` with every redacted placeholder replaced by the stored value it
-    stands for."""
+def restore_secrets(config: dict[str, Any], stored: Mapping[str, Any] | None) -> dict[str, Any]:
+    """A copy of ``config`` with every redacted placeholder replaced by the secret it stands for
+    in ``stored`` (None: nothing is stored). Raises ToolConfigError naming the field when nothing
+    is stored behind a placeholder, or when the secret was for another host than the one its URL
+    now names (a credential must not follow a changed ``forward.url`` without being given
+    again)."""
     config = copy.deepcopy(config)
-    auth, old_auth = config.get("auth"), stored.get("auth") or {}
-    if isinstance(auth, dict):
-        if auth.get("secret") == REDACTED and "secret" in old_auth:
-            auth["secret"] = old_auth["secret"]
-        secrets, old_secrets = auth.get("secrets"), old_auth.get("secrets") or []
-        if isinstance(secrets, list):
-            auth["secrets"] = [
-                old_secrets[i] if s == REDACTED and i < len(old_secrets) else s
-                for i, s in enumerate(secrets)
-            ]
-    forward, old_forward = config.get("forward"), stored.get("forward") or {}
-    if isinstance(forward, dict):
-        if forward.get("signing_secret") == REDACTED:
-            forward["signing_secret"] = old_forward.get("signing_secret")
-        headers, old_headers = forward.get("headers"), old_forward.get("headers") or {}
-        if isinstance(headers, dict):
-            for name, value in headers.items():
-                if value == REDACTED and name in old_headers:
-                    headers[name] = old_headers[name]
+    known = {spot.key: spot for spot in secret_spots(copy.deepcopy(dict(stored or {})))}
+    for spot in secret_spots(config):
+        if not spot.is_placeholder:
+            continue
+        old = known.get(spot.key)
+        if old is None:
+            raise ToolConfigError(
+                spot.field,
+                f"{REDACTED} stands for a stored secret and none is stored for {spot.what}: "
+                "enter the secret itself",
+            )
+        if spot.target() != old.target():
+            raise ToolConfigError(
+                spot.field,
+                f"the target changed ({spot.sent_to} names another host than before), so "
+                f"{REDACTED} no longer stands for the stored secret: enter {spot.what} again "
+                "for the new target, or remove it",
+            )
+        spot.put(old.value)
     return config
 
 

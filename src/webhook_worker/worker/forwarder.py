@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import aiohttp
 
 from webhook_worker.auth import standard_webhooks
+from webhook_worker.credentials import redact_urls_in
 from webhook_worker.tools.model import ForwardConfig
 from webhook_worker.worker.retry import Failure, http_failure
 from webhook_worker.worker.target_guard import ForbiddenTargetError, GuardedResolver, TargetGuard
@@ -126,7 +127,8 @@ class Forwarder:
 
 
 def _describe(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}".strip()[:500]
+    # The client's messages may quote the URL, and with it a credential query value.
+    return redact_urls_in(f"{type(exc).__name__}: {exc}").strip()[:500]
 
 
 def _outcome(started: float, status: int | None, failure: Failure | None) -> ForwardOutcome:

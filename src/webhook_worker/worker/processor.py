@@ -209,7 +209,7 @@ class Processor:
             return  # the tool stopped forwarding since: storing was enough
         attributes: dict[str, str | int] = {
             "http.request.method": config.method,
-            "url.full": config.url,
+            "url.full": config.redacted_url,
         }
         with tracing.client_span(config.method, attributes, parent=work.span) as span:
             try:
