@@ -13,8 +13,10 @@ from typing import Any, NoReturn, TypeVar
 import yaml
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from webhook_worker.api.cursor import decode_cursor
+from webhook_worker.cli.plain import plain, printable
 from webhook_worker.config import Settings
 from webhook_worker.errors import (
     ConfigError,
@@ -35,8 +37,9 @@ errors = Console(stderr=True)
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
-    """Print one line (no traceback) and exit."""
-    errors.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    """Print one line (no traceback) and exit. ``message`` is printed as plain text: it often
+    quotes a value given on the command line, read from a file or stored."""
+    errors.print(Text.assemble(("error:", "bold red"), " ", printable(message)), soft_wrap=True)
     sys.exit(code)
 
 
@@ -181,4 +184,4 @@ def print_next_page(
     if limit != 50:
         again.append(f"--limit {limit}")
     again.append(f"--cursor {cursor}")
-    console.print(f"more: {' '.join(again)}", highlight=False, soft_wrap=True)
+    console.print(plain(f"more: {' '.join(again)}"), soft_wrap=True)
