@@ -129,10 +129,16 @@ def test_tools_list_and_show_print_data_literally(cli: Cli) -> None:
     assert_plain(listed)
 
     shown = cli.ok("tools", "show", "described")
-    # JSON escapes ESC and CR itself; the C1 CSI and the bidi override it leaves raw.
-    assert MARKUP in shown and "\\u001b[2J" in shown and "\\x9bd\\u202ee" in shown
+    # JSON escapes ESC and CR itself; the C1 CSI and the bidi override it would leave raw.
+    assert MARKUP in shown and "\\u001b[2J" in shown and "\\u009bd\\u202ee" in shown
     assert_plain(shown)
     assert_plain(cli.ok("tools", "show", "evil[/]"))
+
+    # --json: the same data, with those escaped as JSON escapes
+    scripted = cli.ok("tools", "show", "described", "--json")
+    assert json.loads(scripted)["description"] == f"{MARKUP} {CLOSE} {CONTROLS}"
+    assert_plain(scripted)
+    assert_plain(cli.ok("events", "show", event_id(1), "--json"))
 
 
 def test_errors_quoting_input_print_it_literally(cli: Cli) -> None:

@@ -16,7 +16,7 @@ from rich.table import Table
 from rich.text import Text
 
 from webhook_worker.api.cursor import decode_cursor
-from webhook_worker.cli.plain import plain, printable
+from webhook_worker.cli.plain import json_dumps, plain, printable
 from webhook_worker.config import Settings
 from webhook_worker.errors import (
     ConfigError,
@@ -133,8 +133,9 @@ def api_url(settings: Settings) -> str:
 
 
 def print_json(data: Any) -> None:
-    """Plain JSON on stdout for scripts (no colours, no wrapping)."""
-    sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n")
+    """Plain JSON on stdout for scripts (no colours, no wrapping; the same data with controls
+    escaped, as everything the CLI prints)."""
+    sys.stdout.write(json_dumps(data) + "\n")
 
 
 def read_document(path: str) -> Any:

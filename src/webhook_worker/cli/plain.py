@@ -31,6 +31,10 @@ _ESCAPES.update(
 )
 _ESCAPES.update({code: f"\\u{code:04x}" for code in range(0x2066, 0x206A)})
 
+# JSON text holds these only inside strings (its encoder escapes the rest of C0 itself), where
+# ``\uXXXX`` means the same character: escaping them changes how JSON looks, not what it says.
+_JSON_ESCAPES = {code: f"\\u{code:04x}" for code in _ESCAPES if code >= 0x20}
+
 _JSON_HIGHLIGHTER = JSONHighlighter()
 
 
@@ -45,11 +49,16 @@ def plain(value: object, style: str = "") -> Text:
     return Text(printable(value), style=style)
 
 
+def json_dumps(data: Any, indent: int | None = 2) -> str:
+    """``data`` as JSON text, non-ASCII kept as it is but with the controls the encoder leaves
+    raw (DEL, C1, bidirectional marks) escaped as ``\\uXXXX``: the same JSON, safe to print."""
+    encoded = json.dumps(data, indent=indent, ensure_ascii=False, default=str)
+    return encoded.translate(_JSON_ESCAPES)
+
+
 def plain_json(data: Any) -> Text:
-    """``data`` as indented, highlighted JSON, with the controls JSON leaves raw (DEL, C1,
-    bidirectional marks) escaped as well."""
-    encoded = json.dumps(data, indent=2, ensure_ascii=False, default=str)
-    text = _JSON_HIGHLIGHTER(printable(encoded))
+    """``data`` as indented, highlighted JSON (see :func:`json_dumps`)."""
+    text = _JSON_HIGHLIGHTER(json_dumps(data))
     text.no_wrap = True  # as rich's own JSON: long strings run on instead of folding
     text.overflow = None
     return text
