@@ -89,7 +89,8 @@ class Database:
     @classmethod
     def from_url(cls, url: str, pool_size: int = 10, ssl_mode: str = "disable") -> Database:
         if url.startswith("sqlite"):
-            path = url.split(":///", 1)[1] if ":///" in url else ""
+            # The file; a query (``?timeout=...``) is the driver's options, not part of it.
+            path = url.split(":///", 1)[1].split("?", 1)[0] if ":///" in url else ""
             file_warning = None
             if path and path != ":memory:":
                 file_warning = _private_files(Path(path))
