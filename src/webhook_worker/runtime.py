@@ -3,6 +3,7 @@ them again. The only module that knows which queue implementation the settings s
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
@@ -26,6 +27,8 @@ from webhook_worker.worker.consumer import Worker
 from webhook_worker.worker.forwarder import Forwarder
 from webhook_worker.worker.processor import Processor
 from webhook_worker.worker.target_guard import TargetGuard, set_allow_private
+
+log = logging.getLogger(__name__)
 
 
 class StartupError(WebhookWorkerError):
@@ -128,6 +131,8 @@ async def open_runtime(
 ) -> AsyncIterator[Runtime]:
     secrets = SecretsAtRest.from_settings(settings)  # a bad SECRETS_KEY stops us before I/O
     async with database(settings, migrate_first=migrate_first) as db:
+        if db.file_warning is not None:
+            log.warning(db.file_warning)
         queue = await _open_queue(settings, db)
         # Embedded: the queue is in the SQLite file, so the worker's commits may skip the fsync.
         db.relaxed_commits = db.is_sqlite and isinstance(queue, DatabaseQueue)

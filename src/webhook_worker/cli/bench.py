@@ -12,6 +12,7 @@ from typing import Annotated
 from urllib.parse import urlsplit
 
 import typer
+from rich.text import Text
 
 from webhook_worker.bench import BenchError, report, runner
 from webhook_worker.bench.deployment import MODES
@@ -19,6 +20,7 @@ from webhook_worker.bench.load import HOST
 from webhook_worker.bench.payloads import NAMES
 from webhook_worker.bench.profile import py_spy
 from webhook_worker.cli.common import console, errors, fail, load_settings, print_table, run_async
+from webhook_worker.cli.plain import plain, printable
 
 
 def register(app: typer.Typer) -> None:
@@ -178,7 +180,7 @@ def bench(
         print_table(hot)
     if json_path is not None:
         report.write_json(result, json_path)
-        console.print(f"report written to {json_path}", highlight=False)
+        console.print(plain(f"report written to {json_path}"))
     if not result["end_to_end"]["all_stored"]:
         part = result["end_to_end"]
         fail(
@@ -198,4 +200,4 @@ def _check_loopback(url: str, option: str) -> None:
 
 
 def _progress(message: str) -> None:
-    errors.print(f"[dim]bench:[/] {message}", highlight=False, soft_wrap=True)
+    errors.print(Text.assemble(("bench:", "dim"), " ", printable(message)), soft_wrap=True)

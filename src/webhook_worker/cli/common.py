@@ -13,8 +13,10 @@ from typing import Any, NoReturn, TypeVar
 import yaml
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from webhook_worker.api.cursor import decode_cursor
+from webhook_worker.cli.plain import json_dumps, plain, printable
 from webhook_worker.config import Settings
 from webhook_worker.errors import (
     ConfigError,
@@ -36,8 +38,9 @@ errors = Console(stderr=True)
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
-    """Print one line (no traceback) and exit."""
-    errors.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    """Print one line (no traceback) and exit. ``message`` is printed as plain text: it often
+    quotes a value given on the command line, read from a file or stored."""
+    errors.print(Text.assemble(("error:", "bold red"), " ", printable(message)), soft_wrap=True)
     sys.exit(code)
 
 
@@ -132,8 +135,9 @@ def api_url(settings: Settings) -> str:
 
 
 def print_json(data: Any) -> None:
-    """Plain JSON on stdout for scripts (no colours, no wrapping)."""
-    sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n")
+    """Plain JSON on stdout for scripts (no colours, no wrapping; the same data with controls
+    escaped, as everything the CLI prints)."""
+    sys.stdout.write(json_dumps(data) + "\n")
 
 
 def read_document(path: str) -> Any:
@@ -183,4 +187,4 @@ def print_next_page(
     if limit != 50:
         again.append(f"--limit {limit}")
     again.append(f"--cursor {cursor}")
-    console.print(f"more: {' '.join(again)}", highlight=False, soft_wrap=True)
+    console.print(plain(f"more: {' '.join(again)}"), soft_wrap=True)

@@ -18,6 +18,7 @@ import typer
 from rich.console import Group
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from webhook_worker.api.cursor import next_cursor
 from webhook_worker.api.views import dead_letter_view, page_view
@@ -39,6 +40,7 @@ from webhook_worker.cli.events import (
     pipeline_errors,
     short_time,
 )
+from webhook_worker.cli.plain import plain, printable
 from webhook_worker.clock import iso
 from webhook_worker.config import Settings
 from webhook_worker.runtime import open_runtime
@@ -118,11 +120,11 @@ def list_dead_letters(
     table.columns[0].no_wrap = True  # what `dlq show` and `dlq retry` take: never cut
     for item in page.items:
         table.add_row(
-            item.id,
-            item.event_id,
-            item.tool_id,
-            item.event_type or "",
-            item.error_class or "",
+            plain(item.id),
+            plain(item.event_id),
+            plain(item.tool_id),
+            plain(item.event_type or ""),
+            plain(item.error_class or ""),
             str(item.retry_count),
             _styled(item.status),
             short_time(item.created_at),
@@ -205,7 +207,7 @@ def discard(dead_letter_id: IdArg) -> None:
 
     with user_errors():
         letter = with_database(settings, lambda db: DeadLetterStore(db).discard(dead_letter_id))
-    console.print(f"discarded dead letter {letter.id} (event {letter.event_id})", highlight=False)
+    console.print(plain(f"discarded dead letter {letter.id} (event {letter.event_id})"))
 
 
 def _retry_one(settings: Settings, dead_letter_id: str) -> None:
@@ -216,9 +218,10 @@ def _retry_one(settings: Settings, dead_letter_id: str) -> None:
     with pipeline_errors():
         event_id = run_async(go()).event_id
     console.print(
-        f"requeued dead letter {dead_letter_id} (event {event_id}): follow it with "
-        f"`webhook-worker events show {event_id}`",
-        highlight=False,
+        plain(
+            f"requeued dead letter {dead_letter_id} (event {event_id}): follow it with "
+            f"`webhook-worker events show {event_id}`"
+        ),
         soft_wrap=True,
     )
 
@@ -255,7 +258,7 @@ def _retry_matching(settings: Settings, where: DeadLetterFilter, yes: bool) -> N
             if not yes:
                 if not sys.stdin.isatty():
                     fail(f"not retrying {described} without confirmation: pass --yes", 1)
-                typer.confirm(f"Retry {described}?", abort=True)
+                typer.confirm(printable(f"Retry {described}?"), abort=True)
             started = True
             started_at = datetime.now(UTC)
             replayer = runtime.replayer
@@ -317,9 +320,8 @@ def _summary(where: DeadLetterFilter) -> str:
     return ", ".join(parts) or "all"
 
 
-def _styled(status: str) -> str:
-    style = _STATUS_STYLES.get(status, "")
-    return f"[{style}]{status}[/]" if style else status
+def _styled(status: str) -> Text:
+    return plain(status, _STATUS_STYLES.get(status, ""))
 
 
 def _describe(letter: DeadLetterRow, event: EventRow) -> Group:
@@ -337,5 +339,5 @@ def _describe(letter: DeadLetterRow, event: EventRow) -> Group:
         ("last retry", iso(letter.last_retry_at) or "-"),
         ("next auto retry", iso(letter.next_retry_at) or "-"),
     ):
-        summary.add_row(label, value)
+        summary.add_row(label, value if isinstance(value, Text) else plain(value))
     return Group(summary, "", "[bold]event[/]", describe_event(event))

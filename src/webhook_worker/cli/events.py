@@ -13,10 +13,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 import typer
-from rich.console import Group
-from rich.json import JSON
+from rich.console import Group, RenderableType
 from rich.panel import Panel
 from rich.table import Table
+from rich.text import Text
 
 from webhook_worker.api.cursor import next_cursor
 from webhook_worker.api.views import event_view, page_view
@@ -32,6 +32,7 @@ from webhook_worker.cli.common import (
     user_errors,
     with_database,
 )
+from webhook_worker.cli.plain import plain, plain_json
 from webhook_worker.clock import iso, parse_time
 from webhook_worker.config import parse_duration
 from webhook_worker.errors import ConflictError, QueueUnavailableError
@@ -128,10 +129,10 @@ def list_events(
     table.columns[0].no_wrap = True
     for item in page.items:
         table.add_row(
-            item.id,
-            item.tool_id,
-            item.event_type or "",
-            item.delivery_id,
+            plain(item.id),
+            plain(item.tool_id),
+            plain(item.event_type or ""),
+            plain(item.delivery_id),
             _styled(item.status),
             short_time(item.received_at),
         )
@@ -181,14 +182,14 @@ def replay(
     with pipeline_errors():
         run_async(requeue())
     console.print(
-        f"requeued event {event_id}: follow it with `webhook-worker events show {event_id}`",
-        highlight=False,
+        plain(f"requeued event {event_id}: follow it with `webhook-worker events show {event_id}`"),
         soft_wrap=True,
     )
 
 
 def describe_event(event: EventRow) -> Group:
-    """An event for a terminal: summary, headers, payload (and raw payload), attempts."""
+    """An event for a terminal: summary, headers, payload (and raw payload), attempts. Every
+    stored value is plain text (see :mod:`webhook_worker.cli.plain`)."""
     summary = Table.grid(padding=(0, 2))
     summary.add_column(style="bold")
     summary.add_column()
@@ -201,11 +202,11 @@ def describe_event(event: EventRow) -> Group:
         ("received", iso(event.received_at) or "-"),
         ("processed", iso(event.processed_at) or "-"),
     ):
-        summary.add_row(label, value)
+        summary.add_row(label, value if isinstance(value, Text) else plain(value))
 
     headers = Table("header", "value", box=None, show_edge=False)
     for name, value in sorted(event.headers.items()):
-        headers.add_row(name, str(value))
+        headers.add_row(plain(name), plain(value))
 
     attempts = Table("#", "started", "ms", "outcome", "http", "error class", "error")
     for attempt in event.attempts:
@@ -213,10 +214,10 @@ def describe_event(event: EventRow) -> Group:
             str(attempt.attempt),
             iso(attempt.started_at) or "",
             f"{attempt.duration_ms:.1f}",
-            attempt.outcome,
+            plain(attempt.outcome),
             str(attempt.http_status or ""),
-            attempt.error_class or "",
-            attempt.error or "",
+            plain(attempt.error_class or ""),
+            plain(attempt.error or ""),
         )
 
     shown = event_view(event)  # payload and raw payload by the API's rule
@@ -231,13 +232,12 @@ def describe_event(event: EventRow) -> Group:
     return Group(*parts)
 
 
-def _styled(status: EventStatus) -> str:
-    style = _STATUS_STYLES.get(status, "")
-    return f"[{style}]{status}[/]" if style else status
+def _styled(status: EventStatus) -> Text:
+    return plain(status, _STATUS_STYLES.get(status, ""))
 
 
-def _body(value: Any) -> Any:
-    return value if isinstance(value, str) else JSON.from_data(value)
+def _body(value: Any) -> RenderableType:
+    return plain(value) if isinstance(value, str) else plain_json(value)
 
 
 def short_time(value: datetime) -> str:

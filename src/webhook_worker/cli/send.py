@@ -23,6 +23,7 @@ import typer
 
 from webhook_worker.auth import hmac_signature, slack, standard_webhooks, stripe_signature
 from webhook_worker.cli.common import api_url, console, fail, load_settings, user_errors, with_store
+from webhook_worker.cli.plain import plain, plain_json
 from webhook_worker.tools.model import AuthConfig, Tool, parse_tool
 from webhook_worker.tools.secrets import is_sealed, secret_fields
 from webhook_worker.vocabulary import AuthType
@@ -298,17 +299,18 @@ def send(
 
     target = f"{(url or api_url(settings)).rstrip('/')}/webhooks/{tool_id}"
     auth = tool.auth.type if tool.auth.type != "hmac" else f"hmac-{tool.auth.algorithm}"
-    console.print(f"POST {target} ({len(body)} bytes, auth {auth})", highlight=False)
+    console.print(plain(f"POST {target} ({len(body)} bytes, auth {auth})"))
     try:
         response = httpx.post(target, content=body, headers=headers, timeout=timeout)
     except httpx.HTTPError as exc:
         fail(f"cannot reach {target}: {exc or type(exc).__name__} (is the API running?)", 1)
     style = "green" if response.is_success else "red"
-    console.print(f"[{style}]{response.status_code} {response.reason_phrase}[/]", highlight=False)
+    # The answer is the server's words, not ours: plain text, whoever listens at --url.
+    console.print(plain(f"{response.status_code} {response.reason_phrase}", style))
     try:
-        console.print_json(data=response.json())
+        console.print(plain_json(response.json()))
     except ValueError:
         if response.text:
-            console.print(response.text, highlight=False, markup=False)
+            console.print(plain(response.text))
     if not response.is_success:
         raise typer.Exit(1)

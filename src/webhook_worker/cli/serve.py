@@ -20,6 +20,7 @@ from starlette.types import ASGIApp
 
 from webhook_worker.api.app import create_app, health_app
 from webhook_worker.cli.common import console, load_settings, run_async
+from webhook_worker.cli.plain import plain
 from webhook_worker.config import Settings
 from webhook_worker.observability import tracing
 from webhook_worker.runtime import apply_migrations, open_runtime
@@ -54,11 +55,9 @@ def migrate() -> None:
     before, after = run_async(apply_migrations(settings))
     where = settings.describe_database()
     if before == after:
-        console.print(f"schema already current at revision {after} ({where})", highlight=False)
+        console.print(plain(f"schema already current at revision {after} ({where})"))
     else:
-        console.print(
-            f"migrated {where} from {before or 'empty'} to revision {after}", highlight=False
-        )
+        console.print(plain(f"migrated {where} from {before or 'empty'} to revision {after}"))
 
 
 class _Server(uvicorn.Server):
@@ -150,10 +149,11 @@ async def _announce(
     roles = " + ".join(role for role, on in (("API", with_api), ("worker", with_worker)) if on)
     host, port = settings.api_addr if with_api else settings.health_endpoint
     shown = "127.0.0.1" if host in ("0.0.0.0", "") else host
-    console.print(
-        f"webhook-worker {roles} listening on http://{shown}:{port}\n"
-        f"  database: {settings.describe_database()}\n  queue:    {queue}",
-        highlight=False,
+    console.print(  # paths and addresses as given: plain text (see cli/plain.py)
+        plain(
+            f"webhook-worker {roles} listening on http://{shown}:{port}\n"
+            f"  database: {settings.describe_database()}\n  queue:    {queue}"
+        ),
         soft_wrap=True,
     )
     if with_api:

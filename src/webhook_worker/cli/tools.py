@@ -14,6 +14,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from webhook_worker.cli.common import (
     api_url,
@@ -27,6 +28,7 @@ from webhook_worker.cli.common import (
     user_errors,
     with_store,
 )
+from webhook_worker.cli.plain import plain, plain_json, printable
 from webhook_worker.storage.tools import ToolStore
 from webhook_worker.tools.model import AUTH_TYPES, auth_type_of, parse_tool
 from webhook_worker.tools.presets import PRESETS
@@ -233,11 +235,12 @@ def add(
     with user_errors(f"cannot add tool {tool_id!r}"):
         parse_tool(definition)  # invalid input fails before the database is opened
         view = with_store(settings, lambda store: ToolService(store).create(definition))
-    console.print(f"added tool {tool_id!r} ({_summary(view)})", highlight=False)
+    console.print(plain(f"added tool {tool_id!r} ({_summary(view)})"))
     console.print(
-        f"  webhooks go to POST {api_url(settings)}/webhooks/{tool_id}\n"
-        f"  try it: webhook-worker send {tool_id}",
-        highlight=False,
+        plain(
+            f"  webhooks go to POST {api_url(settings)}/webhooks/{tool_id}\n"
+            f"  try it: webhook-worker send {tool_id}"
+        )
     )
 
 
@@ -312,7 +315,7 @@ def update(
 
     with user_errors(f"cannot update tool {tool_id!r}"):
         view = with_store(settings, change)
-    console.print(f"updated tool {tool_id!r} ({_summary(view)})", highlight=False)
+    console.print(plain(f"updated tool {tool_id!r} ({_summary(view)})"))
 
 
 @app.command("list")
@@ -333,12 +336,12 @@ def list_tools(
     table.columns[0].no_wrap = table.columns[-1].no_wrap = True
     for view in views:
         table.add_row(
-            view["id"],
-            view.get("provider", "generic"),
-            _auth_type(view),
-            view.get("mode", "store_only"),
+            plain(view["id"]),
+            plain(view.get("provider", "generic")),
+            plain(_auth_type(view)),
+            plain(view.get("mode", "store_only")),
             "yes" if view.get("enabled", True) else "[red]no[/]",
-            _short_time(view.get("updated_at")),
+            plain(_short_time(view.get("updated_at"))),
         )
     print_table(table)
 
@@ -355,7 +358,7 @@ def show(
     if as_json:
         print_json(view)
     else:
-        console.print_json(data=view)
+        console.print(plain_json(view))
 
 
 @app.command()
@@ -370,10 +373,10 @@ def remove(
     if not yes:
         if not sys.stdin.isatty():
             fail(f"not removing tool {tool_id!r} without confirmation: pass --yes", 1)
-        typer.confirm(f"Remove tool {tool_id!r}? Its webhooks will get 404", abort=True)
+        typer.confirm(printable(f"Remove tool {tool_id!r}? Its webhooks will get 404"), abort=True)
     with user_errors():
         with_store(settings, lambda store: ToolService(store).delete(tool_id))
-    console.print(f"removed tool {tool_id!r}", highlight=False)
+    console.print(plain(f"removed tool {tool_id!r}"))
 
 
 @app.command()
@@ -405,7 +408,9 @@ def apply(
         outcomes = with_store(settings, lambda store: ToolService(store).apply(definitions))
     styles = {"created": "green", "updated": "yellow", "unchanged": "dim"}
     for tool_id, outcome in outcomes:
-        console.print(f"[{styles.get(outcome, '')}]{outcome:<9}[/] {tool_id}", highlight=False)
+        console.print(
+            Text.assemble((f"{outcome:<9}", styles.get(outcome, "")), " ", printable(tool_id))
+        )
     counts = {name: sum(1 for _, o in outcomes if o == name) for name in styles}
     console.print(
         f"{len(outcomes)} tools: " + ", ".join(f"{n} {name}" for name, n in counts.items()),

@@ -11,7 +11,9 @@ retrying it would not help.
 from __future__ import annotations
 
 import json
+import os
 import ssl
+import stat
 import time
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -72,6 +74,9 @@ class Database:
         """Set when the queue lives in this SQLite database (embedded mode): then
         ``begin(durable=False)`` commits without waiting for the disk. See :meth:`begin`."""
         self._relaxed = engine.execution_options(**{_DURABLE: False})
+        self.file_warning: str | None = None
+        """For an SQLite file: what is wrong with the permissions around it (a directory open
+        to other users), for the process to log at start. See :func:`_private_files`."""
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Database:
@@ -84,14 +89,11 @@ class Database:
     @classmethod
     def from_url(cls, url: str, pool_size: int = 10, ssl_mode: str = "disable") -> Database:
         if url.startswith("sqlite"):
-            path = url.split(":///", 1)[1] if ":///" in url else ""
+            # The file; a query (``?timeout=...``) is the driver's options, not part of it.
+            path = url.split(":///", 1)[1].split("?", 1)[0] if ":///" in url else ""
+            file_warning = None
             if path and path != ":memory:":
-                try:
-                    Path(path).parent.mkdir(parents=True, exist_ok=True)
-                except OSError as exc:
-                    raise ConfigError(
-                        f"DATA_DIR: cannot create {Path(path).parent}: {exc}"
-                    ) from None
+                file_warning = _private_files(Path(path))
             engine = create_async_engine(
                 url,
                 pool_size=pool_size,
@@ -101,6 +103,9 @@ class Database:
                 json_serializer=json_text,
             )
             _configure_sqlite(engine)
+            db = cls(engine)
+            db.file_warning = file_warning
+            return db
         else:
             connect_args: dict[str, Any] = {
                 "server_settings": {"application_name": "webhook-worker"}
@@ -160,6 +165,49 @@ class Database:
 
     async def close(self) -> None:
         await self.engine.dispose()
+
+
+_SQLITE_SUFFIXES = ("", "-wal", "-shm", "-journal")
+"""The database file and the files SQLite keeps beside it (all hold event data and secrets)."""
+
+
+def _private_files(path: Path) -> str | None:
+    """Make the SQLite file at ``path`` readable by this user only; return a warning when the
+    directory it is in is open to others.
+
+    Without SECRETS_KEY the file holds tool secrets in plaintext, and always the events. A
+    directory this creates is 0700 and a file 0600 (whatever the umask: it can only take bits
+    away). SQLite creates the -wal and -shm files itself, with the mode of the database file,
+    so creating that file 0600 before SQLite opens it covers them too. Files an older release
+    left readable by others are the service's own and are tightened to 0600 (when this user
+    owns them); a directory that already exists may be the user's (a home, a mounted volume),
+    so it is never changed: the returned warning says how to fix it.
+    """
+    directory = path.parent
+    try:
+        if not directory.exists():
+            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if not path.exists():
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+        for suffix in _SQLITE_SUFFIXES:
+            existing = path.with_name(path.name + suffix)
+            if not existing.exists():
+                continue
+            status = existing.stat()
+            # Only our own files: another user's (an operator reading the service's file
+            # through its group) is theirs to set.
+            if status.st_uid == os.geteuid() and stat.S_IMODE(status.st_mode) & 0o077:
+                existing.chmod(0o600)
+    except OSError as exc:
+        raise ConfigError(f"DATA_DIR: cannot create {path}: {exc}") from None
+    mode = stat.S_IMODE(directory.stat().st_mode)
+    if not mode & 0o077:
+        return None
+    return (
+        f"DATA_DIR {directory} is open to other users (mode {mode:03o}) and holds the database "
+        f"with every event and, without SECRETS_KEY, tool secrets in plaintext: run "
+        f"chmod 700 {directory}"
+    )
 
 
 def _configure_sqlite(engine: AsyncEngine) -> None:
