@@ -252,7 +252,7 @@ async def test_a_new_forward_host_needs_the_credentials_again(api: Api) -> None:
     assert view["forward"]["url"] == "https://********:********@example.com/in?api_key=********"
     for text in ("p4ssw0rd", "k3y-value", "fwd-api-key"):
         assert text not in created.text
-    moved = {"forward": {"url": "https://elsewhere.example/in"}}
+    moved: dict[str, dict[str, Any]] = {"forward": {"url": "https://elsewhere.example/in"}}
     patched = await api.client.patch("/api/v1/tools/demo", json=moved)
     assert patched.status_code == 400, patched.text
     assert patched.json()["field"] == "forward.headers.X-Api-Key"

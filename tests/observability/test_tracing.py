@@ -107,7 +107,7 @@ async def test_url_full_on_the_forward_span_has_its_credentials_redacted(
 ) -> None:
     caplog.set_level(logging.DEBUG, logger="webhook_worker")
     password, api_key = "hook-p4ssw0rd", "k3y-0f-the-api"
-    settings = Settings(data_dir=tmp_path, allow_private_forward=True)  # type: ignore[arg-type]
+    settings = Settings(data_dir=tmp_path, allow_private_forward=True)
     async with target_server() as target, running_service(settings) as service:
         base, path = target.url.rsplit("/", 1)
         url = f"{base.replace('://', f'://hook-user:{password}@')}/{path}?api_key={api_key}&page=2"
@@ -118,20 +118,20 @@ async def test_url_full_on_the_forward_span_has_its_credentials_redacted(
         await service.settled(response.json()["event_id"])
 
         async def forward_span_ended() -> bool:
-            return any(s.attributes.get("url.full") for s in spans.get_finished_spans())
+            return any(attributes(s).get("url.full") for s in spans.get_finished_spans())
 
         await eventually(forward_span_ended, what="the forward span to end")
-    [forward] = [s for s in spans.get_finished_spans() if s.attributes.get("url.full")]
+    [forward] = [s for s in spans.get_finished_spans() if attributes(s).get("url.full")]
     expected = f"{base.replace('://', '://REDACTED:REDACTED@')}/{path}?api_key=REDACTED&page=2"
-    assert forward.attributes["url.full"] == expected
-    assert forward.attributes["http.response.status_code"] == 200
+    assert attributes(forward)["url.full"] == expected
+    assert attributes(forward)["http.response.status_code"] == 200
     # The target still got them: only what is shown is redacted.
     assert target.requests[0].headers["authorization"].startswith("Basic ")
-    attributes = json.dumps([dict(s.attributes) for s in spans.get_finished_spans()])
+    shown = json.dumps([dict(attributes(s)) for s in spans.get_finished_spans()])
     ours = "\n".join(r.getMessage() for r in caplog.records if r.name.startswith("webhook_worker"))
     assert "event processed" in ours  # the worker's log lines are there to search
     for secret in (password, api_key):
-        assert secret not in attributes
+        assert secret not in shown
         assert secret not in ours
 
 
