@@ -96,17 +96,6 @@ class IngestHandler:
         tool = live.tool
         if not tool.enabled:
             return error(403, "tool_disabled", f"tool {tool_id!r} is disabled")
-        if tool.rate_limit is not None:
-            wait = self._limiter.wait(tool_id, tool.rate_limit)
-            if wait:
-                metrics.INGEST_REJECTED.labels(tool_id=tool_id, reason="rate_limit").inc()
-                return error(
-                    429,
-                    "rate_limited",
-                    f"tool {tool_id!r} accepts {tool.rate_limit.requests} webhooks per "
-                    f"{tool.rate_limit.per:g}s; retry later",
-                    headers={"Retry-After": retry_after(wait)},
-                )
         if tool.allowed_ips and not self._client_allowed(request, tool):
             return error(
                 403, "ip_not_allowed", "the client address is not in the tool's allowed_ips"
@@ -126,6 +115,19 @@ class IngestHandler:
         except AuthError as exc:
             metrics.INGEST_REJECTED.labels(tool_id=tool_id, reason="auth").inc()
             return error(401, "unauthorized", str(exc))
+        # Counted only once authenticated: a limit spent by anyone who can reach the URL would
+        # let them lock the provider out.
+        if tool.rate_limit is not None:
+            wait = self._limiter.wait(tool_id, tool.rate_limit)
+            if wait:
+                metrics.INGEST_REJECTED.labels(tool_id=tool_id, reason="rate_limit").inc()
+                return error(
+                    429,
+                    "rate_limited",
+                    f"tool {tool_id!r} accepts {tool.rate_limit.requests} webhooks per "
+                    f"{tool.rate_limit.per:g}s; retry later",
+                    headers={"Retry-After": retry_after(wait)},
+                )
         reply = handshake_reply(tool, body)
         if reply is not None:
             return Response(reply.body, status_code=200, media_type=reply.media_type)
