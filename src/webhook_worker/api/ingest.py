@@ -41,6 +41,11 @@ _MAX_FIELD = 255
 # A caller's W3C trace context, kept with the event when tracing is off (version 00 only).
 _TRACEPARENT = re.compile(r"00-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}")
 _NOT_PARSED = object()
+_TOO_DEEP = object()
+MAX_JSON_DEPTH = 128
+"""Nesting a JSON body may have when ingest parses it (event type or delivery id read from the
+body). Deeper documents are refused with 422: orjson writes at most 254 levels and Python's
+encoder recurses, so a deeper payload would fail later, in the worker or in ``events show``."""
 
 
 class IngestHandler:
@@ -135,6 +140,8 @@ class IngestHandler:
         parsed: Any = _NOT_PARSED
         if tool.event_type.needs_body or tool.delivery_id.needs_body:
             parsed = _parse_json(body)
+            if parsed is _TOO_DEEP:
+                return _too_deep()
         event_type = _extract(tool.event_type, headers, parsed)
         delivery_id = (
             _extract(tool.delivery_id, headers, parsed) or hashlib.sha256(body).hexdigest()
@@ -249,10 +256,43 @@ def _valid_traceparent(value: str | None) -> str | None:
 
 
 def _parse_json(body: bytes) -> Any:
+    """The parsed body; None when it is not JSON; _TOO_DEEP past MAX_JSON_DEPTH."""
     try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return None
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        # orjson's own limit (1024 levels) is past ours.
+        return _TOO_DEEP if str(exc).startswith("depth limit") else None
+    # Fewer opening brackets than the limit (strings included) cannot nest deeper: the common
+    # case is two scans in C, and only bodies with many containers are walked.
+    if body.count(b"[") + body.count(b"{") > MAX_JSON_DEPTH and _deeper_than(
+        parsed, MAX_JSON_DEPTH
+    ):
+        return _TOO_DEEP
+    return parsed
+
+
+def _deeper_than(document: Any, limit: int) -> bool:
+    """Whether ``document`` nests containers more than ``limit`` levels (no recursion)."""
+    if not isinstance(document, dict | list):
+        return False
+    stack: list[tuple[Any, int]] = [(document, 1)]
+    while stack:
+        node, depth = stack.pop()
+        for child in node.values() if isinstance(node, dict) else node:
+            if isinstance(child, dict | list):
+                if depth >= limit:
+                    return True
+                stack.append((child, depth + 1))
+    return False
+
+
+def _too_deep() -> Response:
+    return error(
+        422,
+        "payload_too_deep",
+        f"the JSON body nests deeper than {MAX_JSON_DEPTH} levels, the most this tool reads "
+        "its event type or delivery id from",
+    )
 
 
 def _extract(source: FieldSource, headers: Any, parsed: Any) -> str | None:
