@@ -33,7 +33,8 @@ from webhook_worker.observability import metrics, tracing
 from webhook_worker.queue.base import EnqueueResult, Message
 from webhook_worker.queue.batcher import EnqueueBatcher
 from webhook_worker.tools.cache import ToolCache
-from webhook_worker.tools.model import FieldSource, Tool
+from webhook_worker.tools.model import AuthConfig, FieldSource, Tool
+from webhook_worker.vocabulary import AuthType
 
 log = logging.getLogger(__name__)
 
@@ -143,9 +144,14 @@ class IngestHandler:
             if parsed is _TOO_DEEP:
                 return _too_deep()
         event_type = _extract(tool.event_type, headers, parsed)
-        delivery_id = (
-            _extract(tool.delivery_id, headers, parsed) or hashlib.sha256(body).hexdigest()
-        )
+        delivery_id = _extract(tool.delivery_id, headers, parsed)
+        replay_key = None
+        if delivery_id is None:
+            delivery_id = hashlib.sha256(body).hexdigest()
+        elif _signs_body_only(tool.auth):
+            # The delivery id is not signed: without this, a captured request could be sent
+            # again under a new one (and a new event type header) and be a new event.
+            replay_key = hashlib.sha256(body).hexdigest()
 
         message = Message(
             event_id=new_id(),
@@ -158,6 +164,7 @@ class IngestHandler:
             # The caller's trace context, forwarded as it is. With tracing on, _enqueue_traced
             # puts its PRODUCER span's context (a child of the caller's) here instead.
             traceparent=_valid_traceparent(headers.get("traceparent")),
+            replay_key=replay_key,
         )
         try:
             if tracing.enabled():
@@ -241,6 +248,15 @@ def _parse_ip(text: str) -> IPv4Address | IPv6Address | None:
     if isinstance(address, IPv6Address) and address.ipv4_mapped is not None:
         return address.ipv4_mapped
     return address
+
+
+def _signs_body_only(auth: AuthConfig) -> bool:
+    """Whether the scheme signs the body alone: no signed id or timestamp binds a signature to
+    one delivery, so the body (which the signature makes unforgeable) is the replay key. The
+    signature is left out of the hash because its text is malleable (hex case, base64 padding
+    bits, whitespace) while it stays valid. Token, bearer and basic carry no signature: whoever
+    holds a captured request holds the secret and can send any body, so no key would help."""
+    return auth.type == AuthType.HMAC and auth.timestamp_header is None
 
 
 def _too_large(limit: int) -> Response:
