@@ -142,6 +142,7 @@ class IngestHandler:
         if tool.event_type.needs_body or tool.delivery_id.needs_body:
             parsed = _parse_json(body)
             if parsed is _TOO_DEEP:
+                metrics.INGEST_REJECTED.labels(tool_id=tool_id, reason="too_deep").inc()
                 return _too_deep()
         event_type = _extract(tool.event_type, headers, parsed)
         delivery_id = _extract(tool.delivery_id, headers, parsed)
@@ -306,8 +307,8 @@ def _too_deep() -> Response:
     return error(
         422,
         "payload_too_deep",
-        f"the JSON body nests deeper than {MAX_JSON_DEPTH} levels, the most this tool reads "
-        "its event type or delivery id from",
+        f"the JSON body nests deeper than {MAX_JSON_DEPTH} levels, the most accepted by a tool "
+        "that reads its event type or delivery id from the body",
     )
 
 
