@@ -12,6 +12,8 @@ REDIS_GROUP: Final = "workers"
 """The consumer group every worker reads the stream through."""
 REDIS_DEDUPE_SUFFIX: Final = "delivery"
 """``{prefix}:delivery:{tool_id}:{delivery_id}`` -> event id, for WORKER_IDEMPOTENCY_TTL."""
+REDIS_REPLAY_SUFFIX: Final = "replay"
+"""``{prefix}:replay:{tool_id}:{replay_key}`` -> event id, for WORKER_IDEMPOTENCY_TTL."""
 REDIS_RETRY_SUFFIX: Final = "retry"
 """Sorted set of event ids by due time; ``{prefix}:retry:{event_id}`` holds each message."""
 REDIS_MALFORMED_SUFFIX: Final = "events:malformed"
@@ -24,7 +26,15 @@ class RedisKeys:
     Plain attributes, computed once, since the per-message keys are built on the ingest path.
     """
 
-    __slots__ = ("_dedupe_prefix", "malformed", "prefix", "retry", "retry_hash_prefix", "stream")
+    __slots__ = (
+        "_dedupe_prefix",
+        "_replay_prefix",
+        "malformed",
+        "prefix",
+        "retry",
+        "retry_hash_prefix",
+        "stream",
+    )
 
     def __init__(self, prefix: str) -> None:
         self.prefix = prefix
@@ -37,6 +47,7 @@ class RedisKeys:
         self.retry_hash_prefix = f"{self.retry}:"
         """What :meth:`retry_hash` puts before the event id (the promote script needs it)."""
         self._dedupe_prefix = f"{prefix}:{REDIS_DEDUPE_SUFFIX}:"
+        self._replay_prefix = f"{prefix}:{REDIS_REPLAY_SUFFIX}:"
 
     def retry_hash(self, event_id: str) -> str:
         """``{prefix}:retry:{event_id}``: the fields of a message waiting for a retry."""
@@ -45,6 +56,10 @@ class RedisKeys:
     def dedupe(self, tool_id: str, delivery_id: str) -> str:
         """``{prefix}:delivery:{tool_id}:{delivery_id}``: the first event id for a delivery id."""
         return f"{self._dedupe_prefix}{tool_id}:{delivery_id}"
+
+    def replay(self, tool_id: str, replay_key: str) -> str:
+        """``{prefix}:replay:{tool_id}:{replay_key}``: the first event id for a replay key."""
+        return f"{self._replay_prefix}{tool_id}:{replay_key}"
 
 
 # Stream entry fields.
@@ -71,6 +86,9 @@ TABLE_ATTEMPTS: Final = "event_attempts"
 TABLE_DEAD_LETTERS: Final = "dead_letters"
 TABLE_QUEUE: Final = "queue_messages"
 TABLE_DELIVERIES: Final = "delivery_ids"
+DELIVERY_REPLAY_PREFIX: Final = "replay:"
+"""Before a replay key in the ``delivery_id`` column of ``delivery_ids``: the database queue
+keeps both kinds of key in one table, so one upsert records them all."""
 TABLE_METADATA: Final = "metadata"
 
 METADATA_TOOLS_REVISION: Final = "tools_revision"

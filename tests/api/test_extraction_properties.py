@@ -35,6 +35,7 @@ from sqlalchemy import select
 from starlette.applications import Starlette
 
 from tests.api.support import asgi_post, started_app
+from webhook_worker.api.ingest import MAX_JSON_DEPTH
 from webhook_worker.auth import slack, standard_webhooks, stripe_signature
 from webhook_worker.config import Settings
 from webhook_worker.runtime import Runtime, open_runtime
@@ -312,7 +313,10 @@ async def test_any_request_gets_a_clean_answer_and_a_faithful_extraction(
     answer = await asgi_post(starlette_app, f"/webhooks/{tool_id}", sent, chunks or b"")
 
     event(f"answer {answer.status}")  # shown by --hypothesis-show-statistics
-    assert answer.status in {200, 202, 401, 413}, (answer.status, answer.body[:300])
+    # 422 only for a body nested past the limit, which needs that many opening brackets.
+    too_deep = answer.status == 422 and answer.json()["error"] == "payload_too_deep"
+    assert not too_deep or body.count(b"[") + body.count(b"{") > MAX_JSON_DEPTH
+    assert answer.status in {200, 202, 401, 413} or too_deep, (answer.status, answer.body[:300])
     challenge = handshake_challenge(body) if case.handshake else None
     if answer.status == 200 and challenge is not None:
         assert answer.headers["content-type"].startswith("text/plain")

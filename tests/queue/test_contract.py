@@ -215,6 +215,67 @@ async def test_a_delivery_id_is_accepted_again_after_its_ttl(backend: Backend) -
     assert got == [first.event_id, retry.event_id]
 
 
+# De-duplication on a second key, the replay key (a body signed without an id or timestamp).
+
+
+async def test_a_known_replay_key_makes_a_duplicate_whatever_the_delivery_id(
+    queue: ContractQueue,
+) -> None:
+    first = message("d-1", replay_key="r-1")
+    assert await queue.enqueue([first]) == [(first.event_id, False)]
+
+    # A captured request sent again under a new delivery id: the first event's duplicate, and
+    # the new delivery id now names that event too (the replayer's retry is a duplicate).
+    assert await queue.enqueue([message("d-2", replay_key="r-1")]) == [(first.event_id, True)]
+    assert await queue.enqueue([message("d-2")]) == [(first.event_id, True)]
+    # A known delivery id with a new replay key: a duplicate, its replay key recorded as well.
+    assert await queue.enqueue([message("d-1", replay_key="r-9")]) == [(first.event_id, True)]
+    assert await queue.enqueue([message("d-8", replay_key="r-9")]) == [(first.event_id, True)]
+
+    other_tool = message("d-1", tool_id="gitlab", replay_key="r-1")
+    other_body = message("d-3", replay_key="r-2")
+    without = message("r-1")  # a delivery id equal to a replay key is not a replay key
+    results = await queue.enqueue([other_tool, other_body, without])
+    assert results == [(m.event_id, False) for m in (other_tool, other_body, without)]
+
+    received = [d.message for d in await queue.receive(10, 1.0)]
+    assert received == [first, other_tool, other_body, without]
+    assert await queue.depth() == 4
+
+
+async def test_replay_keys_within_one_batch(queue: ContractQueue) -> None:
+    a = message("d-1", replay_key="r-1")
+    b = message("d-2", replay_key="r-1")  # a's body again
+    c = message("d-1", replay_key="r-2")  # a's delivery id again
+    d = message("d-3", replay_key="r-3")
+    results = await queue.enqueue([a, b, c, d])
+    assert results == [
+        (a.event_id, False),
+        (a.event_id, True),
+        (a.event_id, True),
+        (d.event_id, False),
+    ]
+    # Every key of the batch was recorded, the duplicates' for the event they duplicate.
+    later = [message("d-2"), message("d-9", replay_key="r-2"), message("d-3")]
+    assert await queue.enqueue(later) == [
+        (a.event_id, True),
+        (a.event_id, True),
+        (d.event_id, True),
+    ]
+    assert [x.message for x in await queue.receive(10, 1.0)] == [a, d]
+
+
+async def test_concurrent_replays_under_new_delivery_ids_accept_one(backend: Backend) -> None:
+    api_a, api_b = await backend.queue("api-a"), await backend.queue("api-b")
+    for round_ in range(30):
+        a = message(f"a-{round_}", replay_key=f"r-{round_}")
+        b = message(f"b-{round_}", replay_key=f"r-{round_}")
+        result_a, result_b = await asyncio.gather(api_a.enqueue([a]), api_b.enqueue([b]))
+        assert sorted([result_a[0].duplicate, result_b[0].duplicate]) == [False, True]
+        assert result_a[0].event_id == result_b[0].event_id in (a.event_id, b.event_id)
+    assert await api_a.depth() == 30
+
+
 # Reclaiming what a dead consumer left behind, and renewing what a live one still holds.
 
 

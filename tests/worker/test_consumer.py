@@ -8,6 +8,7 @@ import functools
 import time
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import replace
 
 import orjson
 import pytest
@@ -21,6 +22,7 @@ from webhook_worker.storage.database import Database
 from webhook_worker.storage.schema import attempts, dead_letters, events
 from webhook_worker.storage.tools import ToolStore
 from webhook_worker.tools.cache import ToolCache
+from webhook_worker.tools.model import parse_tool
 from webhook_worker.worker.consumer import Worker
 from webhook_worker.worker.forwarder import Forwarder
 from webhook_worker.worker.processor import Processor
@@ -187,3 +189,35 @@ async def test_stop_finishes_in_flight_work_and_acknowledges(
     # Whatever was stored was acknowledged, and whatever was not stored is still queued.
     assert stored + await queue.depth() == 300
     assert await queue.pending_count() == 0
+
+
+async def test_a_message_that_cannot_be_stored_is_dead_lettered_at_its_first_delivery(
+    db: Database, running: list[tuple[Worker, asyncio.Task[None]]]
+) -> None:
+    # The transform's result nests 1,000 levels: no JSON encoder on the way to the payload
+    # column takes it, and no retry would change that.
+    await ToolStore(db).create(
+        parse_tool({"id": "deep", "mode": "transform_and_store", "transform": "@"})
+    )
+    unstorable = replace(message(), tool_id="deep", body=b"[" * 1000 + b"]" * 1000)
+    queue = queue_on(db, reclaim_idle=0.05)
+    await queue.enqueue([unstorable])
+    # Were it redelivered, it would come back at once and be poison by its third delivery.
+    start(Worker(queue, processor(db), max_deliveries=2, reclaim_interval=0.05), running)
+
+    async def dead_letter() -> str | None:
+        async with db.connect() as conn:
+            found = await conn.scalar(
+                select(dead_letters.c.error_class).where(
+                    dead_letters.c.event_id == unstorable.event_id
+                )
+            )
+        return None if found is None else str(found)
+
+    assert await eventually(dead_letter, within=10, what="the dead letter") == "storage_error"
+    assert await count(db, events, id=unstorable.event_id, status="dead") == 1
+
+    async def acknowledged() -> bool:
+        return await queue.depth() == 0
+
+    await eventually(acknowledged, what="the acknowledgement")

@@ -34,7 +34,8 @@ from webhook_worker.observability.labels import event_type as label
 from webhook_worker.queue.base import EnqueueResult, Message
 from webhook_worker.queue.batcher import EnqueueBatcher
 from webhook_worker.tools.cache import ToolCache
-from webhook_worker.tools.model import FieldSource, Tool
+from webhook_worker.tools.model import AuthConfig, FieldSource, Tool
+from webhook_worker.vocabulary import AuthType
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,11 @@ _MAX_FIELD = 255
 # A caller's W3C trace context, kept with the event when tracing is off (version 00 only).
 _TRACEPARENT = re.compile(r"00-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}")
 _NOT_PARSED = object()
+_TOO_DEEP = object()
+MAX_JSON_DEPTH = 128
+"""Nesting a JSON body may have when ingest parses it (event type or delivery id read from the
+body). Deeper documents are refused with 422: orjson writes at most 254 levels and Python's
+encoder recurses, so a deeper payload would fail later, in the worker or in ``events show``."""
 
 
 class IngestHandler:
@@ -97,17 +103,6 @@ class IngestHandler:
         tool = live.tool
         if not tool.enabled:
             return error(403, "tool_disabled", f"tool {tool_id!r} is disabled")
-        if tool.rate_limit is not None:
-            wait = self._limiter.wait(tool_id, tool.rate_limit)
-            if wait:
-                metrics.INGEST_REJECTED.labels(tool_id=tool_id, reason="rate_limit").inc()
-                return error(
-                    429,
-                    "rate_limited",
-                    f"tool {tool_id!r} accepts {tool.rate_limit.requests} webhooks per "
-                    f"{tool.rate_limit.per:g}s; retry later",
-                    headers={"Retry-After": retry_after(wait)},
-                )
         if tool.allowed_ips and not self._client_allowed(request, tool):
             return error(
                 403, "ip_not_allowed", "the client address is not in the tool's allowed_ips"
@@ -127,6 +122,19 @@ class IngestHandler:
         except AuthError as exc:
             metrics.INGEST_REJECTED.labels(tool_id=tool_id, reason="auth").inc()
             return error(401, "unauthorized", str(exc))
+        # Counted only once authenticated: a limit spent by anyone who can reach the URL would
+        # let them lock the provider out.
+        if tool.rate_limit is not None:
+            wait = self._limiter.wait(tool_id, tool.rate_limit)
+            if wait:
+                metrics.INGEST_REJECTED.labels(tool_id=tool_id, reason="rate_limit").inc()
+                return error(
+                    429,
+                    "rate_limited",
+                    f"tool {tool_id!r} accepts {tool.rate_limit.requests} webhooks per "
+                    f"{tool.rate_limit.per:g}s; retry later",
+                    headers={"Retry-After": retry_after(wait)},
+                )
         reply = handshake_reply(tool, body)
         if reply is not None:
             return Response(reply.body, status_code=200, media_type=reply.media_type)
@@ -134,10 +142,18 @@ class IngestHandler:
         parsed: Any = _NOT_PARSED
         if tool.event_type.needs_body or tool.delivery_id.needs_body:
             parsed = _parse_json(body)
+            if parsed is _TOO_DEEP:
+                metrics.INGEST_REJECTED.labels(tool_id=tool_id, reason="too_deep").inc()
+                return _too_deep()
         event_type = _extract(tool.event_type, headers, parsed)
-        delivery_id = (
-            _extract(tool.delivery_id, headers, parsed) or hashlib.sha256(body).hexdigest()
-        )
+        delivery_id = _extract(tool.delivery_id, headers, parsed)
+        replay_key = None
+        if delivery_id is None:
+            delivery_id = hashlib.sha256(body).hexdigest()
+        elif _signs_body_only(tool.auth):
+            # The delivery id is not signed: without this, a captured request could be sent
+            # again under a new one (and a new event type header) and be a new event.
+            replay_key = hashlib.sha256(body).hexdigest()
 
         message = Message(
             event_id=new_id(),
@@ -150,6 +166,7 @@ class IngestHandler:
             # The caller's trace context, forwarded as it is. With tracing on, _enqueue_traced
             # puts its PRODUCER span's context (a child of the caller's) here instead.
             traceparent=_valid_traceparent(headers.get("traceparent")),
+            replay_key=replay_key,
         )
         try:
             if tracing.enabled():
@@ -238,6 +255,15 @@ def _parse_ip(text: str) -> IPv4Address | IPv6Address | None:
     return address
 
 
+def _signs_body_only(auth: AuthConfig) -> bool:
+    """Whether the scheme signs the body alone: no signed id or timestamp binds a signature to
+    one delivery, so the body (which the signature makes unforgeable) is the replay key. The
+    signature is left out of the hash because its text is malleable (hex case, base64 padding
+    bits, whitespace) while it stays valid. Token, bearer and basic carry no signature: whoever
+    holds a captured request holds the secret and can send any body, so no key would help."""
+    return auth.type == AuthType.HMAC and auth.timestamp_header is None
+
+
 def _too_large(limit: int) -> Response:
     return error(413, "payload_too_large", f"the body exceeds MAX_PAYLOAD_BYTES ({limit} bytes)")
 
@@ -251,10 +277,43 @@ def _valid_traceparent(value: str | None) -> str | None:
 
 
 def _parse_json(body: bytes) -> Any:
+    """The parsed body; None when it is not JSON; _TOO_DEEP past MAX_JSON_DEPTH."""
     try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return None
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        # orjson's own limit (1024 levels) is past ours.
+        return _TOO_DEEP if str(exc).startswith("depth limit") else None
+    # Fewer opening brackets than the limit (strings included) cannot nest deeper: the common
+    # case is two scans in C, and only bodies with many containers are walked.
+    if body.count(b"[") + body.count(b"{") > MAX_JSON_DEPTH and _deeper_than(
+        parsed, MAX_JSON_DEPTH
+    ):
+        return _TOO_DEEP
+    return parsed
+
+
+def _deeper_than(document: Any, limit: int) -> bool:
+    """Whether ``document`` nests containers more than ``limit`` levels (no recursion)."""
+    if not isinstance(document, dict | list):
+        return False
+    stack: list[tuple[Any, int]] = [(document, 1)]
+    while stack:
+        node, depth = stack.pop()
+        for child in node.values() if isinstance(node, dict) else node:
+            if isinstance(child, dict | list):
+                if depth >= limit:
+                    return True
+                stack.append((child, depth + 1))
+    return False
+
+
+def _too_deep() -> Response:
+    return error(
+        422,
+        "payload_too_deep",
+        f"the JSON body nests deeper than {MAX_JSON_DEPTH} levels, the most accepted by a tool "
+        "that reads its event type or delivery id from the body",
+    )
 
 
 def _extract(source: FieldSource, headers: Any, parsed: Any) -> str | None:

@@ -1,5 +1,8 @@
 """Per-tool ingest rate limits: a token bucket per tool, in each API process.
 
+Only authenticated requests are counted (ingest checks the address and the credentials first),
+so a sender without the tool's secret cannot spend the provider's share.
+
 With several API processes behind a load balancer each enforces the limit on its own share of
 the traffic, so the deployment as a whole admits up to ``processes x requests`` per period.
 """

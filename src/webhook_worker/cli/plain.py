@@ -53,6 +53,12 @@ def json_dumps(data: Any, indent: int | None = 2) -> str:
     """``data`` as JSON text, non-ASCII kept as it is but with the controls the encoder leaves
     raw (DEL, C1, bidirectional marks) escaped as ``\\uXXXX``: the same JSON, safe to print."""
     encoded = json.dumps(data, indent=indent, ensure_ascii=False, default=str)
+    return safe_json_text(encoded)
+
+
+def safe_json_text(encoded: str) -> str:
+    """JSON text with the controls encoders leave raw (DEL, C1, bidirectional marks) escaped
+    as ``\\uXXXX``: the same JSON, safe to print."""
     return encoded.translate(_JSON_ESCAPES)
 
 

@@ -8,7 +8,7 @@ processing idempotent (the events table is unique on event id and on tool + deli
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol
 
 
@@ -33,6 +33,10 @@ class Message:
     retry_from: float | None = None
     """Epoch seconds the current retry series began: None means ``received_at``; a dead letter
     retried by hand starts a new series with a fresh retry budget."""
+    replay_key: str | None = field(default=None, compare=False)
+    """A second de-duplication key beside the delivery id (a hash of the body, for schemes that
+    sign the body alone): the message is a duplicate when either was seen within the TTL. Used
+    by :meth:`Queue.enqueue` only; not carried to the worker, so not compared either."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,8 +59,10 @@ class EnqueueResult(NamedTuple):
 class Queue(Protocol):
     """Carries messages from the API to the workers.
 
-    ``enqueue`` de-duplicates on (tool id, delivery id) atomically with the write: of two
-    concurrent requests with the same delivery id exactly one is enqueued.
+    ``enqueue`` de-duplicates on (tool id, delivery id), and on (tool id, replay key) for a
+    message that has one, atomically with the write: of two concurrent requests sharing a key
+    exactly one is enqueued. A message is a duplicate when ANY of its keys was seen within the
+    TTL; then its other keys are recorded too, for the event first accepted.
     """
 
     async def enqueue(self, messages: Sequence[Message]) -> list[EnqueueResult]:

@@ -9,7 +9,8 @@ statements are safe there too.
 
 De-duplication uses ``delivery_ids``: the upsert that records a delivery id is the arbiter, in
 the same transaction as the queue insert, so of two concurrent requests with one delivery id
-exactly one is enqueued.
+exactly one is enqueued. A message's replay key (see :class:`Message`) is a second row there,
+its ``delivery_id`` the key after ``replay:``, recorded by the same upsert.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 
+from webhook_worker.constants import DELIVERY_REPLAY_PREFIX
 from webhook_worker.errors import DatabaseUnavailableError, QueueUnavailableError
 from webhook_worker.queue.base import Delivery, EnqueueResult, Message
 from webhook_worker.storage.database import Database
@@ -95,48 +97,58 @@ class DatabaseQueue:
             postgresql.insert if db.dialect == "postgresql" else sqlite.insert
         )
         self._record_ids = self._record_ids_statement()
+        self._redirect_ids = (
+            update(delivery_ids)
+            .where(
+                delivery_ids.c.tool_id == bindparam("key_tool"),
+                delivery_ids.c.delivery_id == bindparam("key_id"),
+            )
+            .values(event_id=bindparam("first_id"))
+        )
 
     async def enqueue(self, messages: Sequence[Message]) -> list[EnqueueResult]:
         """Durably add ``messages`` in one transaction; see the Protocol.
 
-        Within the batch the first occurrence of a (tool id, delivery id) wins and later ones are
-        its duplicates. A delivery id whose record expired counts as new.
+        A message's keys are its delivery id and, when it has one, its replay key. Within the
+        batch a message sharing any key with an earlier one is that one's duplicate. A key whose
+        record expired counts as new.
         """
         if not messages:
             return []
-        first: dict[_Key, Message] = {}
-        for message in messages:
-            first.setdefault((message.tool_id, message.delivery_id), message)
-        # A fixed lock order keeps two concurrent batches sharing ids from deadlocking; the queue
-        # rows themselves keep the order of arrival.
-        by_key = [first[key] for key in sorted(first)]
+        # owner: each key -> the index of the first message holding it (the batch's leader for
+        # every message sharing a key with it); leaders[i]: whose event message i answers with.
+        owner: dict[_Key, int] = {}
+        leaders: list[int] = []
+        for index, message in enumerate(messages):
+            keys = _keys(message)
+            leader = next((owner[key] for key in keys if key in owner), index)
+            for key in keys:
+                owner.setdefault(key, leader)
+            leaders.append(leader)
+        # A fixed lock order keeps two concurrent batches sharing keys from deadlocking; the
+        # queue rows themselves keep the order of arrival.
+        ordered = sorted(owner)
         now = time.time()
-        event_ids: dict[_Key, str] = {}
         new: set[_Key] = set()
+        known: dict[_Key, str] = {}
+        answers: dict[int, str] = {}
+        accepted: list[Message] = []
         with _unavailable("enqueue"):
             async with self._db.begin() as conn:
                 expires_at = now + self._idempotency_ttl
-                for chunk in _chunks(by_key):
+                for chunk in _chunks(ordered):
                     rows = [
                         {
-                            "tool_id": m.tool_id,
-                            "delivery_id": m.delivery_id,
-                            "event_id": m.event_id,
+                            "tool_id": key[0],
+                            "delivery_id": key[1],
+                            "event_id": messages[owner[key]].event_id,
                             "expires_at": expires_at,
                         }
-                        for m in chunk
+                        for key in chunk
                     ]
                     result = await conn.execute(self._record_ids, rows)
-                    for tool_id, delivery_id, event_id in result.all():
-                        event_ids[(tool_id, delivery_id)] = event_id
-                        new.add((tool_id, delivery_id))
-                if new:
-                    await conn.execute(
-                        insert(queue_messages),
-                        [_row(m, now) for key, m in first.items() if key in new],
-                    )
-                seen = [key for key in sorted(first) if key not in new]
-                for keys in _chunks(seen):
+                    new.update((tool_id, key) for tool_id, key, _event_id in result.all())
+                for looked_up in _chunks([key for key in ordered if key not in new]):
                     # A statement of its own: under READ COMMITTED it sees the row a concurrent
                     # enqueue committed while our upsert waited for it.
                     found = await conn.execute(
@@ -145,21 +157,42 @@ class DatabaseQueue:
                             delivery_ids.c.delivery_id,
                             delivery_ids.c.event_id,
                         ).where(
-                            tuple_(delivery_ids.c.tool_id, delivery_ids.c.delivery_id).in_(keys)
+                            tuple_(delivery_ids.c.tool_id, delivery_ids.c.delivery_id).in_(
+                                looked_up
+                            )
                         )
                     )
-                    for tool_id, delivery_id, event_id in found.all():
-                        event_ids[(tool_id, delivery_id)] = event_id
-        if new:
+                    for tool_id, key, event_id in found.all():
+                        known[(tool_id, key)] = event_id
+                redirected: dict[int, str] = {}
+                for index, message in enumerate(messages):
+                    if leaders[index] != index:
+                        continue
+                    seen = next((key for key in _keys(message) if key not in new), None)
+                    if seen is None:
+                        accepted.append(message)
+                        answers[index] = message.event_id
+                    else:
+                        answers[index] = redirected[index] = known[seen]
+                if redirected:
+                    # The new keys of a duplicate (a replay's fresh delivery id) were recorded
+                    # for an event that will not exist: they name the first event instead.
+                    moved = [
+                        {"key_tool": key[0], "key_id": key[1], "first_id": redirected[leader]}
+                        for key, leader in owner.items()
+                        if leader in redirected and key in new
+                    ]
+                    if moved:
+                        await conn.execute(self._redirect_ids, moved)
+                if accepted:
+                    await conn.execute(insert(queue_messages), [_row(m, now) for m in accepted])
+        if accepted:
             self._enqueued.set()
             self._enqueued = asyncio.Event()
-        results: list[EnqueueResult] = []
-        answered: set[_Key] = set()
-        for message in messages:
-            key = (message.tool_id, message.delivery_id)
-            results.append(EnqueueResult(event_ids[key], key not in new or key in answered))
-            answered.add(key)
-        return results
+        return [
+            EnqueueResult(answers[leader], leader != index or leader in redirected)
+            for index, leader in enumerate(leaders)
+        ]
 
     async def requeue(self, messages: Sequence[Message]) -> None:
         """Add messages of events already accepted (replays, dead-letter retries): no
@@ -426,6 +459,16 @@ def _delivery(row: Row[Any]) -> Delivery:
         retry_from=None if row.retry_from is None else float(row.retry_from),
     )
     return Delivery(message=message, receipt=str(row.id), deliveries=int(row.deliveries))
+
+
+def _keys(message: Message) -> tuple[_Key, ...]:
+    """The de-duplication keys of a message: its delivery id, then its replay key if any."""
+    if message.replay_key is None:
+        return ((message.tool_id, message.delivery_id),)
+    return (
+        (message.tool_id, message.delivery_id),
+        (message.tool_id, DELIVERY_REPLAY_PREFIX + message.replay_key),
+    )
 
 
 def _chunks(items: Sequence[_T]) -> Iterator[Sequence[_T]]:

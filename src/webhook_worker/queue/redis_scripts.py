@@ -1,35 +1,54 @@
 """Lua run inside Redis, where a group of commands must happen atomically.
 
-Both scripts build some key names from arguments (a dedupe key per message, a hash per retried
+Both scripts build some key names from arguments (dedupe keys per message, a hash per retried
 event), so they need a single Redis instance or a primary (not Redis Cluster).
 """
 
 from typing import Final
 
-# KEYS[1] the stream, KEYS[2..] one dedupe key per message.
-# ARGV[1] the TTL in seconds, then per message: event id, number of field/value items, the items.
+# KEYS[1] the stream, then each message's dedupe keys in turn: its delivery id's, and its replay
+# key's when it has one. ARGV[1] the TTL in seconds, then per message: event id, number of keys,
+# number of field/value items, the items.
+# A message all of whose keys are new is added, its keys naming it. One with a known key is a
+# duplicate of the event that key names, and its other keys are recorded for that event too (a
+# replay's new delivery id then answers "duplicate" as well).
 # Returns per message two items: 0 and the new event id, or 1 and the event id stored first.
 ENQUEUE: Final = """
 local out = {}
 local a = 2
-for i = 2, #KEYS do
+local k = 2
+while a <= #ARGV do
   local event_id = ARGV[a]
-  local n = tonumber(ARGV[a + 1])
-  local first = redis.call('SET', KEYS[i], event_id, 'NX', 'GET', 'EX', ARGV[1])
+  local last = k + tonumber(ARGV[a + 1]) - 1
+  local n = tonumber(ARGV[a + 2])
+  local first = false
+  local set = k - 1
+  for i = k, last do
+    first = redis.call('SET', KEYS[i], event_id, 'NX', 'GET', 'EX', ARGV[1])
+    if first then break end
+    set = i
+  end
   if first then
+    for i = k, set do
+      redis.call('SET', KEYS[i], first, 'XX', 'EX', ARGV[1])
+    end
+    for i = set + 2, last do
+      redis.call('SET', KEYS[i], first, 'NX', 'EX', ARGV[1])
+    end
     out[#out + 1] = 1
     out[#out + 1] = first
   else
-    local added = redis.pcall('XADD', KEYS[1], '*', unpack(ARGV, a + 2, a + 1 + n))
+    local added = redis.pcall('XADD', KEYS[1], '*', unpack(ARGV, a + 3, a + 2 + n))
     if type(added) == 'table' and added.err then
-      -- Forget the delivery id, or the sender's retry would be called a duplicate of nothing.
-      redis.call('DEL', KEYS[i])
+      -- Forget the keys, or the sender's retry would be called a duplicate of nothing.
+      redis.call('DEL', unpack(KEYS, k, last))
       return added
     end
     out[#out + 1] = 0
     out[#out + 1] = event_id
   end
-  a = a + 2 + n
+  k = last + 1
+  a = a + 3 + n
 end
 return out
 """

@@ -8,6 +8,8 @@ Layout (every key under the configured prefix):
 - ``{prefix}:delivery:{tool_id}:{delivery_id}``: the first event id for that delivery, for the
   idempotency TTL. Written in the same Lua script as the stream entry, so of two concurrent
   requests with the same delivery id exactly one is enqueued.
+- ``{prefix}:replay:{tool_id}:{replay_key}``: the same, for a message's replay key (a hash of
+  a body signed without an id or timestamp), set by the same script.
 - ``{prefix}:events:malformed``: entries that could not be decoded, set aside for a human.
 - ``{prefix}:retry`` (sorted set, score = due time) and ``{prefix}:retry:{event_id}`` (hash of
   the entry's fields): messages waiting for a retry. A worker moves due ones back into the
@@ -127,7 +129,8 @@ class RedisStreamsQueue:
                     raise
 
     async def enqueue(self, messages: Sequence[Message]) -> list[EnqueueResult]:
-        """Add ``messages`` in order, in one round trip, skipping known delivery ids."""
+        """Add ``messages`` in order, in one round trip, skipping known delivery ids and replay
+        keys."""
         if not messages:
             return []
         keys = [self._stream]
@@ -136,7 +139,11 @@ class RedisStreamsQueue:
         for message in messages:
             keys.append(dedupe(message.tool_id, message.delivery_id))
             fields = encode(message)
-            args += [message.event_id, len(fields), *fields]
+            if message.replay_key is None:
+                args += [message.event_id, 1, len(fields), *fields]
+            else:
+                keys.append(self._keys.replay(message.tool_id, message.replay_key))
+                args += [message.event_id, 2, len(fields), *fields]
         with self._unavailable("enqueue"):
             reply = await self._enqueue_script(keys=keys, args=args)
         return [

@@ -239,8 +239,12 @@ class Worker:
         try:
             return await self._processor.store(fresh)
         except Exception as exc:
-            if isinstance(exc, DatabaseUnavailableError) or len(fresh) == 1:
+            if isinstance(exc, DatabaseUnavailableError):
                 raise
+            if len(fresh) == 1:
+                # Storing it again would fail the same way; redelivering it would too, ten
+                # times over, until it counted as poison: set it aside now.
+                return await self._unstorable(fresh[0], exc)
         # One bad message must not hold back the batch: find it by storing them one by one.
         log.warning("a batch of %d failed; storing its events one by one", len(fresh))
         batch = Batch()
@@ -250,17 +254,19 @@ class Worker:
             except Exception as exc:
                 if isinstance(exc, DatabaseUnavailableError):
                     raise
-                log.error(
-                    "event %s cannot be stored: %r",
-                    delivery.message.event_id,
-                    exc,
-                    extra={"event_id": delivery.message.event_id},
-                )
-                await self._processor.dead_letter(
-                    [delivery], ErrorClass.STORAGE_ERROR, _describe(exc)
-                )
-                batch.done.append(delivery)
+                batch.absorb(await self._unstorable(delivery, exc))
         return batch
+
+    async def _unstorable(self, delivery: Delivery, exc: Exception) -> Batch:
+        """Dead-letter an event that cannot be stored (``storage_error``), to acknowledge."""
+        log.error(
+            "event %s cannot be stored: %r",
+            delivery.message.event_id,
+            exc,
+            extra={"event_id": delivery.message.event_id},
+        )
+        await self._processor.dead_letter([delivery], ErrorClass.STORAGE_ERROR, _describe(exc))
+        return Batch(done=[delivery])
 
     async def _drain(self) -> None:
         """Let stores, forwards and outcome writes in flight finish (up to the shutdown
