@@ -247,7 +247,10 @@ async def test_inputs_that_once_answered_500(backend_settings: Settings) -> None
                     method,
                     url,
                     content=None if body is None else orjson.dumps(body),
-                    headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+                    headers={
+                        "Authorization": f"Bearer {ADMIN_TOKEN}",
+                        "Content-Type": "application/json",
+                    },
                 )
                 for method, url, body, _ in FOUND
             ]

@@ -11,7 +11,7 @@ from typing import Any
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Mount, Route
 from starlette.types import Receive, Scope, Send
@@ -100,6 +100,8 @@ class _WebhookApp(Starlette):
         scope["path_params"] = {"tool_id": tool_id}
         try:
             response = await self._ingest.handle(Request(scope, receive))
+        except ClientDisconnect:
+            return  # the sender left, or the listener cut off a body that never came
         except Exception:
             # What Starlette's error middleware would do: log it, answer a plain 500.
             log.exception("ingest failed unexpectedly")

@@ -38,6 +38,9 @@ from webhook_worker.tools.model import FieldSource, Tool
 log = logging.getLogger(__name__)
 
 _MAX_FIELD = 255
+# Headers are stored with the event beside the body: capped on their own, as MAX_PAYLOAD_BYTES
+# caps the body (the listener caps what arrives at 64 KiB before any of this runs).
+_MAX_STORED_HEADERS = 64 * 1024
 # A caller's W3C trace context, kept with the event when tracing is off (version 00 only).
 _TRACEPARENT = re.compile(r"00-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}")
 _NOT_PARSED = object()
@@ -138,13 +141,20 @@ class IngestHandler:
             _extract(tool.delivery_id, headers, parsed) or hashlib.sha256(body).hexdigest()
         )
 
+        stored_headers = _stored_headers(request.headers.raw, tool.secret_headers)
+        if len(stored_headers) > _MAX_STORED_HEADERS:
+            return error(
+                431,
+                "headers_too_large",
+                f"the headers to store with the event exceed {_MAX_STORED_HEADERS} bytes",
+            )
         message = Message(
             event_id=new_id(),
             tool_id=tool_id,
             event_type=event_type,
             delivery_id=delivery_id,
             received_at=time.time(),
-            headers=_stored_headers(request.headers.raw, tool.secret_headers),
+            headers=stored_headers,
             body=body,
             # The caller's trace context, forwarded as it is. With tracing on, _enqueue_traced
             # puts its PRODUCER span's context (a child of the caller's) here instead.
