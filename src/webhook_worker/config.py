@@ -61,7 +61,6 @@ _PLACEHOLDER_TOKENS: Final = frozenset(
         "admin-token",
         "your-admin-token",
         "your-token-here",
-        "xxxxxxxxxxxxxxxx",
     }
 )
 _ADMIN_TOKEN_HOWTO: Final = "set a long random one, e.g. ADMIN_TOKEN=$(openssl rand -hex 32)"  # noqa: S105 (how to make one, not one)
@@ -151,7 +150,9 @@ def parse_secrets_key(text: str) -> tuple[str, ...]:
 def check_admin_token(token: str) -> str:
     """``token`` when it is fit to guard the management API; ValueError for a known placeholder
     or one shorter than 16 characters. The message never repeats the token."""
-    if token.lower() in _PLACEHOLDER_TOKENS or token.lower().startswith("replace-me"):
+    lowered = token.lower()
+    # One character repeated ("xxxxxxxxxxxxxxxx") is as guessable as a placeholder.
+    if lowered in _PLACEHOLDER_TOKENS or lowered.startswith("replace-me") or len(set(token)) == 1:
         raise ValueError(f"the value is a placeholder, not a token; {_ADMIN_TOKEN_HOWTO}")
     if len(token) < ADMIN_TOKEN_MIN_LENGTH:
         raise ValueError(
