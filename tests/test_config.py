@@ -111,6 +111,7 @@ def test_a_bad_value_names_its_variable(variable: str, value: str) -> None:
         "token",
         "password",
         "x",
+        "x" * 40,  # one character repeated, however long
     ],
 )
 def test_a_placeholder_admin_token_is_refused(token: str) -> None:
