@@ -90,6 +90,7 @@ def protocol(limits: HttpLimits) -> type[asyncio.Protocol]:
         _head_bytes = 0
         _heads = 0  # requests whose headers are complete, to tell a chunk that finished some
         _timer: asyncio.TimerHandle | None = None
+        _deadline: float | None = None
         _refused = False
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -153,19 +154,36 @@ def protocol(limits: HttpLimits) -> type[asyncio.Protocol]:
         def _enter(self, phase: int, timeout: float | None) -> None:
             self._phase = phase
             self._head_bytes = 0
-            self._cancel()
-            if timeout is not None:
-                self._timer = self.loop.call_later(timeout, self._expired)
+            if timeout is None:
+                self._deadline = None
+                return
+            self._deadline = deadline = self.loop.time() + timeout
+            # One timer per connection, moved only when it would fire too late: arming and
+            # cancelling one per phase would cost the hot path several microseconds a request.
+            timer = self._timer
+            if timer is None or timer.when() > deadline:
+                if timer is not None:
+                    timer.cancel()
+                self._timer = self.loop.call_at(deadline, self._check)
 
         def _cancel(self) -> None:
+            self._deadline = None
             if self._timer is not None:
                 self._timer.cancel()
                 self._timer = None
 
-        def _expired(self) -> None:
+        def _check(self) -> None:
+            """The timer: the phase's deadline, unless the phase has moved on since it was set."""
             self._timer = None
-            if self.transport.is_closing():
+            deadline = self._deadline
+            if deadline is None or self.transport.is_closing():
                 return
+            if self.loop.time() < deadline:
+                self._timer = self.loop.call_at(deadline, self._check)
+                return
+            self._expired()
+
+        def _expired(self) -> None:
             answered = self._phase == _IDLE or (
                 self.cycle is not None and self.cycle.response_started and self._phase == _BODY
             )
