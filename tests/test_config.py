@@ -138,6 +138,7 @@ def test_a_long_random_admin_token_is_accepted() -> None:
     assert Settings.from_env({}).admin_token is None
 
 
+@pytest.mark.slow  # a real process, if a short-lived one
 @pytest.mark.parametrize("token", ["REPLACE-ME", "t1ny-t0k"])
 def test_the_cli_refuses_to_start_with_a_bad_admin_token(tmp_path: Path, token: str) -> None:
     env = {

@@ -1,5 +1,6 @@
 """What a client meets before any authentication, on a real ``webhook-worker run`` spoken to over
-raw sockets: header size and count caps, idle and trickle timeouts, the connection cap."""
+raw sockets: header size and count caps, idle and trickle timeouts, the connection cap. And the
+cap on the headers ingest stores with an event."""
 
 from __future__ import annotations
 
@@ -13,9 +14,9 @@ import httpx
 import pytest
 
 from tests.api.server_process import RunningServer, webhook_worker_run
-from tests.support import eventually_sync
-
-pytestmark = pytest.mark.slow  # real server processes
+from tests.support import eventually_sync, serving
+from webhook_worker.config import Settings
+from webhook_worker.runtime import open_runtime
 
 TIMEOUT = 1.0  # HTTP_IDLE_TIMEOUT, HTTP_HEADER_TIMEOUT and HTTP_BODY_TIMEOUT of the server
 HEAD = b"GET /health/live HTTP/1.1\r\nHost: 127.0.0.1\r\n"
@@ -65,6 +66,7 @@ def one_answer(sock: socket.socket) -> bytes:
     return head + b"\r\n\r\n" + body
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("shape", ["one endless header", "endless header lines"])
 def test_oversized_headers_are_refused_early_without_growing_the_server(
     server: RunningServer, shape: str
@@ -99,6 +101,7 @@ def test_oversized_headers_are_refused_early_without_growing_the_server(
     assert grown < 16 * 1024, f"the server grew by {grown} KiB"
 
 
+@pytest.mark.slow
 def test_too_many_header_lines_are_refused_with_431(server: RunningServer) -> None:
     extra = b"".join(b"X-Many-%d: v\r\n" % i for i in range(150))
     with server.connect() as sock:
@@ -113,6 +116,7 @@ def test_too_many_header_lines_are_refused_with_431(server: RunningServer) -> No
         assert one_answer(sock).startswith(b"HTTP/1.1 200 ")
 
 
+@pytest.mark.slow
 def test_an_idle_connection_is_closed_after_the_idle_timeout(server: RunningServer) -> None:
     with server.connect() as sock:  # never sends anything
         received, closed, waited = answer_and_close(sock, TIMEOUT + 5)
@@ -148,6 +152,7 @@ def forever(piece: bytes) -> Iterator[bytes]:
         yield piece
 
 
+@pytest.mark.slow
 def test_headers_that_trickle_in_are_cut_off_with_408(server: RunningServer) -> None:
     with server.connect() as sock:
         sock.sendall(HEAD + b"X-Slow: ")
@@ -160,6 +165,7 @@ def test_headers_that_trickle_in_are_cut_off_with_408(server: RunningServer) -> 
     assert TIMEOUT * 0.8 <= elapsed < TIMEOUT + 5
 
 
+@pytest.mark.slow
 def test_a_body_that_trickles_in_is_cut_off_quietly(server: RunningServer) -> None:
     for path in (b"/api/v1/tools", b"/webhooks/nowhere"):
         with server.connect() as sock:
@@ -179,6 +185,7 @@ def test_a_body_that_trickles_in_is_cut_off_quietly(server: RunningServer) -> No
     assert "unexpectedly" not in server.output()
 
 
+@pytest.mark.slow
 def test_connections_over_the_cap_are_answered_503_and_closed(tmp_path: Path) -> None:
     cap = 4
     with webhook_worker_run(tmp_path, HTTP_MAX_CONNECTIONS=str(cap)) as server:
@@ -204,3 +211,17 @@ def test_connections_over_the_cap_are_answered_503_and_closed(tmp_path: Path) ->
         finally:
             for sock in held:
                 sock.close()
+
+
+async def test_headers_stored_with_an_event_are_capped(tmp_path: Path) -> None:
+    # In process, past the listener's own 64 KiB cap: ingest bounds what it stores by itself.
+    async with open_runtime(Settings(data_dir=tmp_path), migrate_first=True) as runtime:
+        await runtime.tool_service.create({"id": "open", "auth": {"type": "none"}})
+        async with serving(runtime) as client:
+            padded = {f"X-Pad-{i}": "a" * 1000 for i in range(70)}  # ~70 KiB stored
+            refused = await client.post("/webhooks/open", content=b"{}", headers=padded)
+            fewer = dict(list(padded.items())[:50])  # ~50 KiB stored
+            accepted = await client.post("/webhooks/open", content=b"{}", headers=fewer)
+    assert refused.status_code == 431, refused.text
+    assert refused.json()["error"] == "headers_too_large"
+    assert accepted.status_code == 202, accepted.text
