@@ -218,6 +218,7 @@ async def test_management_api_conforms_to_its_schema(backend_settings: Settings)
 FOUND: list[tuple[str, str, Any, int]] = [
     ("GET", "/api/v1/events/%00", None, 404),
     ("GET", "/api/v1/tools/a%00b", None, 404),
+    ("GET", "/api/v1/tools/%0AB%3B", None, 404),  # a newline once missed the /api/v1 mount
     ("DELETE", "/api/v1/dlq/%00", None, 404),
     ("POST", "/api/v1/events/%00/replay", None, 404),
     ("GET", "/api/v1/events?event_type=a%00b", None, 400),

@@ -13,7 +13,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
-from starlette.routing import Mount, Route
+from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from webhook_worker.api import openapi, v1
@@ -48,7 +48,7 @@ def create_app(runtime: Runtime) -> Starlette:
     routes = [
         Route("/webhooks/{tool_id}", ingest.handle, methods=["POST"]),
         Route("/api/webhooks/tools/{tool_id}", ingest.handle, methods=["POST"]),
-        Mount("/api/v1", app=v1.management_app(management.routes(), settings.admin_token)),
+        v1.mount("/api/v1", v1.management_app(management.routes(), settings.admin_token)),
         *health_routes(runtime),
         Route("/openapi.json", _openapi, methods=["GET"], include_in_schema=False),
     ]

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import re
 from collections.abc import Sequence
 from http import HTTPStatus
 from ipaddress import ip_address
@@ -28,7 +29,7 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
-from starlette.routing import BaseRoute, Match
+from starlette.routing import BaseRoute, Match, Mount
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from webhook_worker.api.responses import error, error_response
@@ -57,6 +58,15 @@ def management_app(routes: Sequence[BaseRoute], admin_token: str | None) -> Star
         ],
         exception_handlers={WebhookWorkerError: _on_error, HTTPException: _on_http_exception},
     )
+
+
+def mount(path: str, app: Starlette) -> Mount:
+    """``app`` mounted at ``path``, for every path below it: Starlette's mount pattern (``.*``)
+    stops at a newline, so ``/api/v1/tools/%0A`` would miss the mount and get the outer app's
+    plain-text 404 instead of this API's JSON answer."""
+    mounted = Mount(path, app=app)
+    mounted.path_regex = re.compile(mounted.path_regex.pattern, re.DOTALL)
+    return mounted
 
 
 # The handlers are coroutines because Starlette runs a plain function in a worker thread.
