@@ -214,13 +214,13 @@ def test_connections_over_the_cap_are_answered_503_and_closed(tmp_path: Path) ->
 
 
 async def test_headers_stored_with_an_event_are_capped(tmp_path: Path) -> None:
-    # In process, past the listener's own 64 KiB cap: ingest bounds what it stores by itself.
+    # In process, past the listener's own 64 KiB cap: ingest bounds what it stores (256 KiB).
     async with open_runtime(Settings(data_dir=tmp_path), migrate_first=True) as runtime:
         await runtime.tool_service.create({"id": "open", "auth": {"type": "none"}})
         async with serving(runtime) as client:
-            padded = {f"X-Pad-{i}": "a" * 1000 for i in range(70)}  # ~70 KiB stored
+            padded = {f"X-Pad-{i}": "a" * 10_000 for i in range(30)}  # ~300 KB stored
             refused = await client.post("/webhooks/open", content=b"{}", headers=padded)
-            fewer = dict(list(padded.items())[:50])  # ~50 KiB stored
+            fewer = dict(list(padded.items())[:20])  # ~200 KB stored
             accepted = await client.post("/webhooks/open", content=b"{}", headers=fewer)
     assert refused.status_code == 431, refused.text
     assert refused.json()["error"] == "headers_too_large"

@@ -39,8 +39,9 @@ log = logging.getLogger(__name__)
 
 _MAX_FIELD = 255
 # Headers are stored with the event beside the body: capped on their own, as MAX_PAYLOAD_BYTES
-# caps the body (the listener caps what arrives at 64 KiB before any of this runs).
-_MAX_STORED_HEADERS = 64 * 1024
+# caps the body. The listener lets at most 64 KiB of headers in (api/listener.py); this cap is
+# for an app served some other way, with room for what JSON escaping adds to 64 KiB.
+_MAX_STORED_HEADERS = 256 * 1024
 # A caller's W3C trace context, kept with the event when tracing is off (version 00 only).
 _TRACEPARENT = re.compile(r"00-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}")
 _NOT_PARSED = object()
