@@ -224,7 +224,7 @@ async def serving(
     transport = httpx.ASGITransport(app=app, client=client)
     async with (
         app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=transport, base_url="http://test") as http,
+        httpx.AsyncClient(transport=transport, base_url="http://localhost") as http,
     ):
         yield http
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -94,3 +97,97 @@ def test_a_bad_value_names_its_variable(variable: str, value: str) -> None:
     message = str(caught.value)
     assert message.startswith(f"{variable}:")
     assert "\n" not in message
+
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        "REPLACE-ME",
+        "replace-me",
+        "changeme",
+        "CHANGEME",
+        "secret",
+        "admin",
+        "token",
+        "password",
+        "x",
+        "x" * 40,  # one character repeated, however long
+    ],
+)
+def test_a_placeholder_admin_token_is_refused(token: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env({"ADMIN_TOKEN": token})
+    message = str(caught.value)
+    assert message.startswith("ADMIN_TOKEN:") and "\n" not in message
+    assert "placeholder" in message and "openssl rand" in message
+
+
+@pytest.mark.parametrize("token", ["s3cr3t-t0k3n", "abcdefghijklmno"])
+def test_a_short_admin_token_is_refused_without_being_repeated(token: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env({"ADMIN_TOKEN": token})
+    message = str(caught.value)
+    assert message.startswith("ADMIN_TOKEN:") and "\n" not in message
+    assert "16" in message and token not in message
+
+
+def test_a_long_random_admin_token_is_accepted() -> None:
+    token = "9f86d081884c7d659a2feaa0c55ad015"
+    assert Settings.from_env({"ADMIN_TOKEN": token}).admin_token == token
+    assert Settings.from_env({"ADMIN_TOKEN": "abcdefghijklmnop"}).admin_token == "abcdefghijklmnop"
+    assert Settings.from_env({}).admin_token is None
+
+
+@pytest.mark.slow  # a real process, if a short-lived one
+@pytest.mark.parametrize("token", ["REPLACE-ME", "t1ny-t0k"])
+def test_the_cli_refuses_to_start_with_a_bad_admin_token(tmp_path: Path, token: str) -> None:
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("DATABASE_", "REDIS_", "ADMIN_TOKEN", "API_"))
+    }
+    env.update(DATA_DIR=str(tmp_path), ADMIN_TOKEN=token, API_ADDR="127.0.0.1:1")
+    result = subprocess.run(
+        [sys.executable, "-m", "webhook_worker", "run"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2, result.stdout + result.stderr
+    lines = [line for line in (result.stdout + result.stderr).splitlines() if line.strip()]
+    assert len(lines) == 1 and "ADMIN_TOKEN" in lines[0], lines
+    assert token not in lines[0]
+
+
+def test_http_limits_have_defaults_and_variables() -> None:
+    defaults = Settings.from_env({}).http
+    assert (defaults.max_connections, defaults.idle_timeout) == (1000, 5.0)
+    assert (defaults.header_timeout, defaults.body_timeout) == (10.0, 60.0)
+    assert (defaults.max_header_bytes, defaults.max_headers) == (64 * 1024, 100)
+    limits = Settings.from_env(
+        {
+            "HTTP_MAX_CONNECTIONS": "50",
+            "HTTP_IDLE_TIMEOUT": "500ms",
+            "HTTP_HEADER_TIMEOUT": "2s",
+            "HTTP_BODY_TIMEOUT": "2m",
+        }
+    ).http
+    assert (limits.max_connections, limits.idle_timeout) == (50, 0.5)
+    assert (limits.header_timeout, limits.body_timeout) == (2.0, 120.0)
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("HTTP_MAX_CONNECTIONS", "0"),
+        ("HTTP_IDLE_TIMEOUT", "forever"),
+        ("HTTP_HEADER_TIMEOUT", "0s"),
+        ("HTTP_BODY_TIMEOUT", "-1s"),
+    ],
+)
+def test_a_bad_http_limit_names_its_variable(variable: str, value: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env({variable: value})
+    assert str(caught.value).startswith(f"{variable}:")

@@ -589,9 +589,11 @@ def test_kustomization_lists_every_manifest() -> None:
 
 def test_configuration_is_valid_once_the_placeholders_are_replaced() -> None:
     env = _config_env()
-    with pytest.raises(ConfigError, match="SECRETS_KEY"):
-        Settings.from_env(env)  # the shipped placeholder must not start anything
-    settings = Settings.from_env({**env, "SECRETS_KEY": _fernet_key()})
+    real = {"SECRETS_KEY": _fernet_key(), "ADMIN_TOKEN": "0123456789abcdef0123456789abcdef"}
+    for name in real:  # each shipped placeholder alone must not start anything
+        with pytest.raises(ConfigError, match=name):
+            Settings.from_env({**env, **real, name: env[name]})
+    settings = Settings.from_env({**env, **real})
     assert settings.uses_redis and not settings.is_embedded
 
 
@@ -615,7 +617,8 @@ def test_deployments_probe_health_on_their_listening_port() -> None:
 
 
 def test_workers_are_named_after_their_pod_and_may_finish_their_batches() -> None:
-    shutdown = Settings.from_env(_config_env() | {"SECRETS_KEY": _fernet_key()})
+    real = {"SECRETS_KEY": _fernet_key(), "ADMIN_TOKEN": "0123456789abcdef0123456789abcdef"}
+    shutdown = Settings.from_env(_config_env() | real)
     for deployment in _of_kind("Deployment"):
         pod = deployment["spec"]["template"]["spec"]
         assert pod["terminationGracePeriodSeconds"] > shutdown.worker_shutdown_timeout

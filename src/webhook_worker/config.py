@@ -40,6 +40,31 @@ SECRETS_KEY_HOWTO: Final = (
     '"from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())"'
 )
 
+ADMIN_TOKEN_MIN_LENGTH: Final = 16
+# Values people leave in place of a real token (the shipped manifests use REPLACE-ME). Compared
+# case-insensitively; anything this guessable is refused however long it is.
+_PLACEHOLDER_TOKENS: Final = frozenset(
+    {
+        "replace-me",
+        "replace_me",
+        "replaceme",
+        "changeme",
+        "change-me",
+        "change_me",
+        "secret",
+        "admin",
+        "token",
+        "password",
+        "x",
+        "test",
+        "example",
+        "admin-token",
+        "your-admin-token",
+        "your-token-here",
+    }
+)
+_ADMIN_TOKEN_HOWTO: Final = "set a long random one, e.g. ADMIN_TOKEN=$(openssl rand -hex 32)"  # noqa: S105 (how to make one, not one)
+
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
@@ -122,6 +147,21 @@ def parse_secrets_key(text: str) -> tuple[str, ...]:
     return keys
 
 
+def check_admin_token(token: str) -> str:
+    """``token`` when it is fit to guard the management API; ValueError for a known placeholder
+    or one shorter than 16 characters. The message never repeats the token."""
+    lowered = token.lower()
+    # One character repeated ("xxxxxxxxxxxxxxxx") is as guessable as a placeholder.
+    if lowered in _PLACEHOLDER_TOKENS or lowered.startswith("replace-me") or len(set(token)) == 1:
+        raise ValueError(f"the value is a placeholder, not a token; {_ADMIN_TOKEN_HOWTO}")
+    if len(token) < ADMIN_TOKEN_MIN_LENGTH:
+        raise ValueError(
+            f"too short ({len(token)} characters, at least {ADMIN_TOKEN_MIN_LENGTH} needed); "
+            f"{_ADMIN_TOKEN_HOWTO}"
+        )
+    return token
+
+
 def _non_negative(value: float) -> float:
     if value < 0:
         raise ValueError("must not be negative")
@@ -153,6 +193,23 @@ class HealthThresholds:
 
 
 @dataclass(frozen=True, slots=True)
+class HttpLimits:
+    """What the HTTP listeners allow a client before any authentication (docs/security.md)."""
+
+    max_connections: int = 1000
+    """Open connections per listener; a connection beyond them is answered 503 and closed."""
+    idle_timeout: float = 5.0
+    """A connection with no request under way (new, or between keep-alive requests) is closed."""
+    header_timeout: float = 10.0
+    """The request line and headers must arrive within this, once their first byte has."""
+    body_timeout: float = 60.0
+    """The body must arrive within this once the headers have (5 MiB in 60 s is ~85 KiB/s)."""
+    max_header_bytes: int = 64 * 1024
+    """Request line and headers together; more is answered 431 and the connection closed."""
+    max_headers: int = 100
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     """Everything the processes read from the environment. See docs/configuration.md."""
 
@@ -181,6 +238,7 @@ class Settings:
     trusted_proxies: tuple[IPv4Network | IPv6Network, ...] = ()
     max_payload_bytes: int = 5 * 1024 * 1024
     allow_private_forward: bool = False
+    http: HttpLimits = HttpLimits()
 
     worker_consumer_name: str = field(
         default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}"
@@ -246,6 +304,7 @@ class Settings:
         defaults = cls()
         retry_defaults = RetryPolicy()
         health = HealthThresholds()
+        http = HttpLimits()
         settings = cls(
             database_url=env.text("DATABASE_URL"),
             database_host=env.text("DATABASE_HOST"),
@@ -276,7 +335,7 @@ class Settings:
             health_endpoint=env.checked(
                 "HEALTH_ENDPOINT", defaults.health_endpoint, lambda v: parse_address(v, "0.0.0.0")
             ),
-            admin_token=env.text("ADMIN_TOKEN"),
+            admin_token=env.checked("ADMIN_TOKEN", None, check_admin_token),
             secrets_key=env.checked("SECRETS_KEY", None, _secrets_key),
             trusted_proxies=env.checked("TRUSTED_PROXIES", (), _parse_networks),
             allow_private_forward=env.boolean(
@@ -284,6 +343,12 @@ class Settings:
             ),
             max_payload_bytes=env.checked(
                 "MAX_PAYLOAD_BYTES", defaults.max_payload_bytes, _positive_size
+            ),
+            http=HttpLimits(
+                max_connections=env.integer("HTTP_MAX_CONNECTIONS", http.max_connections, low=1),
+                idle_timeout=env.duration("HTTP_IDLE_TIMEOUT", http.idle_timeout, 0.1),
+                header_timeout=env.duration("HTTP_HEADER_TIMEOUT", http.header_timeout, 0.1),
+                body_timeout=env.duration("HTTP_BODY_TIMEOUT", http.body_timeout, 0.1),
             ),
             worker_consumer_name=env.text("WORKER_CONSUMER_NAME") or defaults.worker_consumer_name,
             worker_concurrency=env.integer(

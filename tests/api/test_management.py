@@ -25,7 +25,7 @@ from webhook_worker.storage.records import AttemptRecord, EventRecord
 from webhook_worker.storage.tools import ToolStore
 from webhook_worker.tools.model import parse_tool
 
-ADMIN_TOKEN = "adm1n-t0ken"
+ADMIN_TOKEN = "adm1n-t0ken-4f9c2e81"
 SECRET = "hmac-s3cret-value"
 BASE_TIME = datetime(2024, 1, 15, 10, 0, tzinfo=UTC)
 SECRETS_KEY = Fernet.generate_key().decode()  # PostgreSQL stores secrets only encrypted

@@ -227,6 +227,7 @@ async def test_management_api_conforms_to_its_schema(backend_settings: Settings)
 FOUND: list[tuple[str, str, Any, int]] = [
     ("GET", "/api/v1/events/%00", None, 404),
     ("GET", "/api/v1/tools/a%00b", None, 404),
+    ("GET", "/api/v1/tools/%0AB%3B", None, 404),  # a newline once missed the /api/v1 mount
     ("DELETE", "/api/v1/dlq/%00", None, 404),
     ("POST", "/api/v1/events/%00/replay", None, 404),
     ("GET", "/api/v1/events?event_type=a%00b", None, 400),
@@ -260,7 +261,10 @@ async def test_inputs_that_once_answered_500(backend_settings: Settings) -> None
                     method,
                     url,
                     content=None if body is None else orjson.dumps(body),
-                    headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+                    headers={
+                        "Authorization": f"Bearer {ADMIN_TOKEN}",
+                        "Content-Type": "application/json",
+                    },
                 )
                 for method, url, body, _ in FOUND
             ]

@@ -12,9 +12,9 @@ import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
-from starlette.routing import Mount, Route
+from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from webhook_worker.api import openapi, v1
@@ -49,7 +49,7 @@ def create_app(runtime: Runtime) -> Starlette:
     routes = [
         Route("/webhooks/{tool_id}", ingest.handle, methods=["POST"]),
         Route("/api/webhooks/tools/{tool_id}", ingest.handle, methods=["POST"]),
-        Mount("/api/v1", app=v1.management_app(management.routes(), settings.admin_token)),
+        v1.mount("/api/v1", v1.management_app(management.routes(), settings.admin_token)),
         *health_routes(runtime),
         Route("/openapi.json", _openapi, methods=["GET"], include_in_schema=False),
     ]
@@ -106,6 +106,8 @@ class _WebhookApp(Starlette):
         scope["path_params"] = {"tool_id": tool_id}
         try:
             response = await self._ingest.handle(Request(scope, receive))
+        except ClientDisconnect:
+            return  # the sender left, or the listener cut off a body that never came
         except Exception:
             # What Starlette's error middleware would do: log it, answer a plain 500.
             log.exception("ingest failed unexpectedly")

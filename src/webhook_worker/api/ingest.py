@@ -40,6 +40,10 @@ from webhook_worker.vocabulary import AuthType
 log = logging.getLogger(__name__)
 
 _MAX_FIELD = 255
+# Headers are stored with the event beside the body: capped on their own, as MAX_PAYLOAD_BYTES
+# caps the body. The listener lets at most 64 KiB of headers in (api/listener.py); this cap is
+# for an app served some other way, with room for what JSON escaping adds to 64 KiB.
+_MAX_STORED_HEADERS = 256 * 1024
 # A caller's W3C trace context, kept with the event when tracing is off (version 00 only).
 _TRACEPARENT = re.compile(r"00-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}")
 _NOT_PARSED = object()
@@ -155,13 +159,20 @@ class IngestHandler:
             # again under a new one (and a new event type header) and be a new event.
             replay_key = hashlib.sha256(body).hexdigest()
 
+        stored_headers = _stored_headers(request.headers.raw, tool.secret_headers)
+        if len(stored_headers) > _MAX_STORED_HEADERS:
+            return error(
+                431,
+                "headers_too_large",
+                f"the headers to store with the event exceed {_MAX_STORED_HEADERS} bytes",
+            )
         message = Message(
             event_id=new_id(),
             tool_id=tool_id,
             event_type=event_type,
             delivery_id=delivery_id,
             received_at=time.time(),
-            headers=_stored_headers(request.headers.raw, tool.secret_headers),
+            headers=stored_headers,
             body=body,
             # The caller's trace context, forwarded as it is. With tracing on, _enqueue_traced
             # puts its PRODUCER span's context (a child of the caller's) here instead.

@@ -100,7 +100,14 @@ _PAGING = [
     _query("tool_id", "only this tool"),
     _query("event_type", "only this event type"),
 ]
-_COMMON = {"401": _error("missing or wrong ADMIN_TOKEN"), "403": _error("not a loopback client")}
+_COMMON = {
+    "401": _error("missing or wrong ADMIN_TOKEN"),
+    "403": _error(
+        "a request made by another site's page (Origin, Sec-Fetch-Site); without ADMIN_TOKEN, "
+        "a client or Host that is not loopback"
+    ),
+}
+_NOT_JSON = {"415": _error("a body without Content-Type: application/json")}
 _TIME = {"type": ["string", "null"], "format": "date-time"}
 
 
@@ -122,12 +129,13 @@ def document() -> dict[str, Any]:
                 "403": _error("tool disabled or client address not allowed"),
                 "404": _error("unknown tool"),
                 "413": _error("body larger than MAX_PAYLOAD_BYTES"),
+                "431": _error("headers too large or too many"),
                 "429": _error("the tool's rate limit"),
                 "503": _error("the queue is unavailable; nothing was enqueued"),
             },
         }
     }
-    return {
+    spec: dict[str, Any] = {
         "openapi": "3.1.0",
         "info": {"title": "webhook-worker", "version": __version__},
         "components": {
@@ -422,3 +430,14 @@ def document() -> dict[str, Any]:
             },
         },
     }
+    return _refusing_non_json(spec)
+
+
+def _refusing_non_json(spec: dict[str, Any]) -> dict[str, Any]:
+    """Every management operation that may carry a body answers 415 to one that is not JSON."""
+    for path, item in spec["paths"].items():
+        if path.startswith("/api/v1/"):
+            for method in ("post", "put", "patch", "delete"):
+                if method in item:
+                    item[method]["responses"].update(_NOT_JSON)
+    return spec

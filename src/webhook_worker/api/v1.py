@@ -3,8 +3,9 @@
 What every management request goes through lives here, once, rather than around each route:
 
 - the access rule (``Authorization: Bearer $ADMIN_TOKEN``; without ADMIN_TOKEN, loopback
-  clients only) and the refusal of NUL in path ids and query values, as middleware that runs
-  before any route;
+  clients that name a loopback Host only), the refusal of browser-driven calls (a cross-site
+  ``Origin`` or ``Sec-Fetch-Site``, a body that is not ``application/json``) and of NUL in path
+  ids and query values, as middleware that runs before any route;
 - the exception handlers that turn :class:`~webhook_worker.errors.WebhookWorkerError` into its
   answer (:func:`~webhook_worker.api.responses.error_response`) and Starlette's own 404/405
   into the same JSON shape;
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import re
 from collections.abc import Sequence
 from http import HTTPStatus
 from ipaddress import ip_address
@@ -25,9 +27,9 @@ from ipaddress import ip_address
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
-from starlette.routing import BaseRoute, Match
+from starlette.routing import BaseRoute, Match, Mount
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from webhook_worker.api.responses import error, error_response
@@ -41,6 +43,8 @@ from webhook_worker.errors import (
 log = logging.getLogger(__name__)
 
 _NUL = "the NUL character (\\u0000) is not allowed"
+# Methods whose requests may carry a body, which must then be JSON.
+_WITH_BODY = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 
 def management_app(routes: Sequence[BaseRoute], admin_token: str | None) -> Starlette:
@@ -54,6 +58,15 @@ def management_app(routes: Sequence[BaseRoute], admin_token: str | None) -> Star
         ],
         exception_handlers={WebhookWorkerError: _on_error, HTTPException: on_http_exception},
     )
+
+
+def mount(path: str, app: Starlette) -> Mount:
+    """``app`` mounted at ``path``, for every path below it: Starlette's mount pattern (``.*``)
+    stops at a newline, so ``/api/v1/tools/%0A`` would miss the mount and get the outer app's
+    plain-text 404 instead of this API's JSON answer."""
+    mounted = Mount(path, app=app)
+    mounted.path_regex = re.compile(mounted.path_regex.pattern, re.DOTALL)
+    return mounted
 
 
 # The handlers are coroutines because Starlette runs a plain function in a worker thread.
@@ -98,7 +111,12 @@ class _Guard:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             request = Request(scope)
-            refused = self._deny(request) or self._refuse_nul(request)
+            refused = (
+                self._deny(request)
+                or _refuse_cross_site(request)
+                or _refuse_non_json(request)
+                or self._refuse_nul(request)
+            )
             if refused is not None:
                 await refused(scope, receive, send)
                 return
@@ -106,14 +124,23 @@ class _Guard:
 
     def _deny(self, request: Request) -> Response | None:
         if self._token is None:
-            host = request.client.host if request.client else ""
-            if _is_loopback(host):
-                return None
-            return error(
-                403,
-                "forbidden",
-                "the management API answers only loopback clients until ADMIN_TOKEN is set",
-            )
+            peer = request.client.host if request.client else ""
+            if not _is_loopback(peer):
+                return error(
+                    403,
+                    "forbidden",
+                    "the management API answers only loopback clients until ADMIN_TOKEN is set",
+                )
+            # A page in a browser on this machine can reach loopback under a name of its own
+            # that resolves there (DNS rebinding); only a Host naming loopback is ours.
+            if not _names_loopback(request.headers.get("host")):
+                return error(
+                    403,
+                    "forbidden",
+                    "without ADMIN_TOKEN the management API answers only requests addressed to "
+                    "a loopback Host (127.0.0.1, [::1] or localhost)",
+                )
+            return None
         scheme, _, token = (request.headers.get("authorization") or "").partition(" ")
         if scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), self._token):
             return None
@@ -163,6 +190,8 @@ class _InternalErrors:
 
         try:
             await self._app(scope, receive, sending)
+        except ClientDisconnect:
+            return  # the client left (or the listener cut it off): no one to answer
         except Exception:
             if started:
                 raise  # half an answer is out: only the server can end it (and log it)
@@ -171,8 +200,73 @@ class _InternalErrors:
             await answer(scope, receive, send)
 
 
+def _refuse_cross_site(request: Request) -> Response | None:
+    """403 for what a browser sends on behalf of another site's page. A browser adds ``Origin``
+    to every cross-origin request but GET and HEAD, and ``Sec-Fetch-Site`` to all of them; other
+    clients send neither (or their own origin)."""
+    headers = request.headers
+    origin = headers.get("origin")
+    if headers.get("sec-fetch-site") == "cross-site" or (
+        origin is not None and not _same_origin(origin, headers.get("host"))
+    ):
+        return error(
+            403,
+            "cross_site_request",
+            "the management API does not answer requests made by other sites' pages",
+        )
+    return None
+
+
+def _refuse_non_json(request: Request) -> Response | None:
+    """415 for a body that is not declared JSON: a browser can send a form or text/plain body
+    to any site without asking first, but not application/json."""
+    if request.method not in _WITH_BODY:
+        return None
+    headers = request.headers
+    content_type = headers.get("content-type")
+    has_body = headers.get("content-length", "0") not in ("", "0") or "transfer-encoding" in headers
+    if content_type is None and not has_body:
+        return None
+    media_type = (content_type or "").partition(";")[0].strip().lower()
+    if media_type == "application/json":
+        return None
+    return error(
+        415,
+        "unsupported_media_type",
+        "send the body as JSON with Content-Type: application/json",
+    )
+
+
+def _same_origin(origin: str, host: str | None) -> bool:
+    # Compared by host and port: behind a TLS-terminating proxy the scheme this process sees
+    # is not the browser's, and a page served from this very host is not a foreign site.
+    scheme, sep, rest = origin.lower().partition("://")
+    return bool(sep and host) and rest == (host or "").lower() and scheme in ("http", "https")
+
+
+def _names_loopback(host: str | None) -> bool:
+    """True for a Host header naming loopback: 127.0.0.0/8, [::1] or localhost, any port."""
+    if not host:
+        return False
+    name = host.lower()
+    if name.startswith("["):
+        name, bracket, port = name[1:].partition("]")
+        if not bracket or (port and not _is_port(port)):
+            return False
+    else:
+        name, colon, port = name.partition(":")
+        if colon and not _is_port(":" + port):
+            return False
+    return name == "localhost" or _is_loopback(name)
+
+
+def _is_port(text: str) -> bool:
+    return text.startswith(":") and text[1:].isdecimal() and len(text) <= 6
+
+
 def _is_loopback(host: str) -> bool:
+    # An address only: a name such as "localhost" in the client field would be a forged one.
     try:
         return ip_address(host).is_loopback
     except ValueError:
-        return host == "localhost"
+        return False

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import signal
 from collections.abc import Callable, Iterator
@@ -18,6 +19,7 @@ import typer
 import uvicorn
 from starlette.types import ASGIApp
 
+from webhook_worker.api import listener
 from webhook_worker.api.app import create_app, health_app
 from webhook_worker.cli.common import console, load_settings, run_async
 from webhook_worker.cli.plain import plain
@@ -80,6 +82,14 @@ def _server(app: ASGIApp, address: tuple[str, int], settings: Settings) -> _Serv
             access_log=settings.log_level == "debug",
             timeout_graceful_shutdown=int(settings.worker_shutdown_timeout),
             server_header=False,
+            # The client is the TCP peer: X-Forwarded-For counts only where the application
+            # says so (TRUSTED_PROXIES, api/ingest.py), never here, whatever
+            # FORWARDED_ALLOW_IPS says.
+            proxy_headers=False,
+            http=listener.protocol(settings.http),
+            # The listener closes idle connections itself, to the millisecond; uvicorn's own
+            # keep-alive timer (whole seconds) must not close them sooner.
+            timeout_keep_alive=max(1, math.ceil(settings.http.idle_timeout)),
         )
     )
 
