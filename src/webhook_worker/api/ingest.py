@@ -34,8 +34,7 @@ from webhook_worker.observability.labels import event_type as label
 from webhook_worker.queue.base import EnqueueResult, Message
 from webhook_worker.queue.batcher import EnqueueBatcher
 from webhook_worker.tools.cache import ToolCache
-from webhook_worker.tools.model import AuthConfig, FieldSource, Tool
-from webhook_worker.vocabulary import AuthType
+from webhook_worker.tools.model import FieldSource, Tool
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +121,7 @@ class IngestHandler:
 
         headers = request.headers
         try:
-            live.verifier.verify(headers, body, time.time())
+            signed_body = live.verifier.verify(headers, body, time.time())
         except AuthError as exc:
             metrics.INGEST_REJECTED.labels(tool_id=tool_id, reason="auth").inc()
             return error(401, "unauthorized", str(exc))
@@ -154,10 +153,14 @@ class IngestHandler:
         replay_key = None
         if delivery_id is None:
             delivery_id = hashlib.sha256(body).hexdigest()
-        elif _signs_body_only(tool.auth):
-            # The delivery id is not signed: without this, a captured request could be sent
-            # again under a new one (and a new event type header) and be a new event.
-            replay_key = hashlib.sha256(body).hexdigest()
+        elif signed_body is not None:
+            # The scheme signs the body alone and the delivery id is not signed: without this, a
+            # captured request could be sent again under a new delivery id (and a new event type
+            # header) and be a new event. The verified signature identifies the body (it is its
+            # HMAC), so it is the key, at no extra hashing. Token, bearer and basic schemes carry
+            # no signature: whoever holds a captured request holds the secret and can send any
+            # body, so no key would help.
+            replay_key = signed_body.hex()
 
         stored_headers = _stored_headers(request.headers.raw, tool.secret_headers)
         if len(stored_headers) > _MAX_STORED_HEADERS:
@@ -264,15 +267,6 @@ def _parse_ip(text: str) -> IPv4Address | IPv6Address | None:
     if isinstance(address, IPv6Address) and address.ipv4_mapped is not None:
         return address.ipv4_mapped
     return address
-
-
-def _signs_body_only(auth: AuthConfig) -> bool:
-    """Whether the scheme signs the body alone: no signed id or timestamp binds a signature to
-    one delivery, so the body (which the signature makes unforgeable) is the replay key. The
-    signature is left out of the hash because its text is malleable (hex case, base64 padding
-    bits, whitespace) while it stays valid. Token, bearer and basic carry no signature: whoever
-    holds a captured request holds the secret and can send any body, so no key would help."""
-    return auth.type == AuthType.HMAC and auth.timestamp_header is None
 
 
 def _too_large(limit: int) -> Response:

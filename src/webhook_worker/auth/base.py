@@ -35,9 +35,14 @@ class Headers(Protocol):
 
 
 class Verifier(Protocol):
-    def verify(self, headers: Headers, body: bytes, now: float) -> None:
+    def verify(self, headers: Headers, body: bytes, now: float) -> bytes | None:
         """Return when the request is authentic; raise AuthError otherwise. ``now`` is the
-        Unix time the request arrived (injectable so tests can pin the clock)."""
+        Unix time the request arrived (injectable so tests can pin the clock).
+
+        A scheme that signs the body alone (no signed id or timestamp ties a signature to one
+        delivery) returns the verified signature's bytes: they identify the signed body, so
+        ingest uses them to recognise a captured request sent again under a new delivery id.
+        Every other scheme returns None."""
         ...
 
 

@@ -35,7 +35,7 @@ class HmacVerifier:
         self._timestamp_header = auth.timestamp_header
         self._tolerance = auth.tolerance or timestamp.DEFAULT_TOLERANCE
 
-    def verify(self, headers: Headers, body: bytes, now: float) -> None:
+    def verify(self, headers: Headers, body: bytes, now: float) -> bytes | None:
         sent = read_header(headers, self._header)
         if self._prefix:
             if not sent.startswith(self._prefix):
@@ -57,6 +57,11 @@ class HmacVerifier:
             raise AuthError(f"{self._header} does not match the body")
         if when is not None and self._timestamp_header is not None:
             timestamp.check(when, now, self._tolerance, self._timestamp_header)
+            return None
+        # Signed alone, the body is identified by the signature, decoded (so that the hex case,
+        # base64 padding bits or spaces of its text, which a replayer may vary, do not count):
+        # it equals the HMAC of the body under the secret that verified it.
+        return signature
 
 
 def sign(
