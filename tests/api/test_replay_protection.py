@@ -4,13 +4,15 @@ is the first event's duplicate."""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import uuid
 from collections.abc import AsyncIterator
 
 import orjson
 import pytest
 
-from tests.support import Service, running_service
+from tests.support import SECRET, Service, running_service
 from webhook_worker.config import Settings
 from webhook_worker.storage.events import EventFilter
 
@@ -52,6 +54,25 @@ async def test_a_captured_request_under_a_new_delivery_id_is_a_duplicate(
         body + b" ", headers={"X-GitHub-Event": "push", "X-GitHub-Delivery": "delivery-3"}
     )
     assert other.status_code == 202
+
+
+async def test_a_replay_with_the_signature_written_differently_is_a_duplicate(
+    service: Service,
+) -> None:
+    # The signature's text may vary while it stays valid (hex case here): the key is what it
+    # decodes to, so a replayer cannot mint a new key by rewriting it.
+    await service.add_tool()
+    body = orjson.dumps({"ref": "refs/heads/main", "after": uuid.uuid4().hex})
+    first = await service.post(body, headers={"X-GitHub-Delivery": "delivery-1"})
+    assert first.status_code == 202, first.text
+    digest = hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest().upper()
+    replayed = await service.post(
+        body,
+        headers={"X-GitHub-Delivery": "delivery-2", "X-Hub-Signature-256": f"sha256={digest}"},
+        sign=False,
+    )
+    assert replayed.status_code == 200, replayed.text
+    assert replayed.json() == {"event_id": first.json()["event_id"], "status": "duplicate"}
 
 
 async def test_token_schemes_have_no_replay_key(service: Service) -> None:
