@@ -81,7 +81,7 @@ def _walk(
     annotation: Any = root
     info: FieldInfo | None = None
     for part in loc:
-        annotation = _unwrap(annotation)
+        annotation = unwrap(annotation)
         if isinstance(annotation, type) and issubclass(annotation, BaseModel):
             info = annotation.model_fields.get(str(part))
             if info is None:
@@ -91,12 +91,12 @@ def _walk(
             annotation = get_args(annotation)[1]
         else:  # inside a value (a list position, a header name...)
             return info, None
-    annotation = _unwrap(annotation)
+    annotation = unwrap(annotation)
     is_model = isinstance(annotation, type) and issubclass(annotation, BaseModel)
     return info, annotation if is_model else None
 
 
-def _unwrap(annotation: Any) -> Any:
+def unwrap(annotation: Any) -> Any:
     """``X`` from ``Annotated[X, ...]`` and from ``X | None``."""
     while True:
         origin = get_origin(annotation)

@@ -20,6 +20,7 @@ from pydantic.fields import FieldInfo
 
 from webhook_worker.config import format_duration
 from webhook_worker.tools.fields import Kind, choices
+from webhook_worker.tools.messages import unwrap
 from webhook_worker.tools.schema import ToolDefinition
 
 BEGIN: Final = (
@@ -63,28 +64,13 @@ def with_table(page: str) -> str:
 
 def _section(annotation: Any) -> tuple[type[BaseModel] | None, bool]:
     """The model a field holds (itself, or as the values of a mapping), and whether keyed."""
-    annotation = _bare(annotation)
+    annotation = unwrap(annotation)
     keyed = get_origin(annotation) is dict
     if keyed:
-        annotation = _bare(get_args(annotation)[1])
+        annotation = unwrap(get_args(annotation)[1])
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return annotation, keyed
     return None, False
-
-
-def _bare(annotation: Any) -> Any:
-    """``X`` from ``Annotated[X, ...]`` and ``X | None``."""
-    while True:
-        origin = get_origin(annotation)
-        if origin is Annotated:
-            annotation = get_args(annotation)[0]
-        elif origin in (Union, types.UnionType):
-            options = [arg for arg in get_args(annotation) if arg is not type(None)]
-            if len(options) != 1:
-                return annotation
-            annotation = options[0]
-        else:
-            return annotation
 
 
 def _label(metadata: Sequence[Any]) -> str | None:
