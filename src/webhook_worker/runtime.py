@@ -26,7 +26,7 @@ from webhook_worker.tools.service import ToolService
 from webhook_worker.worker.consumer import Worker
 from webhook_worker.worker.forwarder import Forwarder
 from webhook_worker.worker.processor import Processor
-from webhook_worker.worker.target_guard import TargetGuard, set_allow_private
+from webhook_worker.worker.target_guard import TargetGuard
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +137,6 @@ async def open_runtime(
         # Embedded: the queue is in the SQLite file, so the worker's commits may skip the fsync.
         db.relaxed_commits = db.is_sqlite and isinstance(queue, DatabaseQueue)
         forwarder = Forwarder(guard=TargetGuard(settings.allow_private_forward))
-        set_allow_private(settings.allow_private_forward)  # for tool validation
         try:
             store = ToolStore(db, secrets)
             await store.reencrypt()  # after a key is set or rotated, nothing waits for an edit
@@ -148,7 +147,11 @@ async def open_runtime(
                 db=db,
                 queue=queue,
                 tools=tools,
-                tool_service=ToolService(store, after_change=tools.load),
+                tool_service=ToolService(
+                    store,
+                    after_change=tools.load,
+                    allow_private_forward=settings.allow_private_forward,
+                ),
                 events=EventStore(db),
                 batcher=EnqueueBatcher(queue),
                 forwarder=forwarder,

@@ -22,6 +22,7 @@ from tests.support import (
     target_server,
 )
 from webhook_worker.config import RetryPolicy, Settings
+from webhook_worker.errors import ToolConfigError
 from webhook_worker.runtime import open_runtime
 from webhook_worker.storage.deadletters import DeadLetterFilter, DeadLetterStore
 from webhook_worker.vocabulary import DeadLetterStatus
@@ -435,7 +436,13 @@ async def test_a_private_target_is_refused_without_allow_private_forward(
 ) -> None:
     settings = replace(backend_settings, allow_private_forward=False)
     async with running_service(settings) as service:
-        await add_forwarding_tool(service, target)
+        # A literal loopback address is refused when the tool is written...
+        with pytest.raises(ToolConfigError, match="ALLOW_PRIVATE_FORWARD") as refused:
+            await add_forwarding_tool(service, target)
+        assert refused.value.field == "forward.url"
+        # ...and a name that resolves to it when the event is forwarded.
+        by_name = {"url": target.url.replace("127.0.0.1", "localhost"), "timeout": "2s"}
+        await add_forwarding_tool(service, target, forward=by_name)
         event = await service.settled(await send(service, {"n": 13}), "dead")
     assert event["attempts"][0]["error_class"] == "forbidden_target"
     assert "ALLOW_PRIVATE_FORWARD" in event["attempts"][0]["error"]

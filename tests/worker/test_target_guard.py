@@ -185,6 +185,9 @@ def test_globally_routable_addresses_pass(address: str) -> None:
         "http://0.0.0.0:9000/x",
         "http://0xa9.0xfe.0xa9.0xfe/x",  # 169.254.169.254, as the resolver would read it
         "http://2852039166/x",  # the same, as one number
+        "http://127.0.0.1:8080/x",
+        "http://[::1]:8080/x",
+        "http://2130706433/x",  # 127.0.0.1 as one number
     ],
 )
 def test_an_ip_literal_the_guard_refuses_is_refused_at_configuration(url: str) -> None:
@@ -200,12 +203,10 @@ def test_an_ip_literal_the_guard_refuses_is_refused_at_configuration(url: str) -
         "https://hooks.example.com/x",  # a name: judged when resolved, at each forward
         "https://8.8.8.8/x",
         "https://[2606:4700:4700::1111]/x",
-        # Loopback is left to the worker's ALLOW_PRIVATE_FORWARD, as before.
-        "http://127.0.0.1:8080/x",
-        "http://[::1]:8080/x",
+        "http://localhost:8080/x",  # a name, even this one: refused when it resolves inward
     ],
 )
-def test_names_public_literals_and_loopback_pass_configuration(url: str) -> None:
+def test_names_and_public_literals_pass_configuration(url: str) -> None:
     assert literal_refusal(url, allow_private=False) is None
 
 
@@ -245,7 +246,11 @@ def test_the_api_refuses_a_forward_url_the_guard_refuses(tmp_path: Path) -> None
                 return False
 
         eventually_sync(live, 30, "the server to start", interval=0.05, details=log_path.read_text)
-        for url in ("http://100.100.100.200/latest/meta-data", "http://[2002:a9fe:a9fe::]/"):
+        for url in (
+            "http://100.100.100.200/latest/meta-data",
+            "http://[2002:a9fe:a9fe::]/",
+            "http://127.0.0.1:9/",
+        ):
             tool = {"id": "inward", "provider": "generic", "forward": {"url": url}}
             answer = httpx.post(f"{base}/api/v1/tools", json=tool)
             assert answer.status_code == 400, answer.text

@@ -200,7 +200,10 @@ async def started(
     definition = tool_definition(forward_url)
     tool = parse_tool(definition)
     async with database(settings, migrate_first=True) as db:
-        await ToolService(ToolStore.from_settings(db, settings)).create(definition)
+        await ToolService(
+            ToolStore.from_settings(db, settings),
+            allow_private_forward=settings.allow_private_forward,
+        ).create(definition)
     api_port = free_port()
     api_url = f"http://127.0.0.1:{api_port}"
     logs = workdir / "logs"

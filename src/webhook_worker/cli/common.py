@@ -29,7 +29,6 @@ from webhook_worker.runtime import database
 from webhook_worker.storage.database import Database
 from webhook_worker.storage.rows import Page
 from webhook_worker.storage.tools import ToolStore
-from webhook_worker.worker.target_guard import set_allow_private
 
 T = TypeVar("T")
 
@@ -50,7 +49,6 @@ def load_settings(*, quiet_logs: bool = False) -> Settings:
         settings = Settings.from_env()
     except ConfigError as exc:
         fail(f"bad configuration: {exc}")
-    set_allow_private(settings.allow_private_forward)  # tools create/apply check URLs with it
     configure(
         "warning" if quiet_logs and settings.log_level == "info" else settings.log_level,
         settings.log_format,

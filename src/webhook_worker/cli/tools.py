@@ -29,6 +29,7 @@ from webhook_worker.cli.common import (
     with_store,
 )
 from webhook_worker.cli.plain import plain, plain_json, printable
+from webhook_worker.config import Settings
 from webhook_worker.storage.tools import ToolStore
 from webhook_worker.tools.model import AUTH_TYPES, auth_type_of, parse_tool
 from webhook_worker.tools.presets import PRESETS
@@ -234,7 +235,12 @@ def add(
     definition["id"] = tool_id
     with user_errors(f"cannot add tool {tool_id!r}"):
         parse_tool(definition)  # invalid input fails before the database is opened
-        view = with_store(settings, lambda store: ToolService(store).create(definition))
+        view = with_store(
+            settings,
+            lambda store: ToolService(
+                store, allow_private_forward=settings.allow_private_forward
+            ).create(definition),
+        )
     console.print(plain(f"added tool {tool_id!r} ({_summary(view)})"))
     console.print(
         plain(
@@ -311,7 +317,7 @@ def update(
             )
             rotated = {"secret": None, "secrets": [add_secret, *current]}
             changes = _combine(changes, {"auth": rotated})
-        return await ToolService(store).patch(tool_id, changes)
+        return await _service(settings, store).patch(tool_id, changes)
 
     with user_errors(f"cannot update tool {tool_id!r}"):
         view = with_store(settings, change)
@@ -325,7 +331,15 @@ def list_tools(
     """List every tool."""
     settings = load_settings(quiet_logs=True)
     with user_errors():
-        views = [_id_first(v) for v in with_store(settings, lambda s: ToolService(s).list_all())]
+        views = [
+            _id_first(v)
+            for v in with_store(
+                settings,
+                lambda s: ToolService(
+                    s, allow_private_forward=settings.allow_private_forward
+                ).list_all(),
+            )
+        ]
     if as_json:
         print_json({"items": views, "next_cursor": None})
         return
@@ -354,7 +368,14 @@ def show(
     """Show a tool's definition (secrets redacted)."""
     settings = load_settings(quiet_logs=True)
     with user_errors():
-        view = _id_first(with_store(settings, lambda store: ToolService(store).get(tool_id)))
+        view = _id_first(
+            with_store(
+                settings,
+                lambda store: ToolService(
+                    store, allow_private_forward=settings.allow_private_forward
+                ).get(tool_id),
+            )
+        )
     if as_json:
         print_json(view)
     else:
@@ -369,13 +390,23 @@ def remove(
     """Remove a tool (its stored events stay)."""
     settings = load_settings(quiet_logs=True)
     with user_errors():
-        with_store(settings, lambda store: ToolService(store).get(tool_id))
+        with_store(
+            settings,
+            lambda store: ToolService(
+                store, allow_private_forward=settings.allow_private_forward
+            ).get(tool_id),
+        )
     if not yes:
         if not sys.stdin.isatty():
             fail(f"not removing tool {tool_id!r} without confirmation: pass --yes", 1)
         typer.confirm(printable(f"Remove tool {tool_id!r}? Its webhooks will get 404"), abort=True)
     with user_errors():
-        with_store(settings, lambda store: ToolService(store).delete(tool_id))
+        with_store(
+            settings,
+            lambda store: ToolService(
+                store, allow_private_forward=settings.allow_private_forward
+            ).delete(tool_id),
+        )
     console.print(plain(f"removed tool {tool_id!r}"))
 
 
@@ -405,7 +436,12 @@ def apply(
             fail(f"nothing applied: {label} is defined more than once in {file}", 1)
         seen.add(tool.id)
     with user_errors("nothing applied"):
-        outcomes = with_store(settings, lambda store: ToolService(store).apply(definitions))
+        outcomes = with_store(
+            settings,
+            lambda store: ToolService(
+                store, allow_private_forward=settings.allow_private_forward
+            ).apply(definitions),
+        )
     styles = {"created": "green", "updated": "yellow", "unchanged": "dim"}
     for tool_id, outcome in outcomes:
         console.print(
@@ -457,3 +493,8 @@ def _short_time(value: Any) -> str:
     if moment.tzinfo is None:  # SQLite returns naive UTC
         moment = moment.replace(tzinfo=UTC)
     return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def _service(settings: Settings, store: ToolStore) -> ToolService:
+    """The tool service with this process's ALLOW_PRIVATE_FORWARD (literal forward targets)."""
+    return ToolService(store, allow_private_forward=settings.allow_private_forward)

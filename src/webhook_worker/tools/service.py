@@ -19,15 +19,33 @@ from webhook_worker.storage.tools import ToolStore
 from webhook_worker.tools.model import Tool, parse_tool
 from webhook_worker.tools.secret_paths import REDACTED as REDACTED  # re-exported: the placeholder
 from webhook_worker.tools.secret_paths import secret_spots
+from webhook_worker.worker.target_guard import literal_refusal
 
 
 class ToolService:
     def __init__(
-        self, store: ToolStore, after_change: Callable[[], Awaitable[None]] | None = None
+        self,
+        store: ToolStore,
+        after_change: Callable[[], Awaitable[None]] | None = None,
+        *,
+        allow_private_forward: bool = False,
     ) -> None:
         self._store = store
         # The process's own tool cache reloads at once; other processes poll the revision.
         self._after_change = after_change
+        self._allow_private_forward = allow_private_forward
+
+    def _checked(self, tool: Tool) -> Tool:
+        """``tool``, unless it forwards to an IP literal the SSRF guard refuses (without
+        ALLOW_PRIVATE_FORWARD): refused when it is written, where the writer can fix it, rather
+        than at each forward. Host names are judged when resolved, at each forward. Stored
+        tools are not checked again when loaded: an event for one is stored, and its forward
+        refused (never a 404 that would lose it)."""
+        if tool.forward is not None:
+            refusal = literal_refusal(tool.forward.url, self._allow_private_forward)
+            if refusal is not None:
+                raise ToolConfigError("forward.url", refusal)
+        return tool
 
     async def _changed(self) -> None:
         if self._after_change is not None:
@@ -40,7 +58,7 @@ class ToolService:
         return view(await self._store.get(tool_id))
 
     async def create(self, data: Mapping[str, Any]) -> dict[str, Any]:
-        row = await self._store.create(parse_tool(restore_secrets(dict(data), None)))
+        row = await self._store.create(self._checked(parse_tool(restore_secrets(dict(data), None))))
         await self._changed()
         return view(row)
 
@@ -48,7 +66,7 @@ class ToolService:
         """PUT: ``data`` is the whole new definition (redacted secrets keep their value)."""
         stored = (await self._store.get(tool_id))["config"]
         merged = restore_secrets(dict(data), stored)
-        row = await self._store.replace(parse_tool(merged, tool_id=tool_id))
+        row = await self._store.replace(self._checked(parse_tool(merged, tool_id=tool_id)))
         await self._changed()
         return view(row)
 
@@ -58,7 +76,7 @@ class ToolService:
         # On the redacted definition: a secret the patch leaves alone is a placeholder, and so is
         # refused like one when the patch moves the URL it is sent to to another host.
         merged = restore_secrets(merge_patch(redact(stored), changes), stored)
-        row = await self._store.replace(parse_tool(merged, tool_id=tool_id))
+        row = await self._store.replace(self._checked(parse_tool(merged, tool_id=tool_id)))
         await self._changed()
         return view(row)
 
@@ -79,7 +97,7 @@ class ToolService:
                     stored = (await self._store.get(tool_id))["config"]
                 except NotFoundError:
                     stored = None
-            tool = parse_tool(restore_secrets(dict(definition), stored))
+            tool = self._checked(parse_tool(restore_secrets(dict(definition), stored)))
             self._store.check(tool)
             plans.append((tool, stored))
         outcomes: list[tuple[str, str]] = []

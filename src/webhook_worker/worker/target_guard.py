@@ -79,7 +79,6 @@ _IPV6_RANGES: Final = tuple(
 )
 _MAPPED: Final = IPv6Network("::ffff:0:0/96")
 _NAT64: Final = IPv6Network("64:ff9b::/96")
-_LOOPBACK: Final = (IPv4Network("127.0.0.0/8"), IPv6Network("::1/128"))
 
 
 def describe(address: Address) -> str | None:
@@ -113,33 +112,14 @@ def _embedded(address: Address) -> tuple[str, IPv4Address] | None:
     return None
 
 
-class _Policy:
-    """The process's ALLOW_PRIVATE_FORWARD, for the check at configuration time (which runs
-    inside tool validation, where no settings are passed)."""
-
-    allow_private = False
-
-
-def set_allow_private(allowed: bool) -> None:
-    """Record the process's ALLOW_PRIVATE_FORWARD: processes call it once settings are read."""
-    _Policy.allow_private = allowed
-
-
-def configured_refusal(url: str) -> str | None:
-    """:func:`literal_refusal` under the process's ALLOW_PRIVATE_FORWARD (tool validation)."""
-    return literal_refusal(url, _Policy.allow_private)
-
-
 def literal_refusal(url: str, allow_private: bool) -> str | None:
     """Why a tool may not be configured to forward to ``url``: its host is an IP literal that
-    forwarding refuses. None for host names (judged when resolved, at each forward) and for
-    loopback, which is left to the worker's check as before: the worker's ALLOW_PRIVATE_FORWARD
-    decides, and local set-ups configure loopback targets from processes that may not carry
-    it."""
+    forwarding refuses (loopback included). None for host names: they are judged when resolved,
+    at each forward."""
     if allow_private:
         return None
     address = _literal(urlsplit(url).hostname or "")
-    if address is None or any(address in network for network in _LOOPBACK):
+    if address is None:
         return None
     reason = describe(address)
     if reason is None:
