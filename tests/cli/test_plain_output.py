@@ -1,4 +1,4 @@
-"""Stored data reaches the operator's terminal as plain text (issue 12, point 11).
+"""Stored data reaches the operator's terminal as plain text.
 
 Events, dead letters and tools are stored with values a sender (or a file) chose: rich markup
 (``[/]`` ends a command with a markup error, ``[bold red]`` styles the terminal) and terminal

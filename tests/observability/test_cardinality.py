@@ -1,5 +1,4 @@
-"""Event types chosen by senders cannot grow /metrics or the worker's plan cache without bound
-(issue 12, point 8)."""
+"""Event types chosen by senders cannot grow /metrics or the worker's plan cache without bound."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The embedded SQLite directory and files are private to the service user (issue 12, point 15).
+"""The embedded SQLite directory and files are private to the service user.
 
 Without SECRETS_KEY the file holds tool secrets in plaintext. A real ``webhook-worker run``
 (and ``migrate``) on a DATA_DIR of the test's own, under an ordinary or an empty umask: the

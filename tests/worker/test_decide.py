@@ -139,7 +139,7 @@ def test_failure_messages_are_one_bounded_line() -> None:
 _PUSH = {"action": "opened", "repository": {"name": "ww"}}
 
 
-# Issue 12 point 17: expressions that build enormous values from a small body.
+# Expressions that build enormous values from a small body.
 def _doubling(step: str, times: int) -> str:
     return "|".join([step] * times)
 

@@ -93,7 +93,7 @@ async def test_a_dns_answer_that_changes_after_the_check_is_refused_at_connect_t
     assert target.requests == []
 
 
-# Issue 12 point 7: every address that is not globally routable is refused. Pure decisions:
+# Every address that is not globally routable is refused. Pure decisions:
 # nothing here sends a packet anywhere.
 @pytest.mark.parametrize(
     ("address", "reason"),
