@@ -308,3 +308,22 @@ async def test_a_database_outage_while_storing_counts_dead_letters_once(
 
     letters = (await DeadLetterStore(runtime.db).list(DeadLetterFilter())).items
     assert sorted(x.error_class for x in letters) == ["invalid_payload", "poison"]
+
+
+async def test_a_database_outage_while_burying_poison_counts_it_once(
+    runtime: Runtime, proxy: PostgresProxy
+) -> None:
+    poison = message(7)
+    await runtime.queue.enqueue([poison])
+    [delivery] = await take(runtime, 1)
+    worker = runtime.worker()
+
+    before = sample("webhook_queue_poison_total")
+    proxy.drop_commits(2)
+    # What the consumer's backoff retries until the dead letter is committed.
+    _, failures = await retried(lambda: worker._dead_letter_poison([delivery]))
+    assert failures == 2
+    assert sample("webhook_queue_poison_total") - before == 1
+
+    letters = (await DeadLetterStore(runtime.db).list(DeadLetterFilter())).items
+    assert [(x.event_id, x.error_class) for x in letters] == [(poison.event_id, "poison")]
