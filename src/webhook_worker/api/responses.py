@@ -19,10 +19,10 @@ class JSONResponse(Response):
         except orjson.JSONEncodeError:
             # orjson encodes at most 254 levels of nesting but parses up to 1024, so a stored
             # payload can be too deep for it; anything else it refuses is refused again here.
-            return _dumps_deep(content)
+            return dumps_any_depth(content)
 
 
-def _dumps_deep(content: Any) -> bytes:
+def dumps_any_depth(content: Any) -> bytes:
     """``content`` as JSON at any depth: containers by hand with a stack, leaves by orjson."""
     out = bytearray()
     # (True, bytes) is output as it is; (False, value) is a value still to encode.

@@ -7,7 +7,6 @@ the queue as well as the database (Redis when REDIS_ADDR is set).
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -20,7 +19,6 @@ from rich.table import Table
 from rich.text import Text
 
 from webhook_worker.api.cursor import next_cursor
-from webhook_worker.api.responses import JSONResponse
 from webhook_worker.api.views import event_view, page_view
 from webhook_worker.cli.common import (
     console,
@@ -34,7 +32,7 @@ from webhook_worker.cli.common import (
     user_errors,
     with_database,
 )
-from webhook_worker.cli.plain import plain, plain_json, safe_json_text
+from webhook_worker.cli.plain import plain, plain_json
 from webhook_worker.clock import iso, parse_time
 from webhook_worker.config import parse_duration
 from webhook_worker.errors import ConflictError, QueueUnavailableError
@@ -163,12 +161,7 @@ def show(
     with user_errors():
         event = with_database(settings, lambda db: EventStore(db).get(event_id))
     if as_json:
-        view = event_view(event)
-        try:
-            print_json(view)
-        except RecursionError:
-            # A payload nested past what the indenting encoder recurses through: compact JSON.
-            sys.stdout.write(safe_json_text(_deep_json(view)) + "\n")
+        print_json(event_view(event))
         return
     console.print(describe_event(event))
 
@@ -244,18 +237,7 @@ def _styled(status: EventStatus) -> Text:
 
 
 def _body(value: Any) -> RenderableType:
-    if isinstance(value, str):
-        return plain(value)
-    try:
-        return plain_json(value)
-    except RecursionError:
-        # Too deep to indent (a store_only body keeps any depth): shown compact, as plain text.
-        return plain(_deep_json(value))
-
-
-def _deep_json(value: Any) -> str:
-    """``value`` as compact JSON at any depth (the API's encoder, which needs no recursion)."""
-    return bytes(JSONResponse(value).body).decode()
+    return plain(value) if isinstance(value, str) else plain_json(value)
 
 
 def short_time(value: datetime) -> str:

@@ -17,6 +17,8 @@ from typing import Any
 from rich.highlighter import JSONHighlighter
 from rich.text import Text
 
+from webhook_worker.api.responses import dumps_any_depth
+
 _KEPT = "\n\t"  # they only move to the next line or column: nothing printed is overwritten
 
 _ESCAPES: dict[int, str] = {
@@ -52,7 +54,12 @@ def plain(value: object, style: str = "") -> Text:
 def json_dumps(data: Any, indent: int | None = 2) -> str:
     """``data`` as JSON text, non-ASCII kept as it is but with the controls the encoder leaves
     raw (DEL, C1, bidirectional marks) escaped as ``\\uXXXX``: the same JSON, safe to print."""
-    encoded = json.dumps(data, indent=indent, ensure_ascii=False, default=str)
+    try:
+        encoded = json.dumps(data, indent=indent, ensure_ascii=False, default=str)
+    except RecursionError:
+        # Nested past what the indenting encoder recurses through (a store_only body keeps any
+        # depth): compact, by the API's encoder, which needs no recursion.
+        encoded = dumps_any_depth(data).decode()
     return safe_json_text(encoded)
 
 

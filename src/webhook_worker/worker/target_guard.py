@@ -13,8 +13,9 @@ IPv4 address inside is; Teredo and the deprecated IPv4-compatible form are refus
 never followed, so a public target cannot bounce the request inward.
 
 Three checks: :func:`literal_refusal` refuses an IP literal in a URL when the tool is
-configured (loopback excepted, see there); :meth:`TargetGuard.refusal` judges a URL before the
-request (a clear error naming the address), with verdicts cached per host for a short while; and
+written (by the tool service, under the writing process's ALLOW_PRIVATE_FORWARD);
+:meth:`TargetGuard.refusal` judges a URL before the request (a clear error naming the
+address), with verdicts cached per host for a short while; and
 :class:`GuardedResolver`, the HTTP client's resolver, judges the addresses the connection is
 actually made to, so a DNS answer that changes between the check and the connection (DNS
 rebinding) is refused too.
