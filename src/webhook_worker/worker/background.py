@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable
 
 from webhook_worker.errors import QueueUnavailableError, UnavailableError
@@ -120,12 +121,13 @@ class Background:
             held = self._holding.older_than(self._lease_renewal)
             if not held:
                 continue
+            started = time.monotonic()
             try:
                 await self._queue.renew(held)
             except QueueUnavailableError as exc:
                 log.warning("could not renew %d held messages: %s", len(held), exc)
             else:
-                self._holding.renewed(held)
+                self._holding.renewed(held, started)
 
     async def _promote_forever(self) -> None:
         """Move retries that are due back into the queue (Redis keeps them aside until then)."""

@@ -56,9 +56,11 @@ class Holding:
         cutoff = time.monotonic() - seconds
         return [delivery for delivery, since in self._held.values() if since <= cutoff]
 
-    def renewed(self, deliveries: Sequence[Delivery]) -> None:
-        """The queue renewed the lease of ``deliveries`` just now."""
-        now = time.monotonic()
+    def renewed(self, deliveries: Sequence[Delivery], since: float) -> None:
+        """The queue renewed the lease of ``deliveries`` in a call that started at ``since``
+        (``time.monotonic``). The lease runs from some moment of that call, so counting from
+        its start, not its end, never schedules the next renewal after the lease ran out when
+        the call itself was slow (a busy database)."""
         for delivery in deliveries:
             if delivery.receipt in self._held:
-                self._held[delivery.receipt] = (delivery, now)
+                self._held[delivery.receipt] = (delivery, since)
