@@ -56,7 +56,7 @@ class Runtime:
             tool_concurrency=s.worker_tool_concurrency,
             max_deliveries=s.worker_max_deliveries,
             reclaim_interval=max(s.worker_reclaim_idle / 2, 0.05),
-            lease_renewal=max(s.worker_reclaim_idle / 3, 0.03),
+            lease_renewal=max(s.worker_reclaim_idle / 4, 0.03),
             shutdown_timeout=s.worker_shutdown_timeout,
             replayer=self.replayer,
             dlq_auto_retry_max=s.dlq_auto_retry_max,

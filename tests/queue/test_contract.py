@@ -325,7 +325,7 @@ async def test_renewed_messages_are_not_reclaimed_and_a_late_renewal_steals_noth
     # The sleep paces the renewals; the test asserts that nothing happens meanwhile.
     deadline = time.monotonic() + 1.0
     while time.monotonic() < deadline:
-        await holder.renew(held)
+        assert await holder.renew(held) == 0
         assert await rescuer.reclaim(10) == []
         await asyncio.sleep(0.1)
 
@@ -339,7 +339,8 @@ async def test_renewed_messages_are_not_reclaimed_and_a_late_renewal_steals_noth
     third = await backend.queue("third", reclaim_idle=0.3)
 
     async def late_renewal_then_reclaim() -> list[Delivery]:
-        await holder.renew(held)
+        # The late renewal says it found both messages taken over.
+        assert await holder.renew(held) == 2
         return await third.reclaim(10)
 
     taken = await eventually(late_renewal_then_reclaim, what="the third consumer to take over")
@@ -347,6 +348,8 @@ async def test_renewed_messages_are_not_reclaimed_and_a_late_renewal_steals_noth
     assert {d.deliveries for d in taken} == {3}
     await third.ack(taken)
     assert await third.pending_count() == 0
+    # Settled messages are not counted as taken over.
+    assert await holder.renew(held) == 0
 
 
 # Delayed redelivery.

@@ -92,9 +92,11 @@ class Queue(Protocol):
         """Remove processed messages from the queue for good."""
         ...
 
-    async def renew(self, deliveries: Sequence[Delivery]) -> None:
+    async def renew(self, deliveries: Sequence[Delivery]) -> int:
         """Tell the queue this consumer is still working on ``deliveries`` (reset their idle
-        time or extend their lease), so they are not reclaimed while a slow forward runs."""
+        time or extend their lease), so they are not reclaimed while a slow forward runs.
+        Returns how many of them another consumer has taken over since (their lease ran out
+        first); those are left alone. Settled ones are not counted."""
         ...
 
     async def retry_later(self, deliveries: Sequence[tuple[Delivery, float]]) -> None:

@@ -239,17 +239,20 @@ class DatabaseQueue:
                 for chunk in _chunks(ids):
                     await conn.execute(delete(queue_messages).where(queue_messages.c.id.in_(chunk)))
 
-    async def renew(self, deliveries: Sequence[Delivery]) -> None:
+    async def renew(self, deliveries: Sequence[Delivery]) -> int:
         """Extend this consumer's lease on rows it still holds (a lease another consumer took
-        over since is left alone)."""
+        over since is left alone, and counted)."""
         ids = [int(d.receipt) for d in deliveries]
         if not ids:
-            return
-        until = time.time() + self._reclaim_idle
+            return 0
+        renewed = taken_over = 0
         with _unavailable("renew leases"):
             async with self._db.begin(durable=False) as conn:
+                # Timed once the transaction holds its lock (SQLite's BEGIN IMMEDIATE may wait
+                # for other writers): the wait must not come out of the new lease.
+                until = time.time() + self._reclaim_idle
                 for chunk in _chunks(ids):
-                    await conn.execute(
+                    result = await conn.execute(
                         update(queue_messages)
                         .where(
                             queue_messages.c.id.in_(chunk),
@@ -257,6 +260,19 @@ class DatabaseQueue:
                         )
                         .values(locked_until=until)
                     )
+                    renewed += result.rowcount
+                if renewed < len(ids):  # settled meanwhile, or leased to another consumer
+                    for chunk in _chunks(ids):
+                        taken_over += (
+                            await conn.scalar(
+                                select(func.count()).where(
+                                    queue_messages.c.id.in_(chunk),
+                                    queue_messages.c.locked_by != self._consumer,
+                                )
+                            )
+                            or 0
+                        )
+        return taken_over
 
     async def retry_later(self, deliveries: Sequence[tuple[Delivery, float]]) -> None:
         """Release each row with ``available_at`` pushed ``delay`` seconds ahead: one UPDATE per

@@ -75,13 +75,14 @@ return #due
 # not count a delivery). An entry another consumer took over meanwhile is left alone: claiming
 # it back would have two workers process it. Returns how many were renewed.
 RENEW: Final = """
-local renewed = 0
+local taken_over = 0
 for i = 3, #ARGV do
   local owner = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1, ARGV[2])
   if #owner > 0 then
     redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'JUSTID')
-    renewed = renewed + 1
+  elseif #redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1) > 0 then
+    taken_over = taken_over + 1
   end
 end
-return renewed
+return taken_over
 """

@@ -227,15 +227,18 @@ class RedisStreamsQueue:
                 pipe.xdel(self._stream, *ids)
                 await pipe.execute()
 
-    async def renew(self, deliveries: Sequence[Delivery]) -> None:
+    async def renew(self, deliveries: Sequence[Delivery]) -> int:
         """Reset the idle time of entries this consumer still holds, so that a long forward is
-        not taken for a dead worker's message and reclaimed by another worker."""
+        not taken for a dead worker's message and reclaimed by another worker. Returns how
+        many are pending for another consumer now."""
         if not deliveries:
-            return
+            return 0
         with self._unavailable("renew pending entries"):
-            await self._renew_script(
-                keys=[self._stream],
-                args=[REDIS_GROUP, self._consumer, *(d.receipt for d in deliveries)],
+            return int(
+                await self._renew_script(
+                    keys=[self._stream],
+                    args=[REDIS_GROUP, self._consumer, *(d.receipt for d in deliveries)],
+                )
             )
 
     async def depth(self) -> int:

@@ -118,16 +118,25 @@ class Background:
         forward (or on the database coming back) must not be reclaimed by another worker."""
         while True:
             await asyncio.sleep(self._lease_renewal)
-            held = self._holding.older_than(self._lease_renewal)
+            # Half a period: a message taken just after one round is renewed at the next, by
+            # 1.5 periods of age, which leaves most of the lease for a stalled loop or a slow
+            # database (renewing only what had a full period of age left a third of it).
+            held = self._holding.older_than(self._lease_renewal / 2)
             if not held:
                 continue
             started = time.monotonic()
             try:
-                await self._queue.renew(held)
+                taken_over = await self._queue.renew(held)
             except QueueUnavailableError as exc:
                 log.warning("could not renew %d held messages: %s", len(held), exc)
-            else:
-                self._holding.renewed(held, started)
+                continue
+            self._holding.renewed(held, started)
+            if taken_over:
+                log.warning(
+                    "%d held messages were taken over by another worker after their lease ran "
+                    "out; they may be processed twice (raise WORKER_RECLAIM_IDLE if this recurs)",
+                    taken_over,
+                )
 
     async def _promote_forever(self) -> None:
         """Move retries that are due back into the queue (Redis keeps them aside until then)."""
