@@ -49,9 +49,10 @@ class RedisKeys:
         self._dedupe_prefix = f"{prefix}:{REDIS_DEDUPE_SUFFIX}:"
         self._replay_prefix = f"{prefix}:{REDIS_REPLAY_SUFFIX}:"
 
-    def retry_hash(self, event_id: str) -> str:
-        """``{prefix}:retry:{event_id}``: the fields of a message waiting for a retry."""
-        return self.retry_hash_prefix + event_id
+    def retry_hash(self, member: str) -> str:
+        """``{prefix}:retry:{member}``: the fields of a message waiting for a retry (``member``
+        as in :func:`retry_member`)."""
+        return self.retry_hash_prefix + member
 
     def dedupe(self, tool_id: str, delivery_id: str) -> str:
         """``{prefix}:delivery:{tool_id}:{delivery_id}``: the first event id for a delivery id."""
@@ -63,6 +64,13 @@ class RedisKeys:
 
 
 # Stream entry fields.
+def retry_member(event_id: str, destination_id: str | None) -> str:
+    """What names a message waiting for a retry in Redis: the event id, with the destination
+    after a ``/`` for one destination's delivery (destination ids never hold ``/``), so each
+    destination of an event waits on its own schedule."""
+    return event_id if destination_id is None else f"{event_id}/{destination_id}"
+
+
 FIELD_EVENT_ID: Final = b"id"
 FIELD_TOOL_ID: Final = b"tool"
 FIELD_EVENT_TYPE: Final = b"type"
@@ -73,6 +81,7 @@ FIELD_BODY: Final = b"body"
 FIELD_TRACEPARENT: Final = b"traceparent"
 FIELD_ATTEMPT: Final = b"attempt"
 FIELD_RETRY_FROM: Final = b"retry_from"
+FIELD_DESTINATION: Final = b"destination"
 # Extra fields on an entry of the malformed stream, beside the original entry's fields.
 FIELD_MALFORMED_SOURCE_ID: Final = b"malformed-source-id"
 """The entry id the malformed entry had in the events stream."""
@@ -85,7 +94,8 @@ TABLE_EVENTS: Final = "events"
 TABLE_ATTEMPTS: Final = "event_attempts"
 TABLE_DEAD_LETTERS: Final = "dead_letters"
 TABLE_QUEUE: Final = "queue_messages"
-TABLE_DELIVERIES: Final = "delivery_ids"
+TABLE_DELIVERY_IDS: Final = "delivery_ids"
+TABLE_EVENT_DELIVERIES: Final = "event_deliveries"
 DELIVERY_REPLAY_PREFIX: Final = "replay:"
 """Before a replay key in the ``delivery_id`` column of ``delivery_ids``: the database queue
 keeps both kinds of key in one table, so one upsert records them all."""

@@ -1,15 +1,19 @@
-"""Sending accepted events through the pipeline again: an event replay, a dead letter retried
-by hand (one or in bulk by filter), and the automatic retry of retryable dead letters.
+"""Sending accepted events through the pipeline again: an event replay (to all its
+destinations or one, one event or in bulk by filter), a dead letter retried by hand (one or in
+bulk by filter), and the automatic retry of retryable dead letters.
 
-The database is changed first (the event leaves its final status, the dead letter becomes
-``retrying``), then the messages are queued; if the queue is unavailable the change is undone,
-so nothing is left claiming to be retried that is not. Claiming a dead letter is a conditional
-UPDATE, so two operators (or an operator and the automatic retry) never send one twice.
+The database is changed first (the event leaves its final status, the deliveries sent round
+again are ``pending`` again, the dead letter becomes ``retrying``), then the messages are
+queued; if the queue is unavailable the change is undone, so nothing is left claiming to be
+retried that is not. Claiming a dead letter is a conditional UPDATE, so two operators (or an
+operator and the automatic retry) never send one twice. A dead letter of a delivery sends only
+that delivery round again; the event's other destinations are not sent it again.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -19,10 +23,11 @@ from webhook_worker.observability import metrics
 from webhook_worker.queue.base import Message, Queue
 from webhook_worker.storage import replays
 from webhook_worker.storage.database import Database
-from webhook_worker.storage.deadletters import DeadLetterFilter, dead_letter
+from webhook_worker.storage.deadletters import DeadLetterFilter, DeadLetterStore, dead_letter
+from webhook_worker.storage.events import EventFilter, EventStore
 from webhook_worker.storage.replays import Claimed
 from webhook_worker.storage.rows import DeadLetterRow
-from webhook_worker.vocabulary import DeadLetterStatus, EventStatus
+from webhook_worker.vocabulary import DeadLetterStatus
 
 BULK_CHUNK = 500
 
@@ -34,18 +39,53 @@ class Replayer:
         self._db = db
         self._queue = queue
 
-    async def replay_event(self, event_id: str) -> None:
-        """Process an event again from its stored body, whatever its status. A dead event's
-        dead letter goes along (``retrying``), so it is resolved when the replay succeeds."""
+    async def replay_event(self, event_id: str, destination_id: str | None = None) -> None:
+        """Process an event again from its stored body, whatever its status: every delivery
+        (the destinations' filters evaluated again, so a destination added since gets it too),
+        or the delivery to ``destination_id`` alone. The dead letters of what is sent round go
+        along (``retrying``), so they are resolved when the replay succeeds."""
         now = datetime.now(UTC)
+        target = [(event_id, destination_id)]
         async with self._db.begin() as conn:
-            previous = await replays.mark_retrying(conn, [event_id])
-            if not previous:
+            previous = await replays.mark_retrying(conn, target)
+            if not previous.events:
                 raise NotFoundError(f"no event {event_id!r}")
-            letters = await replays.dead_letters_of(conn, event_id)
+            letters = await replays.dead_letters_of(conn, event_id, destination_id)
             claimed = await replays.claim(conn, letters, (DeadLetterStatus.PENDING,), now, None)
-            messages = await replays.messages(conn, [event_id])
+            messages = await replays.messages(conn, target)
         await self._send(messages, previous, claimed)
+
+    async def replay_matching(
+        self,
+        where: EventFilter,
+        destination_id: str | None = None,
+        *,
+        dry_run: bool = False,
+        chunk: int = BULK_CHUNK,
+    ) -> int:
+        """Replay every event matching ``where`` (to ``destination_id`` only, when given), in
+        chunks of ``chunk`` events, oldest first; returns how many were requeued. With
+        ``dry_run``, only counts them. Events that arrive while it runs are left out."""
+        if where.until is None or where.until > datetime.now(UTC):
+            where = replace(where, until=datetime.now(UTC))
+        if dry_run:
+            return await EventStore(self._db).count(where)
+        requeued = 0
+        after: str | None = None
+        while True:
+            now = datetime.now(UTC)
+            async with self._db.begin() as conn:
+                ids = await replays.events_matching(conn, where, chunk, after)
+                if not ids:
+                    return requeued
+                targets = [(event_id, destination_id) for event_id in ids]
+                previous = await replays.mark_retrying(conn, targets)
+                letters = await replays.pending_dead_letters_of(conn, ids, destination_id)
+                claimed = await replays.claim(conn, letters, (DeadLetterStatus.PENDING,), now, None)
+                messages = await replays.messages(conn, targets)
+            await self._send(messages, previous, claimed)
+            requeued += len(messages)
+            after = ids[-1]
 
     async def retry_dead_letter(self, dead_letter_id: str) -> DeadLetterRow:
         """Retry one dead letter (pending or discarded). Returns it as it was when sent back
@@ -67,13 +107,20 @@ class Replayer:
                     f"dead letter {dead_letter_id!r} is {letter.status}; only pending or "
                     "discarded dead letters can be retried"
                 )
-            previous = await replays.mark_retrying(conn, [letter.event_id])
-            messages = await replays.messages(conn, [letter.event_id])
+            targets = _targets(claimed)
+            previous = await replays.mark_retrying(conn, targets)
+            messages = await replays.messages(conn, targets)
             sent = await dead_letter(conn, dead_letter_id)
         assert sent is not None  # claimed in this transaction: it exists
         await self._send(messages, previous, claimed)
         metrics.DLQ_RETRIES.labels("requeued").inc()
         return sent
+
+    async def count_matching(self, where: DeadLetterFilter) -> int:
+        """How many pending dead letters a bulk retry with ``where`` would send back."""
+        return await DeadLetterStore(self._db).count(
+            replace(where, status=DeadLetterStatus.PENDING)
+        )
 
     async def retry_matching(
         self, where: DeadLetterFilter, limit: int = BULK_CHUNK, before: datetime | None = None
@@ -103,16 +150,16 @@ class Replayer:
     async def _retry_selected(
         self, select_ids: _SelectIds, now: datetime, next_retry_at: datetime | None
     ) -> int:
-        """Claim the pending dead letters ``select_ids`` chooses and requeue their events;
-        returns how many were requeued."""
+        """Claim the pending dead letters ``select_ids`` chooses and requeue what failed
+        (each delivery, or event); returns how many were requeued."""
         async with self._db.begin() as conn:
             ids = await select_ids(conn)
             claimed = await replays.claim(
                 conn, ids, (DeadLetterStatus.PENDING,), now, next_retry_at
             )
-            event_ids = [c.event_id for c in claimed]
-            previous = await replays.mark_retrying(conn, event_ids)
-            messages = await replays.messages(conn, event_ids)
+            targets = _targets(claimed)
+            previous = await replays.mark_retrying(conn, targets)
+            messages = await replays.messages(conn, targets)
         await self._send(messages, previous, claimed)
         metrics.DLQ_RETRIES.labels("requeued").inc(len(messages))
         return len(messages)
@@ -120,7 +167,7 @@ class Replayer:
     async def _send(
         self,
         messages: list[Message],
-        previous: dict[str, EventStatus],
+        previous: replays.Previous,
         claimed: Sequence[Claimed],
     ) -> None:
         try:
@@ -130,3 +177,9 @@ class Replayer:
             async with self._db.begin() as conn:
                 await replays.undo(conn, previous, claimed)
             raise
+
+
+def _targets(claimed: Sequence[Claimed]) -> list[tuple[str, str | None]]:
+    """What the claimed dead letters send round: the failed delivery, or the whole event when
+    the event itself failed."""
+    return [(c.event_id, c.destination_id) for c in claimed]

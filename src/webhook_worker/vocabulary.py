@@ -7,6 +7,7 @@ contract (SPEC.md); adding one is a change to the API, renaming one breaks store
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from enum import StrEnum, unique
 from typing import Final
 
@@ -33,6 +34,50 @@ class EventStatus(StrEnum):
 
 FINAL_STATUSES: Final = frozenset({EventStatus.PROCESSED, EventStatus.IGNORED, EventStatus.DEAD})
 SUCCESS_STATUSES: Final = frozenset({EventStatus.PROCESSED, EventStatus.IGNORED})
+
+
+@unique
+class DeliveryStatus(StrEnum):
+    """One destination's delivery of an event (``event_deliveries.status``)."""
+
+    PENDING = "pending"
+    """To be sent (or being sent)."""
+    DELIVERED = "delivered"
+    IGNORED = "ignored"
+    """This destination's filter said no (or the destination was removed or disabled)."""
+    RETRYING = "retrying"
+    PAUSED = "paused"
+    DEAD = "dead"
+
+    @property
+    def final(self) -> bool:
+        """Nothing more happens to this delivery unless somebody replays it."""
+        return self in FINAL_DELIVERY_STATUSES
+
+
+FINAL_DELIVERY_STATUSES: Final = frozenset(
+    {DeliveryStatus.DELIVERED, DeliveryStatus.IGNORED, DeliveryStatus.DEAD}
+)
+
+EVENT_STATUS_RULES: Final[tuple[tuple[frozenset[DeliveryStatus], EventStatus], ...]] = (
+    (frozenset({DeliveryStatus.DEAD}), EventStatus.DEAD),
+    (frozenset({DeliveryStatus.RETRYING, DeliveryStatus.PAUSED}), EventStatus.RETRYING),
+    (frozenset({DeliveryStatus.PENDING}), EventStatus.PENDING),
+    (frozenset({DeliveryStatus.DELIVERED}), EventStatus.PROCESSED),
+)
+"""An event's status from its deliveries': the first rule one of them matches; when none does
+(every destination ignored it), ``ignored``. SPEC: dead if any delivery is dead, else retrying
+if any is retrying or paused, else processed (or ignored). The storage layer turns the same
+rules into SQL (storage/deliveries.py)."""
+
+
+def event_status(deliveries: Iterable[DeliveryStatus]) -> EventStatus:
+    """The status of an event whose deliveries are ``deliveries`` (see EVENT_STATUS_RULES)."""
+    present = frozenset(deliveries)
+    for statuses, status in EVENT_STATUS_RULES:
+        if present & statuses:
+            return status
+    return EventStatus.IGNORED
 
 
 @unique

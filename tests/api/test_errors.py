@@ -189,6 +189,7 @@ async def seed_dead_letter(runtime: Runtime, status: str) -> tuple[str, str]:
                     created_at=now,
                     updated_at=now,
                     next_retry_at=None,
+                    destination_id="default",
                 )
             ],
         )
@@ -290,7 +291,7 @@ async def test_an_unexpected_exception_is_a_logged_500_without_its_text(
 ) -> None:
     secret = "s3cret-in-the-exception"
 
-    async def broken(self: Replayer, event_id: str) -> None:
+    async def broken(self: Replayer, event_id: str, destination_id: str | None = None) -> None:
         raise RuntimeError(f"replay broke, token={secret}")
 
     monkeypatch.setattr(Replayer, "replay_event", broken)

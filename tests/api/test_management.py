@@ -441,6 +441,7 @@ async def test_event_show_has_payload_headers_and_attempts(api: Api) -> None:
                     "error_class": "http_5xx",
                     "error": "forward answered 503",
                     "http_status": 503,
+                    "destination_id": "default",
                 },
                 {
                     "event_id": row["id"],
@@ -451,6 +452,7 @@ async def test_event_show_has_payload_headers_and_attempts(api: Api) -> None:
                     "error_class": None,
                     "error": None,
                     "http_status": 200,
+                    "destination_id": "default",
                 },
             ],
         )
@@ -476,6 +478,7 @@ async def test_event_show_has_payload_headers_and_attempts(api: Api) -> None:
             "error_class": "http_5xx",
             "error": "forward answered 503",
             "http_status": 503,
+            "destination_id": "default",
         },
         {
             "attempt": 2,
@@ -485,6 +488,7 @@ async def test_event_show_has_payload_headers_and_attempts(api: Api) -> None:
             "error_class": None,
             "error": None,
             "http_status": 200,
+            "destination_id": "default",
         },
     ]
     listed = (await api.client.get("/api/v1/events")).json()["items"]

@@ -112,6 +112,7 @@ async def seed(runtime: Runtime) -> Seeded:
             created_at=now,
             updated_at=now,
             next_retry_at=None,
+            destination_id="default",
         )
         for event, status in zip(events, statuses, strict=False)
     ]
@@ -129,6 +130,7 @@ async def seed(runtime: Runtime) -> Seeded:
                     error_class=ErrorClass.HTTP_4XX,
                     error="forward answered 400",
                     http_status=400,
+                    destination_id="default",
                 )
             ],
         )

@@ -9,8 +9,8 @@ import pytest
 
 from webhook_worker.api.cursor import decode_cursor, encode_cursor, next_cursor
 from webhook_worker.api.views import dead_letter_view, event_view, page_view
-from webhook_worker.storage.rows import AttemptRow, DeadLetterRow, EventRow, Page
-from webhook_worker.vocabulary import DeadLetterStatus, EventStatus
+from webhook_worker.storage.rows import AttemptRow, DeadLetterRow, DeliveryRow, EventRow, Page
+from webhook_worker.vocabulary import DeadLetterStatus, DeliveryStatus, EventStatus
 
 WHEN = datetime(2024, 1, 15, 10, 0, tzinfo=UTC)
 EVENT_ID = "01900000-0000-7000-8000-000000000001"
@@ -40,6 +40,7 @@ def letter(**fields: object) -> DeadLetterRow:
     values: dict[str, object] = {
         "id": LETTER_ID,
         "event_id": EVENT_ID,
+        "destination_id": None,
         "tool_id": "demo",
         "event_type": None,
         "error": "forward answered 400",
@@ -65,8 +66,21 @@ def test_an_event_view_is_the_spec_shape() -> None:
         error_class=None,
         error=None,
         http_status=200,
+        destination_id="default",
     )
-    assert event_view(event(attempts=(attempt,), attempt_count=1)) == {
+    delivery = DeliveryRow("default", DeliveryStatus.DELIVERED, 1, None, WHEN)
+    attempt_json = {
+        "attempt": 1,
+        "started_at": "2024-01-15T10:00:00Z",
+        "duration_ms": 12.346,
+        "outcome": "forwarded",
+        "error_class": None,
+        "error": None,
+        "http_status": 200,
+        "destination_id": "default",
+    }
+    shown = event_view(event(attempts=(attempt,), attempt_count=1, deliveries=(delivery,)))
+    assert shown == {
         "id": EVENT_ID,
         "tool_id": "demo",
         "event_type": "push",
@@ -76,15 +90,15 @@ def test_an_event_view_is_the_spec_shape() -> None:
         "processed_at": "2024-01-15T10:00:01.000250Z",
         "payload": {"n": 1},
         "headers": {"content-type": "application/json"},
-        "attempts": [
+        "attempts": [attempt_json],
+        "deliveries": [
             {
-                "attempt": 1,
-                "started_at": "2024-01-15T10:00:00Z",
-                "duration_ms": 12.346,
-                "outcome": "forwarded",
-                "error_class": None,
-                "error": None,
-                "http_status": 200,
+                "destination_id": "default",
+                "status": "delivered",
+                "attempt_count": 1,
+                "next_attempt_at": None,
+                "updated_at": "2024-01-15T10:00:00Z",
+                "attempts": [attempt_json],
             }
         ],
     }
@@ -118,6 +132,7 @@ def test_a_dead_letter_view_is_the_spec_shape_with_its_event_when_given() -> Non
     expected = {
         "id": LETTER_ID,
         "event_id": EVENT_ID,
+        "destination_id": None,
         "tool_id": "demo",
         "event_type": None,
         "error": "forward answered 400",

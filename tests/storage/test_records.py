@@ -74,7 +74,7 @@ async def test_records_round_trip(db: Database) -> None:
         assert await insert_events(conn, [event(first), event(second)]) == {first, second}
         assert await insert_events(conn, [event(first)]) == set()  # a redelivery: skipped
         assert await event_states(conn, [first, "nope"]) == {
-            first: EventState(EventStatus.PENDING, 0)
+            first: EventState(EventStatus.PENDING, 0, {})
         }
         await update_outcomes(
             conn,
@@ -86,8 +86,12 @@ async def test_records_round_trip(db: Database) -> None:
         await insert_attempts(
             conn,
             [
-                AttemptRecord(first, 1, NOW, 2.5, AttemptOutcome.FORWARDED, None, None, 200),
-                AttemptRecord(second, 1, NOW, 1.0, AttemptOutcome.DEAD, "http_4xx", "no", 400),
+                AttemptRecord(
+                    first, 1, NOW, 2.5, AttemptOutcome.FORWARDED, None, None, 200, "default"
+                ),
+                AttemptRecord(
+                    second, 1, NOW, 1.0, AttemptOutcome.DEAD, "http_4xx", "no", 400, "default"
+                ),
             ],
         )
         letter = DeadLetterRecord(
@@ -103,13 +107,16 @@ async def test_records_round_trip(db: Database) -> None:
             created_at=NOW,
             updated_at=NOW,
             next_retry_at=None,
+            destination_id="default",
         )
         await upsert_dead_letters(conn, [letter])
         # The event fails again: its one dead letter is updated, not doubled.
         later = NOW + timedelta(minutes=1)
         again = letter._replace(id="00000000-0000-7000-8000-0000000000ee", updated_at=later)
         await upsert_dead_letters(conn, [again._replace(error="still no")])
-        assert await resolve_dead_letters(conn, [second], later) == 0  # only retrying ones
+        assert (
+            await resolve_dead_letters(conn, [(second, "default")], later) == 0
+        )  # only retrying ones
         stored = (await conn.execute(select(events).order_by(events.c.id))).mappings().all()
         letters = (await conn.execute(select(dead_letters))).mappings().all()
         tried = (await conn.execute(select(attempts.c.outcome))).scalars().all()

@@ -51,8 +51,10 @@ async def test_undo_puts_events_and_dead_letters_back(db: Database) -> None:
     )
     async with db.begin() as conn:
         claimed = await replays.claim(conn, [letter_id(1)], PENDING, NOW, None)
-        previous = await replays.mark_retrying(conn, [event_id(1), event_id(2), event_id(3)])
-    assert previous == {event_id(1): EventStatus.DEAD, event_id(2): EventStatus.PROCESSED}
+        previous = await replays.mark_retrying(
+            conn, [(event_id(1), None), (event_id(2), None), (event_id(3), None)]
+        )
+    assert previous.events == {event_id(1): EventStatus.DEAD, event_id(2): EventStatus.PROCESSED}
     events = EventStore(db)
     assert (await events.get(event_id(2))).status is EventStatus.RETRYING
 
@@ -69,7 +71,7 @@ async def test_messages_are_rebuilt_from_the_stored_events(db: Database) -> None
     await seed(db, [record])
     before = time.time()
     async with db.begin() as conn:
-        [message] = await replays.messages(conn, [event_id(1), event_id(2)])
+        [message] = await replays.messages(conn, [(event_id(1), None), (event_id(2), None)])
     assert message.event_id == event_id(1)
     assert (message.tool_id, message.event_type, message.delivery_id) == (
         "demo",

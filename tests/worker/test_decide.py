@@ -31,7 +31,7 @@ def plan(
         mode,
         jmespath.compile(filter) if filter else None,
         jmespath.compile(transform) if transform else None,
-        None,
+        (),
         POLICY,
     )
 

@@ -28,6 +28,7 @@ from webhook_worker.storage.deadletters import (
 )
 from webhook_worker.storage.events import EventFilter, EventStore
 from webhook_worker.storage.rows import Page
+from webhook_worker.tools.model import DEFAULT_DESTINATION
 from webhook_worker.tools.service import ToolService
 from webhook_worker.vocabulary import DeadLetterStatus, EventStatus
 
@@ -59,6 +60,7 @@ class ManagementAPI:
             Route("/tools/{tool_id}", self.patch_tool, methods=["PATCH"]),
             Route("/tools/{tool_id}", self.delete_tool, methods=["DELETE"]),
             Route("/events", self.list_events, methods=["GET"]),
+            Route("/events/replay", self.replay_events, methods=["POST"]),
             Route("/events/{event_id}", self.get_event, methods=["GET"]),
             Route("/events/{event_id}/replay", self.replay_event, methods=["POST"]),
             Route("/dlq", self.list_dead_letters, methods=["GET"]),
@@ -110,9 +112,61 @@ class ManagementAPI:
         return JSONResponse(event_view(await self._events.get(request.path_params["event_id"])))
 
     async def replay_event(self, request: Request) -> Response:
+        """Every delivery of the event again, or (body ``{"destination_id": ...}``) one."""
         event_id = request.path_params["event_id"]
-        await self._replayer.replay_event(event_id)
-        return JSONResponse({"event_id": event_id, "status": "requeued"}, status_code=202)
+        raw = await _optional_json_object(request)
+        _refuse_unknown(raw, ("destination_id",))
+        destination_id = _string(raw, "destination_id")
+        if destination_id is not None:
+            event = await self._events.get(event_id)
+            await self._known_destination(event.tool_id, destination_id)
+        await self._replayer.replay_event(event_id, destination_id)
+        answer = {"event_id": event_id, "status": "requeued"}
+        if destination_id is not None:
+            answer["destination_id"] = destination_id
+        return JSONResponse(answer, status_code=202)
+
+    async def replay_events(self, request: Request) -> Response:
+        """Bulk: every event matching the filter in the JSON body, to every destination or to
+        ``destination_id`` (which needs ``tool_id``); ``dry_run`` counts them first."""
+        raw = await _optional_json_object(request)
+        _refuse_unknown(raw, (*_EVENT_FILTERS, "destination_id", "dry_run"))
+        dry_run = _flag(raw, "dry_run")
+        values = {name: _string(raw, name) for name in (*_EVENT_FILTERS, "destination_id")}
+        status = values["status"]
+        if status is not None and status not in tuple(EventStatus):
+            raise BadRequestError(
+                f"status: expected one of {', '.join(tuple(EventStatus))}", "status"
+            )
+        destination_id = values["destination_id"]
+        if destination_id is not None:
+            if values["tool_id"] is None:
+                raise BadRequestError(
+                    "destination_id: give tool_id too (a destination belongs to one tool)",
+                    "destination_id",
+                )
+            await self._known_destination(values["tool_id"], destination_id)
+        where = EventFilter(
+            tool_id=values["tool_id"],
+            event_type=values["event_type"],
+            status=EventStatus(status) if status else None,
+            since=_time(values["since"], "since"),
+            until=_time(values["until"], "until"),
+        )
+        count = await self._replayer.replay_matching(where, destination_id, dry_run=dry_run)
+        return JSONResponse({"matched": count} if dry_run else {"requeued": count})
+
+    async def _known_destination(self, tool_id: str, destination_id: str) -> None:
+        """400 unless the tool delivers to ``destination_id`` (a replay there would only be
+        recorded as ``ignored``)."""
+        known = _destination_ids(await self._tools.get(tool_id))
+        if destination_id not in known:
+            listed = ", ".join(known) if known else "none"
+            raise BadRequestError(
+                f"destination_id: tool {tool_id!r} has no destination {destination_id!r} "
+                f"(its destinations: {listed})",
+                "destination_id",
+            )
 
     async def list_dead_letters(self, request: Request) -> Response:
         query = request.query_params
@@ -134,17 +188,52 @@ class ManagementAPI:
         return JSONResponse(dead_letter_view(letter), status_code=202)
 
     async def retry_dead_letters(self, request: Request) -> Response:
-        """Bulk: every pending dead letter matching the filter in the JSON body."""
-        body = await request.body()
-        raw = await _json_object(request) if body.strip() else {}
-        _refuse_unknown(raw, _DLQ_FILTERS)
-        where = _dead_letter_filter(raw)
+        """Bulk: every pending dead letter matching the filter in the JSON body; ``dry_run``
+        counts them first."""
+        raw = await _optional_json_object(request)
+        _refuse_unknown(raw, (*_DLQ_FILTERS, "dry_run"))
+        dry_run = _flag(raw, "dry_run")
+        where = _dead_letter_filter({k: v for k, v in raw.items() if k != "dry_run"})
         if where.status not in (None, DeadLetterStatus.PENDING):
             raise BadRequestError("status: bulk retry takes pending dead letters only", "status")
+        if dry_run:
+            return JSONResponse({"matched": await self._replayer.count_matching(where)})
         total, started = 0, datetime.now(UTC)
         while requeued := await self._replayer.retry_matching(where, before=started):
             total += requeued
         return JSONResponse({"requeued": total})
+
+
+async def _optional_json_object(request: Request) -> dict[str, Any]:
+    """The JSON object in the body, or {} when the body is empty."""
+    body = await request.body()
+    return await _json_object(request) if body.strip() else {}
+
+
+def _destination_ids(tool: Mapping[str, Any]) -> list[str]:
+    """The enabled destinations of a tool's view: its ``forward`` (``default``) first."""
+    ids = [DEFAULT_DESTINATION] if tool.get("forward") else []
+    for destination in tool.get("destinations") or ():
+        if destination.get("enabled", True):
+            ids.append(destination["id"])
+    return ids
+
+
+def _string(raw: Mapping[str, Any], name: str) -> str | None:
+    """A string field of a JSON body; absent, null and "" mean unset."""
+    value = raw.get(name)
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise BadRequestError(f"{name}: expected a string", name)
+    return value
+
+
+def _flag(raw: Mapping[str, Any], name: str) -> bool:
+    value = raw.get(name, False)
+    if not isinstance(value, bool):
+        raise BadRequestError(f"{name}: expected true or false", name)
+    return value
 
 
 async def _json_object(request: Request) -> dict[str, Any]:
@@ -172,7 +261,15 @@ async def _json_object(request: Request) -> dict[str, Any]:
 
 
 _EVENT_FILTERS = ("tool_id", "event_type", "status", "since", "until")
-_DLQ_FILTERS = ("tool_id", "event_type", "error_class", "status", "since", "until")
+_DLQ_FILTERS = (
+    "tool_id",
+    "event_type",
+    "error_class",
+    "status",
+    "since",
+    "until",
+    "destination_id",
+)
 _PAGING = ("limit", "cursor")
 _NUL = "the NUL character (\\u0000) is not allowed"
 
@@ -222,6 +319,7 @@ def _dead_letter_filter(raw: Mapping[str, Any]) -> DeadLetterFilter:
         status=DeadLetterStatus(status) if status is not None else None,
         since=_time(values["since"], "since"),
         until=_time(values["until"], "until"),
+        destination_id=values["destination_id"],
     )
 
 

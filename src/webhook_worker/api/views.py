@@ -5,14 +5,14 @@ letter, and a page of either. The management API answers them and the CLI prints
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import orjson
 
 from webhook_worker.api.cursor import next_cursor
 from webhook_worker.clock import iso
-from webhook_worker.storage.rows import AttemptRow, DeadLetterRow, EventRow, Page
+from webhook_worker.storage.rows import AttemptRow, DeadLetterRow, DeliveryRow, EventRow, Page
 
 T = TypeVar("T")
 
@@ -32,6 +32,7 @@ def event_view(event: EventRow) -> dict[str, Any]:
         "payload": body if event.payload is None else event.payload,
         "headers": dict(event.headers),
         "attempts": [attempt_view(attempt) for attempt in event.attempts],
+        "deliveries": [delivery_view(delivery, event.attempts) for delivery in event.deliveries],
     }
     if event.payload is not None:
         view["raw_payload"] = body
@@ -48,6 +49,24 @@ def attempt_view(attempt: AttemptRow) -> dict[str, Any]:
         "error_class": attempt.error_class,
         "error": attempt.error,
         "http_status": attempt.http_status,
+        "destination_id": attempt.destination_id,
+    }
+
+
+def delivery_view(delivery: DeliveryRow, attempts: Sequence[AttemptRow]) -> dict[str, Any]:
+    """One entry of an event's ``deliveries``: a destination's delivery with its own attempts
+    (``attempts``: the event's, of which it keeps this destination's)."""
+    return {
+        "destination_id": delivery.destination_id,
+        "status": delivery.status.value,
+        "attempt_count": delivery.attempt_count,
+        "next_attempt_at": iso(delivery.next_attempt_at),
+        "updated_at": iso(delivery.updated_at),
+        "attempts": [
+            attempt_view(attempt)
+            for attempt in attempts
+            if attempt.destination_id == delivery.destination_id
+        ],
     }
 
 
@@ -57,6 +76,7 @@ def dead_letter_view(letter: DeadLetterRow, event: EventRow | None = None) -> di
     view: dict[str, Any] = {
         "id": letter.id,
         "event_id": letter.event_id,
+        "destination_id": letter.destination_id,
         "tool_id": letter.tool_id,
         "event_type": letter.event_type,
         "error": letter.error,

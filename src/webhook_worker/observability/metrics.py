@@ -62,6 +62,18 @@ FORWARD_DURATION = Histogram(
     ["tool_id", "status_class"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
+DELIVERIES = Counter(
+    "webhook_deliveries_total",
+    "Deliveries to destinations, by outcome: delivered, retrying (a retryable failure, retried "
+    "later), dead, ignored (the destination's filter, or the destination is gone).",
+    ["tool_id", "destination_id", "outcome"],
+)
+DELIVERY_DURATION = Histogram(
+    "webhook_delivery_duration_seconds",
+    "Time a destination took to answer one delivery attempt.",
+    ["tool_id", "destination_id"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
 FORWARDS_DEFERRED = Counter(
     "webhook_forward_deferred_total",
     "Events sent back to the queue for a moment, untried, because their tool already had as many "

@@ -33,6 +33,10 @@ class Message:
     retry_from: float | None = None
     """Epoch seconds the current retry series began: None means ``received_at``; a dead letter
     retried by hand starts a new series with a fresh retry budget."""
+    destination_id: str | None = None
+    """None: the whole event (a new event, a redelivery or a replay: every destination it still
+    owes). Set: only this destination's delivery (its retry, a deferral, a dead letter or replay
+    of that delivery alone)."""
     replay_key: str | None = field(default=None, compare=False)
     """A second de-duplication key beside the delivery id (a hash of the body, for schemes that
     sign the body alone): the message is a duplicate when either was seen within the TTL. Used
@@ -103,7 +107,11 @@ class Queue(Protocol):
         """Acknowledge each delivery (by its receipt) and deliver its message (as given: the
         caller counts ``attempt`` up) again after the given delay in seconds. Atomic per
         message: it stays pending or is scheduled, never lost. A scheduled retry survives
-        restarts of any process."""
+        restarts of any process.
+
+        One receipt may come several times with different messages (an event's destinations
+        retried each on its own schedule): the receipt is acknowledged once and every message
+        is scheduled, all in the same atomic step."""
         ...
 
     async def promote_due(self, limit: int = 500) -> int:

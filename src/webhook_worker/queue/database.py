@@ -65,6 +65,7 @@ _MESSAGE_COLUMNS = (
     queue_messages.c.traceparent,
     queue_messages.c.attempt,
     queue_messages.c.retry_from,
+    queue_messages.c.destination_id,
 )
 
 
@@ -275,8 +276,10 @@ class DatabaseQueue:
         return taken_over
 
     async def retry_later(self, deliveries: Sequence[tuple[Delivery, float]]) -> None:
-        """Release each row with ``available_at`` pushed ``delay`` seconds ahead: one UPDATE per
-        row in one transaction. The delivery count starts again, since it counts crashes."""
+        """Release each row with ``available_at`` pushed ``delay`` seconds ahead, one UPDATE per
+        row, in one transaction; a receipt given again (an event split into its destinations'
+        retries) adds a row for each further message. The delivery count starts again, since
+        it counts crashes."""
         if not deliveries:
             return
         now = time.time()
@@ -287,23 +290,34 @@ class DatabaseQueue:
                 available_at=bindparam("due"),
                 attempt=bindparam("next_attempt"),
                 retry_from=bindparam("series_start"),
+                destination_id=bindparam("destination"),
                 locked_by=None,
                 locked_until=None,
                 deliveries=0,
             )
         )
-        rows = [
-            {
-                "row_id": int(d.receipt),
-                "due": now + delay,
-                "next_attempt": d.message.attempt,
-                "series_start": d.message.retry_from,
-            }
-            for d, delay in deliveries
-        ]
+        rows: list[dict[str, Any]] = []
+        added: list[dict[str, Any]] = []
+        seen: set[str] = set()
+        for d, delay in deliveries:
+            if d.receipt in seen:
+                added.append(_row(d.message, now + delay))
+                continue
+            seen.add(d.receipt)
+            rows.append(
+                {
+                    "row_id": int(d.receipt),
+                    "due": now + delay,
+                    "next_attempt": d.message.attempt,
+                    "series_start": d.message.retry_from,
+                    "destination": d.message.destination_id,
+                }
+            )
         with _unavailable("schedule a retry"):
             async with self._db.begin(durable=False) as conn:
                 await conn.execute(statement, rows)
+                if added:
+                    await conn.execute(insert(queue_messages), added)
 
     async def promote_due(self, limit: int = 500) -> int:
         """Nothing to move: ``receive`` takes rows once their ``available_at`` has passed."""
@@ -442,7 +456,7 @@ class DatabaseQueue:
                 return int((await conn.execute(statement)).scalar_one())
 
 
-def _row(message: Message, now: float) -> dict[str, Any]:
+def _row(message: Message, available_at: float) -> dict[str, Any]:
     return {
         "event_id": message.event_id,
         "tool_id": message.tool_id,
@@ -454,7 +468,8 @@ def _row(message: Message, now: float) -> dict[str, Any]:
         "traceparent": message.traceparent,
         "attempt": message.attempt,
         "retry_from": message.retry_from,
-        "available_at": now,
+        "destination_id": message.destination_id,
+        "available_at": available_at,
         "locked_by": None,
         "locked_until": None,
         "deliveries": 0,
@@ -473,6 +488,7 @@ def _delivery(row: Row[Any]) -> Delivery:
         traceparent=row.traceparent,
         attempt=int(row.attempt),
         retry_from=None if row.retry_from is None else float(row.retry_from),
+        destination_id=row.destination_id,
     )
     return Delivery(message=message, receipt=str(row.id), deliveries=int(row.deliveries))
 

@@ -9,6 +9,7 @@ from webhook_worker.constants import (
     FIELD_ATTEMPT,
     FIELD_BODY,
     FIELD_DELIVERY_ID,
+    FIELD_DESTINATION,
     FIELD_EVENT_ID,
     FIELD_EVENT_TYPE,
     FIELD_HEADERS,
@@ -44,6 +45,8 @@ def encode(message: Message) -> list[bytes]:
         fields += [FIELD_ATTEMPT, str(message.attempt).encode()]
     if message.retry_from is not None:
         fields += [FIELD_RETRY_FROM, repr(float(message.retry_from)).encode()]
+    if message.destination_id is not None:
+        fields += [FIELD_DESTINATION, message.destination_id.encode()]
     return fields
 
 
@@ -56,6 +59,7 @@ def decode(fields: Mapping[bytes, bytes]) -> Message:
     event_type = fields.get(FIELD_EVENT_TYPE)
     traceparent = fields.get(FIELD_TRACEPARENT)
     retry_from = fields.get(FIELD_RETRY_FROM)
+    destination = fields.get(FIELD_DESTINATION)
     return Message(
         event_id=fields[FIELD_EVENT_ID].decode(),
         tool_id=fields[FIELD_TOOL_ID].decode(),
@@ -67,4 +71,5 @@ def decode(fields: Mapping[bytes, bytes]) -> Message:
         traceparent=None if traceparent is None else traceparent.decode(),
         attempt=int(fields.get(FIELD_ATTEMPT, b"0")),
         retry_from=None if retry_from is None else float(retry_from),
+        destination_id=None if destination is None else destination.decode(),
     )

@@ -73,7 +73,8 @@ return #due
 # KEYS[1] the stream. ARGV[1] the group, ARGV[2] this consumer, ARGV[3..] entry ids.
 # Resets the idle time of each entry still pending for this consumer (XCLAIM with JUSTID does
 # not count a delivery). An entry another consumer took over meanwhile is left alone: claiming
-# it back would have two workers process it. Returns how many were renewed.
+# it back would have two workers process it. Returns how many are pending for another
+# consumer (taken over).
 RENEW: Final = """
 local taken_over = 0
 for i = 3, #ARGV do

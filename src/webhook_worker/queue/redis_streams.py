@@ -37,6 +37,7 @@ from webhook_worker.constants import (
     FIELD_MALFORMED_SOURCE_ID,
     REDIS_GROUP,
     RedisKeys,
+    retry_member,
 )
 from webhook_worker.errors import QueueUnavailableError
 from webhook_worker.queue.base import Delivery, EnqueueResult, Message
@@ -259,20 +260,21 @@ class RedisStreamsQueue:
 
     async def retry_later(self, deliveries: Sequence[tuple[Delivery, float]]) -> None:
         """Acknowledge each delivery and schedule its message ``delay`` seconds from now, in
-        one MULTI: the message is either still pending or safely scheduled, never lost."""
+        one MULTI: the message is either still pending or safely scheduled, never lost. One
+        receipt may come several times (an event split into its destinations' retries)."""
         if not deliveries:
             return
         now = time.time()
         with self._unavailable("schedule a retry"):
             async with self._client.pipeline(transaction=True) as pipe:
                 for delivery, delay in deliveries:
-                    event_id = delivery.message.event_id
-                    fields = encode(delivery.message)
-                    holder = self._keys.retry_hash(event_id)
+                    message = delivery.message
+                    member = retry_member(message.event_id, message.destination_id)
+                    holder = self._keys.retry_hash(member)
                     pipe.delete(holder)
-                    pipe.hset(holder, mapping=dict(pairs(fields)))
-                    pipe.zadd(self._retry, {event_id: now + delay})
-                ids = [delivery.receipt for delivery, _ in deliveries]
+                    pipe.hset(holder, mapping=dict(pairs(encode(message))))
+                    pipe.zadd(self._retry, {member: now + delay})
+                ids = list(dict.fromkeys(delivery.receipt for delivery, _ in deliveries))
                 pipe.xack(self._stream, REDIS_GROUP, *ids)
                 pipe.xdel(self._stream, *ids)
                 await pipe.execute()

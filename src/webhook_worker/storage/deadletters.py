@@ -1,7 +1,8 @@
 """Dead letters: events the worker gave up on, kept with the error for inspection and retry.
 
-One dead letter per event: an event that fails again after being retried from the dead letter
-queue updates its dead letter (error, class, status) instead of adding a second one.
+One dead letter per delivery (event and destination; the event's own failures have the
+destination ''): a delivery that fails again after being retried from the dead letter queue
+updates its dead letter (error, class, status) instead of adding a second one.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import RowMapping, Select, func, select, update
+from sqlalchemy import RowMapping, Select, func, select, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -33,7 +34,7 @@ async def upsert_dead_letters(conn: AsyncConnection, records: Sequence[DeadLette
     module: Any = postgresql if conn.dialect.name == "postgresql" else sqlite
     statement = module.insert(dead_letters)
     statement = statement.on_conflict_do_update(
-        index_elements=[dead_letters.c.event_id],
+        index_elements=[dead_letters.c.event_id, dead_letters.c.destination_id],
         set_={
             "error": statement.excluded.error,
             "error_class": statement.excluded.error_class,
@@ -47,15 +48,17 @@ async def upsert_dead_letters(conn: AsyncConnection, records: Sequence[DeadLette
 
 
 async def resolve_dead_letters(
-    conn: AsyncConnection, event_ids: Sequence[str], now: datetime
+    conn: AsyncConnection, keys: Sequence[tuple[str, str]], now: datetime
 ) -> int:
-    """Mark the dead letters of events that have now been processed as ``resolved``; returns
-    how many were."""
-    if not event_ids:
+    """Mark as ``resolved`` the dead letters, being retried, of what has now succeeded: each
+    key is (event id, destination id), the destination '' for the event's own processing.
+    Returns how many were."""
+    if not keys:
         return 0
+    d = dead_letters.c
     result = await conn.execute(
         update(dead_letters)
-        .where(dead_letters.c.event_id.in_(list(event_ids)))
+        .where(tuple_(d.event_id, d.destination_id).in_(list(keys)))
         .where(dead_letters.c.status == DeadLetterStatus.RETRYING)
         .values(status=DeadLetterStatus.RESOLVED, updated_at=now, next_retry_at=None)
     )
@@ -70,11 +73,13 @@ class DeadLetterFilter:
     status: DeadLetterStatus | None = None
     since: datetime | None = None
     until: datetime | None = None
+    destination_id: str | None = None
 
     def apply(self, query: Select[Any]) -> Select[Any]:
         d = dead_letters.c
         for column, value in (
             (d.tool_id, self.tool_id),
+            (d.destination_id, self.destination_id),
             (d.event_type, self.event_type),
             (d.error_class, self.error_class),
             (d.status, self.status),
@@ -172,4 +177,5 @@ def _dead_letter_row(row: RowMapping) -> DeadLetterRow:
         updated_at=utc(row["updated_at"]),
         last_retry_at=utc_or_none(row["last_retry_at"]),
         next_retry_at=utc_or_none(row["next_retry_at"]),
+        destination_id=row["destination_id"] or None,
     )

@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from webhook_worker.errors import NotFoundError
 from webhook_worker.storage.database import Database, json_text
+from webhook_worker.storage.deliveries import deliveries_of, delivery_states
 from webhook_worker.storage.records import (
     AttemptRecord,
     EventRecord,
@@ -21,7 +22,7 @@ from webhook_worker.storage.records import (
     OutcomeRecord,
     as_rows,
 )
-from webhook_worker.storage.rows import AttemptRow, EventRow, Page, utc, utc_or_none
+from webhook_worker.storage.rows import AttemptRow, DeliveryRow, EventRow, Page, utc, utc_or_none
 from webhook_worker.storage.schema import attempts, events
 from webhook_worker.vocabulary import EventStatus
 
@@ -109,15 +110,17 @@ async def insert_attempts(conn: AsyncConnection, records: Sequence[AttemptRecord
 
 
 async def event_states(conn: AsyncConnection, event_ids: Sequence[str]) -> dict[str, EventState]:
-    """The state of each of ``event_ids`` that exists, by id."""
+    """The state of each of ``event_ids`` that exists, with its deliveries, by id."""
     if not event_ids:
         return {}
     query = select(events.c.id, events.c.status, events.c.attempt_count).where(
         events.c.id.in_(list(event_ids))
     )
+    rows = list(await conn.execute(query))
+    states = await delivery_states(conn, [row.id for row in rows])
     return {
-        row.id: EventState(EventStatus(row.status), int(row.attempt_count))
-        for row in await conn.execute(query)
+        row.id: EventState(EventStatus(row.status), int(row.attempt_count), states.get(row.id, {}))
+        for row in rows
     }
 
 
@@ -158,8 +161,12 @@ class EventStore:
             rows = list((await conn.execute(query)).mappings())
             more = len(rows) > limit
             rows = rows[:limit]
-            by_event = await _attempts_of(conn, [row["id"] for row in rows])
-        items = [_event_row(row, by_event.get(row["id"], ())) for row in rows]
+            ids = [row["id"] for row in rows]
+            by_event = await _attempts_of(conn, ids)
+            sent = await deliveries_of(conn, ids)
+        items = [
+            _event_row(row, by_event.get(row["id"], ()), sent.get(row["id"], ())) for row in rows
+        ]
         return Page(items, items[-1].id if more else None)
 
     async def get(self, event_id: str) -> EventRow:
@@ -170,7 +177,8 @@ class EventStore:
             if row is None:
                 raise NotFoundError(f"no event {event_id!r}")
             by_event = await _attempts_of(conn, [event_id])
-        return _event_row(row, by_event.get(event_id, ()))
+            sent = await deliveries_of(conn, [event_id])
+        return _event_row(row, by_event.get(event_id, ()), sent.get(event_id, ()))
 
     async def count(self, where: EventFilter | None = None) -> int:
         """How many events match ``where`` (all of them without it)."""
@@ -202,12 +210,15 @@ async def _attempts_of(
                 error_class=row["error_class"],
                 error=row["error"],
                 http_status=row["http_status"],
+                destination_id=row["destination_id"],
             )
         )
     return {event_id: tuple(rows) for event_id, rows in grouped.items()}
 
 
-def _event_row(row: RowMapping, attempt_rows: tuple[AttemptRow, ...]) -> EventRow:
+def _event_row(
+    row: RowMapping, attempt_rows: tuple[AttemptRow, ...], delivery_rows: tuple[DeliveryRow, ...]
+) -> EventRow:
     return EventRow(
         id=row["id"],
         tool_id=row["tool_id"],
@@ -221,4 +232,5 @@ def _event_row(row: RowMapping, attempt_rows: tuple[AttemptRow, ...]) -> EventRo
         payload=row["payload"],
         attempt_count=row["attempt_count"],
         attempts=attempt_rows,
+        deliveries=delivery_rows,
     )

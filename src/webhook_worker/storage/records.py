@@ -22,7 +22,7 @@ from typing import Any, NamedTuple
 
 import orjson
 
-from webhook_worker.vocabulary import AttemptOutcome, DeadLetterStatus, EventStatus
+from webhook_worker.vocabulary import AttemptOutcome, DeadLetterStatus, DeliveryStatus, EventStatus
 
 
 class EventRecord(NamedTuple):
@@ -65,6 +65,20 @@ class AttemptRecord(NamedTuple):
     error_class: str | None
     error: str | None
     http_status: int | None
+    destination_id: str | None = None
+    """The destination delivered to; None for what happened to the event itself."""
+
+
+class DeliveryRecord(NamedTuple):
+    """A destination's delivery of an event (``event_deliveries``), new or changed."""
+
+    event_id: str
+    destination_id: str
+    tool_id: str
+    status: DeliveryStatus
+    attempt_count: int
+    next_attempt_at: datetime | None
+    updated_at: datetime
 
 
 class DeadLetterRecord(NamedTuple):
@@ -82,6 +96,8 @@ class DeadLetterRecord(NamedTuple):
     created_at: datetime
     updated_at: datetime
     next_retry_at: datetime | None
+    destination_id: str = ""
+    """The destination whose delivery failed; '' when the event itself failed."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +105,16 @@ class EventState:
     """What the worker needs to know of an event already stored (a redelivery or a retry)."""
 
     status: EventStatus
+    attempt_count: int
+    deliveries: Mapping[str, DeliveryState]
+    """Its deliveries so far, by destination id."""
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryState:
+    """What the worker needs to know of a delivery already recorded."""
+
+    status: DeliveryStatus
     attempt_count: int
 
 

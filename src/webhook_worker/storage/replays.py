@@ -10,30 +10,71 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import datetime
 from typing import NamedTuple
 
 import orjson
-from sqlalchemy import RowMapping, bindparam, or_, select, update
+from sqlalchemy import RowMapping, bindparam, or_, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from webhook_worker.queue.base import Message
 from webhook_worker.storage.deadletters import DeadLetterFilter
+from webhook_worker.storage.events import EventFilter
 from webhook_worker.storage.rows import utc
-from webhook_worker.storage.schema import dead_letters, events
-from webhook_worker.vocabulary import DeadLetterStatus, EventStatus
+from webhook_worker.storage.schema import dead_letters, deliveries, events
+from webhook_worker.vocabulary import DeadLetterStatus, DeliveryStatus, EventStatus
 
 
 class Claimed(NamedTuple):
-    """A dead letter this call moved to ``retrying``, and its event."""
+    """A dead letter this call moved to ``retrying``, its event and its destination (None for
+    the event's own failure)."""
 
     dead_letter_id: str
     event_id: str
+    destination_id: str | None = None
 
 
-async def dead_letters_of(conn: AsyncConnection, event_id: str) -> list[str]:
-    """The ids of the event's dead letters (at most one: one dead letter per event)."""
+class Previous(NamedTuple):
+    """What a replay changed, to put back if the queue cannot take the messages."""
+
+    events: dict[str, EventStatus]
+    deliveries: dict[tuple[str, str], DeliveryStatus]
+
+
+async def dead_letters_of(
+    conn: AsyncConnection, event_id: str, destination_id: str | None = None
+) -> list[str]:
+    """The ids of the event's dead letters (one per failed delivery, and one for the event's
+    own failure), or of its delivery to ``destination_id`` only."""
     query = select(dead_letters.c.id).where(dead_letters.c.event_id == event_id)
+    if destination_id is not None:
+        query = query.where(dead_letters.c.destination_id == destination_id)
+    return list((await conn.scalars(query)).all())
+
+
+async def events_matching(
+    conn: AsyncConnection, where: EventFilter, limit: int, after: str | None
+) -> list[str]:
+    """Up to ``limit`` ids of events matching ``where``, oldest first, after the id ``after``
+    (ids grow with time: a bulk replay walks through them in chunks)."""
+    query = where.apply(select(events.c.id))
+    if after is not None:
+        query = query.where(events.c.id > after)
+    return list((await conn.scalars(query.order_by(events.c.id).limit(limit))).all())
+
+
+async def pending_dead_letters_of(
+    conn: AsyncConnection, event_ids: Sequence[str], destination_id: str | None
+) -> list[str]:
+    """The pending dead letters of ``event_ids`` (of their delivery to ``destination_id``
+    only, when given)."""
+    query = select(dead_letters.c.id).where(
+        dead_letters.c.event_id.in_(list(event_ids)),
+        dead_letters.c.status == DeadLetterStatus.PENDING,
+    )
+    if destination_id is not None:
+        query = query.where(dead_letters.c.destination_id == destination_id)
     return list((await conn.scalars(query)).all())
 
 
@@ -93,39 +134,75 @@ async def claim(
             updated_at=now,
             next_retry_at=next_retry_at,
         )
-        .returning(dead_letters.c.id, dead_letters.c.event_id)
+        .returning(dead_letters.c.id, dead_letters.c.event_id, dead_letters.c.destination_id)
     )
-    return [Claimed(row.id, row.event_id) for row in result]
+    return [Claimed(row.id, row.event_id, row.destination_id or None) for row in result]
 
 
-async def mark_retrying(conn: AsyncConnection, event_ids: Sequence[str]) -> dict[str, EventStatus]:
-    """Set the events to ``retrying``; returns their previous statuses (for :func:`undo`)."""
+async def mark_retrying(
+    conn: AsyncConnection, targets: Sequence[tuple[str, str | None]]
+) -> Previous:
+    """Send deliveries round again: each target is (event id, destination id), the destination
+    None for all of the event's. Their events become ``retrying`` and the deliveries recorded
+    ``pending`` again (so the worker decides them anew: a destination's filter is evaluated
+    again, an ``ignored`` delivery may now be sent). Returns what was there before, for
+    :func:`undo`."""
+    event_ids = list(dict.fromkeys(event_id for event_id, _ in targets))
     if not event_ids:
-        return {}
+        return Previous({}, {})
     rows = await conn.execute(
-        select(events.c.id, events.c.status).where(events.c.id.in_(list(event_ids)))
+        select(events.c.id, events.c.status).where(events.c.id.in_(event_ids))
     )
-    previous = {row.id: EventStatus(row.status) for row in rows}
-    if previous:
-        await conn.execute(
-            update(events)
-            .where(events.c.id.in_(list(previous)))
-            .values(status=EventStatus.RETRYING)
+    before = {row.id: EventStatus(row.status) for row in rows}
+    if not before:
+        return Previous({}, {})
+    await conn.execute(
+        update(events).where(events.c.id.in_(list(before))).values(status=EventStatus.RETRYING)
+    )
+    whole = [event_id for event_id, destination in targets if destination is None]
+    single = [(event_id, dest) for event_id, dest in targets if dest is not None]
+    d = deliveries.c
+    chosen = []
+    if whole:
+        chosen.append(d.event_id.in_(whole))
+    if single:
+        chosen.append(tuple_(d.event_id, d.destination_id).in_(single))
+    sent_before: dict[tuple[str, str], DeliveryStatus] = {}
+    if chosen:
+        found = await conn.execute(
+            select(d.event_id, d.destination_id, d.status).where(or_(*chosen))
         )
-    return previous
+        sent_before = {
+            (row.event_id, row.destination_id): DeliveryStatus(row.status) for row in found
+        }
+        await conn.execute(
+            update(deliveries)
+            .where(or_(*chosen))
+            .values(status=DeliveryStatus.PENDING, next_attempt_at=None)
+        )
+    return Previous(before, sent_before)
 
 
-async def undo(
-    conn: AsyncConnection, previous: dict[str, EventStatus], claimed: Sequence[Claimed]
-) -> None:
-    """Put back what :func:`mark_retrying` and :func:`claim` changed: the events' statuses,
-    and the dead letters ``pending`` with the retry not counted."""
-    if previous:
+async def undo(conn: AsyncConnection, previous: Previous, claimed: Sequence[Claimed]) -> None:
+    """Put back what :func:`mark_retrying` and :func:`claim` changed: the events' and their
+    deliveries' statuses, and the dead letters ``pending`` with the retry not counted."""
+    if previous.events:
         await conn.execute(
             update(events)
             .where(events.c.id == bindparam("event_id"))
             .values(status=bindparam("previous")),
-            [{"event_id": k, "previous": v} for k, v in previous.items()],
+            [{"event_id": k, "previous": v} for k, v in previous.events.items()],
+        )
+    if previous.deliveries:
+        d = deliveries.c
+        await conn.execute(
+            update(deliveries)
+            .where(d.event_id == bindparam("key_event"), d.destination_id == bindparam("key_dest"))
+            .values(status=bindparam("previous")),
+            [
+                {"key_event": event_id, "key_dest": destination_id, "previous": status}
+                for (event_id, destination_id), status in previous.deliveries.items()
+            ],
         )
     if claimed:
         await conn.execute(
@@ -135,13 +212,22 @@ async def undo(
         )
 
 
-async def messages(conn: AsyncConnection, event_ids: Sequence[str]) -> list[Message]:
-    """Queue messages rebuilt from the stored events: a new retry series starting now."""
-    if not event_ids:
+async def messages(
+    conn: AsyncConnection, targets: Sequence[tuple[str, str | None]]
+) -> list[Message]:
+    """Queue messages rebuilt from the stored events, one per target (event id, destination
+    id or None for the whole event): a new retry series starting now."""
+    if not targets:
         return []
-    rows = await conn.execute(select(events).where(events.c.id.in_(list(event_ids))))
+    event_ids = list(dict.fromkeys(event_id for event_id, _ in targets))
+    rows = await conn.execute(select(events).where(events.c.id.in_(event_ids)))
     now = time.time()
-    return [_message(row._mapping, now) for row in rows]
+    stored = {row.id: _message(row._mapping, now) for row in rows}
+    return [
+        replace(stored[event_id], destination_id=destination_id)
+        for event_id, destination_id in dict.fromkeys(targets)
+        if event_id in stored
+    ]
 
 
 def _message(row: RowMapping, now: float) -> Message:

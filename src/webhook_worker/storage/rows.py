@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
 
-from webhook_worker.vocabulary import DeadLetterStatus, EventStatus
+from webhook_worker.vocabulary import DeadLetterStatus, DeliveryStatus, EventStatus
 
 T = TypeVar("T")
 
@@ -33,6 +33,20 @@ class AttemptRow:
     error_class: str | None
     error: str | None
     http_status: int | None
+    destination_id: str | None = None
+    """The destination this attempt delivered to; None for the event's own processing."""
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryRow:
+    """One destination's delivery of an event (``event_deliveries``)."""
+
+    destination_id: str
+    status: DeliveryStatus
+    attempt_count: int
+    next_attempt_at: datetime | None
+    """When the next attempt is due, while ``retrying``."""
+    updated_at: datetime | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +67,7 @@ class EventRow:
     """The stored JSON when a transform produced it; None when the body is the payload."""
     attempt_count: int
     attempts: tuple[AttemptRow, ...]
+    deliveries: tuple[DeliveryRow, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +87,8 @@ class DeadLetterRow:
     updated_at: datetime
     last_retry_at: datetime | None
     next_retry_at: datetime | None
+    destination_id: str | None = None
+    """The destination whose delivery failed; None when the event itself failed."""
 
 
 @dataclass(frozen=True, slots=True)

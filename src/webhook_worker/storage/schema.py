@@ -86,14 +86,36 @@ attempts = Table(
     Column("error_class", String(64), nullable=True),
     Column("error", Text, nullable=True),
     Column("http_status", Integer, nullable=True),
+    # The destination this attempt delivered to; NULL for what happened to the event itself
+    # (stored, ignored by the tool's filter, its transform failed).
+    Column("destination_id", String(64), nullable=True),
     Index(None, "event_id", "attempt"),
+)
+
+# One row per event and destination: that destination's delivery of the event, with its own
+# status, attempts and schedule. The event's own status is worked out from these rows.
+deliveries = Table(
+    c.TABLE_EVENT_DELIVERIES,
+    metadata,
+    Column("event_id", String(36), ForeignKey(events.c.id, ondelete="CASCADE"), primary_key=True),
+    Column("destination_id", String(64), primary_key=True),
+    Column("tool_id", String(128), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("attempt_count", Integer, nullable=False, default=0),
+    Column("next_attempt_at", DateTime(timezone=True), nullable=True),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Index(None, "tool_id", "destination_id", "status"),
 )
 
 dead_letters = Table(
     c.TABLE_DEAD_LETTERS,
     metadata,
     Column("id", String(36), primary_key=True),
-    Column("event_id", String(36), nullable=False, unique=True),
+    Column("event_id", String(36), nullable=False),
+    # The destination whose delivery failed; '' (None in every view) when the event itself
+    # failed (its tool's transform, an invalid payload, poison). Not NULL, so that the pair is
+    # unique on every database: one dead letter per delivery.
+    Column("destination_id", String(64), nullable=False, default="", server_default=""),
     Column("tool_id", String(128), nullable=False),
     Column("event_type", String(255), nullable=True),
     Column("error", Text, nullable=False),
@@ -105,6 +127,7 @@ dead_letters = Table(
     Column("updated_at", DateTime(timezone=True), nullable=False),
     Column("last_retry_at", DateTime(timezone=True), nullable=True),
     Column("next_retry_at", DateTime(timezone=True), nullable=True),
+    UniqueConstraint("event_id", "destination_id"),
     Index(None, "status", "created_at"),
     Index(None, "tool_id", "created_at"),
 )
@@ -126,6 +149,7 @@ queue_messages = Table(
     Column("traceparent", String(64), nullable=True),
     Column("attempt", Integer, nullable=False, default=0, server_default="0"),
     Column("retry_from", Double, nullable=True),
+    Column("destination_id", String(64), nullable=True),
     Column("available_at", Double, nullable=False),
     Column("locked_by", String(255), nullable=True),
     Column("locked_until", Double, nullable=True),
@@ -135,7 +159,7 @@ queue_messages = Table(
 
 # Delivery ids seen at ingest on the database queue (Redis keeps them as keys with a TTL).
 delivery_ids = Table(
-    c.TABLE_DELIVERIES,
+    c.TABLE_DELIVERY_IDS,
     metadata,
     Column("tool_id", String(128), primary_key=True),
     Column("delivery_id", String(255), primary_key=True),

@@ -97,6 +97,20 @@ class ForwardConfig:
         object.__setattr__(self, "redacted_url", redact_url(self.url))
 
 
+DEFAULT_DESTINATION: Final = "default"
+"""The id of the destination a tool's `forward` is (with mode store_and_forward)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Destination:
+    id: str
+    forward: ForwardConfig
+    filter: str | None = None
+    transform: str | None = None
+    retry: RetryPolicy | None = None
+    enabled: bool = True
+
+
 @dataclass(frozen=True, slots=True)
 class RateLimit:
     """At most ``requests`` webhooks per ``per`` seconds (bursts up to ``requests``)."""
@@ -122,6 +136,7 @@ class Tool:
     retry: RetryPolicy | None = None
     description: str = ""
     rate_limit: RateLimit | None = None
+    destinations: tuple[Destination, ...] = ()
 
     @property
     def secret_headers(self) -> frozenset[str]:

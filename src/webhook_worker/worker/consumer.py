@@ -36,7 +36,7 @@ from webhook_worker.worker.holding import Holding
 from webhook_worker.worker.lanes import Admission, ToolLanes
 from webhook_worker.worker.processor import Processor
 from webhook_worker.worker.settler import Settler
-from webhook_worker.worker.work import Batch, Work
+from webhook_worker.worker.work import Batch, Part
 
 __all__ = ["Worker"]
 
@@ -74,14 +74,15 @@ class Worker:
         dlq_auto_retry_interval: float = 300.0,
     ) -> None:
         """``concurrency``: events held at once (received, not yet settled). ``tool_concurrency``:
-        forwards in flight per tool, at most a quarter of ``concurrency``. ``lease_renewal``:
+        deliveries in flight per destination of a tool, at most a quarter of ``concurrency``.
+        ``lease_renewal``:
         how often held messages are renewed in the queue (well under the reclaim idle time)."""
         self._queue = queue
         self._processor = processor
         self._batch_size = batch_size
         self._batches = asyncio.Semaphore(_BATCHES_AT_ONCE)
         self._holding = Holding(concurrency)
-        self._lanes: ToolLanes[Work] = ToolLanes(
+        self._lanes: ToolLanes[Part] = ToolLanes(
             max(1, min(tool_concurrency, concurrency // 4)), _SLOW_AFTER
         )
         self._max_deliveries = max_deliveries
@@ -187,41 +188,42 @@ class Worker:
         self.processed += batch.stored
         self._settler.acknowledge(batch.done)
         for work in batch.to_update:
-            self._settler.settle(work, forwarded=False)
-        for work in batch.to_forward:
-            self._dispatch(work)
+            self._settler.settle(work)
+        for part in batch.to_record:
+            self._settler.settle(part)
+        for part in batch.to_forward:
+            self._dispatch(part)
 
-    def _dispatch(self, work: Work) -> None:
-        admission = self._lanes.admit(work.message.tool_id, work)
+    def _dispatch(self, part: Part) -> None:
+        admission = self._lanes.admit(_lane(part), part)
         if admission is Admission.START:
-            self._start_forward(work)
+            self._start_forward(part)
         elif admission is Admission.DEFER:
-            self._defer(work)
-        # Admission.WAIT: the lane starts it when one of the tool's forwards ends.
+            self._defer(part)
+        # Admission.WAIT: the lane starts it when one of the destination's deliveries ends.
 
-    def _defer(self, work: Work) -> None:
-        config = work.plan.forward
-        timeout = config.timeout if config is not None else _DEFER_MIN
+    def _defer(self, part: Part) -> None:
+        timeout = part.route.forward.timeout if part.route is not None else _DEFER_MIN
         delay = min(max(timeout / 4, _DEFER_MIN), _DEFER_MAX) * random.uniform(0.8, 1.2)
-        self._processor.deferred(work, delay)
-        self._settler.defer(work.delivery, delay)
+        self._processor.deferred(part, delay)
+        self._settler.defer(part, delay)
 
     def _shed(self) -> None:
-        """Send back to the queue what slow tools hold in line beyond their share."""
-        for work in self._lanes.shed():
-            self._defer(work)
+        """Send back to the queue what slow destinations hold in line beyond their share."""
+        for part in self._lanes.shed():
+            self._defer(part)
 
-    def _start_forward(self, work: Work) -> None:
-        task = asyncio.create_task(self._forward(work))
+    def _start_forward(self, part: Part) -> None:
+        task = asyncio.create_task(self._forward(part))
         self._in_flight.add(task)
         task.add_done_callback(self._in_flight.discard)
 
-    async def _forward(self, work: Work) -> None:
-        # Never raises but when cancelled (a stop that ran out of time): then the event is not
-        # settled, so it is redelivered later, and nothing new starts.
-        await self._processor.forward_one(work)
-        self._settler.settle(work, forwarded=True)
-        nxt = self._lanes.finish(work.message.tool_id, work)
+    async def _forward(self, part: Part) -> None:
+        # Never raises but when cancelled (a stop that ran out of time): then the delivery is
+        # not settled, so its message is redelivered later, and nothing new starts.
+        await self._processor.forward_one(part)
+        self._settler.settle(part)
+        nxt = self._lanes.finish(_lane(part), part)
         if nxt is not None:
             self._start_forward(nxt)
 
@@ -286,6 +288,11 @@ class Worker:
             )
             await asyncio.gather(*unfinished, return_exceptions=True)
         await self._settler.close(max(deadline - time.monotonic(), 1.0))
+
+
+def _lane(part: Part) -> str:
+    """Each destination of each tool has its own lane (ids hold no ``/``)."""
+    return f"{part.message.tool_id}/{part.destination_id}"
 
 
 def _describe(exc: BaseException) -> str:

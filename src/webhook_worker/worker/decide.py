@@ -2,7 +2,9 @@
 
 - :func:`prepare` (phase 1): what a tool's plan makes of an event's body: store it as
   ``processed``, ``ignored`` or ``dead`` (with its :class:`~webhook_worker.worker.retry.Failure`),
-  or forward it; and what JSON is stored when a transform ran.
+  or deliver it; and what JSON is stored when a transform ran.
+- :func:`route` (phase 1): what one destination makes of the event: send it (the destination's
+  transform applied), ignore it (its filter) or give up on it (its filter or transform failed).
 - :func:`settle` (phase 3): what follows a forward: :class:`Done`, :class:`RetryAfter` a delay
   (with the retried message's new fields), or :class:`Dead`.
 
@@ -15,7 +17,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Final
 
 import jmespath.exceptions
@@ -23,24 +25,31 @@ import orjson
 
 from webhook_worker.config import RetryPolicy
 from webhook_worker.queue.base import Message
-from webhook_worker.vocabulary import ErrorClass, EventStatus
+from webhook_worker.vocabulary import DeliveryStatus, ErrorClass, EventStatus
 from webhook_worker.worker import expressions
 from webhook_worker.worker.forwarder import ForwardOutcome
-from webhook_worker.worker.plan import Plan
+from webhook_worker.worker.plan import Plan, Route
 from webhook_worker.worker.retry import Backoff, Failure
 
 _MESSAGE_LIMIT = 1000
 
 
+UNPARSED: Final = object()
+"""Stands for a body nobody needed parsed."""
+
+
 @dataclass(frozen=True, slots=True)
 class Prepared:
-    """What to store for a new event. ``status`` is ``pending`` when it is to be forwarded."""
+    """What to store for a new event. ``status`` is ``pending`` when it is to be delivered."""
 
     status: EventStatus
     payload: Any = None
     """The JSON to store when a transform ran (never None then), else None: the body is kept."""
     failure: Failure | None = None
     """Why the event is ``dead``; None for any other status."""
+    document: Any = field(default=UNPARSED, compare=False)
+    """What the destinations' filters and transforms read: the payload when the tool's
+    transform ran, else the parsed body; UNPARSED when none of them needs it."""
 
 
 # Shared by every event they fit: the common paths allocate nothing.
@@ -51,12 +60,20 @@ IGNORED: Final = Prepared(EventStatus.IGNORED)
 
 def prepare(plan: Plan, body: bytes) -> Prepared:
     """Run the plan's filter, then its transform, on ``body`` (parsed as JSON only when one of
-    them needs it). A body that is not JSON, a filter or transform that fails or builds a value
-    past the bound of :mod:`~webhook_worker.worker.expressions`, or a transform that yields null
-    makes the event dead at once: another try would fail the same way."""
+    them, or a destination's, needs it). A body that is not JSON, a filter or transform that
+    fails or builds a value past the bound of :mod:`~webhook_worker.worker.expressions`, or a
+    transform that yields null makes the event dead at once: another try would fail the same
+    way. (A body that is not JSON when only a destination needs JSON fails that destination
+    alone: see :func:`route`.)"""
     kept = TO_FORWARD if plan.forwards else STORED
-    if not plan.needs_json:
+    routes_need_json = any(r.needs_json for r in plan.routes)
+    if not plan.needs_json and not routes_need_json:
         return kept
+    if not plan.needs_json:
+        try:
+            return Prepared(kept.status, document=orjson.loads(body))
+        except orjson.JSONDecodeError:
+            return kept
     try:
         document = orjson.loads(body)
     except orjson.JSONDecodeError:
@@ -75,7 +92,7 @@ def prepare(plan: Plan, body: bytes) -> Prepared:
         if not truthy(keep):
             return IGNORED
     if plan.transform is None:
-        return kept
+        return Prepared(kept.status, document=document) if routes_need_json else kept
     try:
         payload = expressions.search(plan.transform, document, limit)
     except jmespath.exceptions.JMESPathError as exc:
@@ -84,7 +101,70 @@ def prepare(plan: Plan, body: bytes) -> Prepared:
         return dead(ErrorClass.TRANSFORM_ERROR, _too_large("transform", limit))
     if payload is None:
         return dead(ErrorClass.TRANSFORM_ERROR, "the transform produced null")
-    return Prepared(kept.status, payload)
+    return Prepared(kept.status, payload, document=payload)
+
+
+@dataclass(frozen=True, slots=True)
+class Routed:
+    """What one destination makes of an event: ``pending`` (send it), ``ignored`` or
+    ``dead``."""
+
+    status: DeliveryStatus
+    payload: Any = None
+    """What to send when the destination's transform ran; None: what the event stores."""
+    failure: Failure | None = None
+
+
+SEND: Final = Routed(DeliveryStatus.PENDING)
+PASS: Final = Routed(DeliveryStatus.IGNORED)
+
+
+def route(target: Route, body: bytes, prepared: Prepared) -> Routed:
+    """Run a destination's filter, then its transform, on what the event stores (``prepared``:
+    the tool's transform already applied). A failure of either (or a body that is not JSON)
+    gives up on this destination only; another try would fail the same way."""
+    if not target.needs_json:
+        return SEND
+    document = prepared.document
+    if document is UNPARSED:
+        return Routed(
+            DeliveryStatus.DEAD,
+            failure=failure(
+                ErrorClass.INVALID_PAYLOAD,
+                "the body is not JSON, which the destination's filter or transform needs",
+            ),
+        )
+    limit = expressions.limit_for(len(body))
+    if target.filter is not None:
+        try:
+            keep = expressions.search(target.filter, document, limit)
+        except jmespath.exceptions.JMESPathError as exc:
+            return _undeliverable(
+                ErrorClass.FILTER_ERROR, f"the destination's filter failed: {exc}"
+            )
+        except expressions.TooLarge:
+            return _undeliverable(ErrorClass.FILTER_ERROR, _too_large("filter", limit))
+        if not truthy(keep):
+            return PASS
+    if target.transform is None:
+        return SEND
+    try:
+        payload = expressions.search(target.transform, document, limit)
+    except jmespath.exceptions.JMESPathError as exc:
+        return _undeliverable(
+            ErrorClass.TRANSFORM_ERROR, f"the destination's transform failed: {exc}"
+        )
+    except expressions.TooLarge:
+        return _undeliverable(ErrorClass.TRANSFORM_ERROR, _too_large("transform", limit))
+    if payload is None:
+        return _undeliverable(
+            ErrorClass.TRANSFORM_ERROR, "the destination's transform produced null"
+        )
+    return Routed(DeliveryStatus.PENDING, payload)
+
+
+def _undeliverable(error_class: ErrorClass, message: str) -> Routed:
+    return Routed(DeliveryStatus.DEAD, failure=failure(error_class, message))
 
 
 def _too_large(which: str, limit: int) -> str:

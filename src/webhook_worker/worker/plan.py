@@ -1,5 +1,6 @@
 """What the worker does with one event: the tool's mode, filter and transform, with the
-per-event-type overrides of ``events`` applied, compiled once per tool version."""
+per-event-type overrides of ``events`` applied, and the destinations it is delivered to, each
+with its own filter, transform and retry policy; compiled once per tool version."""
 
 from __future__ import annotations
 
@@ -11,8 +12,24 @@ import jmespath
 import jmespath.parser
 
 from webhook_worker.config import RetryPolicy
-from webhook_worker.tools.model import ForwardConfig, Tool
+from webhook_worker.tools.model import DEFAULT_DESTINATION, Destination, ForwardConfig, Tool
 from webhook_worker.vocabulary import Mode
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """One destination of an event: where it goes and what this destination does first."""
+
+    id: str
+    forward: ForwardConfig
+    filter: jmespath.parser.ParsedResult | None
+    transform: jmespath.parser.ParsedResult | None
+    retry: RetryPolicy
+    """The destination's own policy, else the tool's, else the global one."""
+
+    @property
+    def needs_json(self) -> bool:
+        return self.filter is not None or self.transform is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,7 +37,9 @@ class Plan:
     mode: Mode
     filter: jmespath.parser.ParsedResult | None
     transform: jmespath.parser.ParsedResult | None
-    forward: ForwardConfig | None
+    routes: tuple[Route, ...]
+    """The enabled destinations, in the tool's order: its ``forward`` first (as ``default``,
+    when the mode is ``store_and_forward``), then ``destinations``."""
     retry: RetryPolicy
     overrides: Container[str] = ()
     """The event types the tool's ``events`` names (they keep their own metric label)."""
@@ -31,7 +50,14 @@ class Plan:
 
     @property
     def forwards(self) -> bool:
-        return self.mode == Mode.STORE_AND_FORWARD and self.forward is not None
+        return bool(self.routes)
+
+    def route(self, destination_id: str) -> Route | None:
+        """The destination with this id, if the plan delivers to it."""
+        for route in self.routes:
+            if route.id == destination_id:
+                return route
+        return None
 
 
 MAX_PLANS: Final = 4096
@@ -47,7 +73,7 @@ class Plans:
     def __init__(self, default_retry: RetryPolicy) -> None:
         self._default_retry = default_retry
         self._cache: dict[tuple[str, str | None], tuple[Tool, Plan]] = {}
-        self._store_only = Plan(Mode.STORE_ONLY, None, None, None, default_retry)
+        self._store_only = Plan(Mode.STORE_ONLY, None, None, (), default_retry)
 
     def __len__(self) -> int:
         return len(self._cache)
@@ -80,11 +106,33 @@ class Plans:
         transform_text = (
             override["transform"] if "transform" in override else config.get("transform")
         )
+        retry = tool.retry or self._default_retry
+        routes = [
+            self._route(destination, retry)
+            for destination in tool.destinations
+            if destination.enabled
+        ]
+        if mode == Mode.STORE_AND_FORWARD and tool.forward is not None:
+            routes.insert(0, Route(DEFAULT_DESTINATION, tool.forward, None, None, retry))
         return Plan(
             mode=mode,
-            filter=jmespath.compile(filter_text) if filter_text else None,
-            transform=jmespath.compile(transform_text) if transform_text else None,
-            forward=tool.forward,
-            retry=tool.retry or self._default_retry,
+            filter=_compiled(filter_text),
+            transform=_compiled(transform_text),
+            routes=tuple(routes),
+            retry=retry,
             overrides=overrides,
         )
+
+    @staticmethod
+    def _route(destination: Destination, tool_retry: RetryPolicy) -> Route:
+        return Route(
+            destination.id,
+            destination.forward,
+            _compiled(destination.filter),
+            _compiled(destination.transform),
+            destination.retry or tool_retry,
+        )
+
+
+def _compiled(expression: str | None) -> jmespath.parser.ParsedResult | None:
+    return jmespath.compile(expression) if expression else None

@@ -2,13 +2,19 @@
 database was away) never repeats another's side effects:
 
 1. :meth:`Processor.store`: one transaction. New events are inserted with their outcome
-   (``processed``, ``ignored``, ``dead``, or ``pending`` when they still have to be forwarded);
-   an event the table already holds is skipped if it is final, re-planned if not. Idempotent:
-   a redelivered message never creates a second row nor re-forwards a forwarded event.
-2. :meth:`Processor.forward_one`: one event's HTTP call, no database (the worker runs these
-   event by event and hands each finished event to phase 3 in groups).
-3. :meth:`Processor.record`: one transaction with a group of events' statuses, attempts and
-   dead letters; it says which messages to acknowledge and which to retry after what delay.
+   (``processed``, ``ignored``, ``dead``, or ``pending`` when they still have deliveries to
+   make) and their deliveries, one per destination (``pending``, or ``ignored``/``dead`` when
+   the destination's filter or transform decided so). An event the table already holds owes
+   only the deliveries not recorded as final: those are planned again (the tool may have
+   changed), the others are never sent again. Idempotent: a redelivered message never creates
+   a second row nor re-sends a delivery recorded as delivered.
+2. :meth:`Processor.forward_one`: one delivery's HTTP call, no database (the worker runs these
+   delivery by delivery, each destination in its own lane, and hands each finished delivery to
+   phase 3 in groups).
+3. :meth:`Processor.record`: one transaction with a group of deliveries' statuses, attempts and
+   dead letters, and their events' statuses worked out again from all their deliveries. A
+   message is settled when the last of its deliveries is: acknowledged, or split into one
+   retry per delivery that failed, each on that destination's own schedule.
 
 Each phase that writes decides first, in pure code (:mod:`~webhook_worker.worker.decide`),
 into locals; writes once; and only after the commit counts metrics, logs, ends the events'
@@ -24,7 +30,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
-from typing import NamedTuple
+from typing import Final, NamedTuple
 
 from opentelemetry.trace import Span
 
@@ -39,6 +45,7 @@ from webhook_worker.storage.deadletters import (
     resolve_dead_letters,
     upsert_dead_letters,
 )
+from webhook_worker.storage.deliveries import settle_events, upsert_deliveries
 from webhook_worker.storage.events import (
     event_states,
     insert_attempts,
@@ -48,29 +55,36 @@ from webhook_worker.storage.events import (
 from webhook_worker.storage.records import (
     AttemptRecord,
     DeadLetterRecord,
+    DeliveryRecord,
+    DeliveryState,
     EventState,
     OutcomeRecord,
 )
 from webhook_worker.tools.cache import ToolCache
 from webhook_worker.vocabulary import (
     FINAL_STATUSES,
-    SUCCESS_STATUSES,
     DeadLetterStatus,
+    DeliveryStatus,
     ErrorClass,
     EventStatus,
+    event_status,
 )
 from webhook_worker.worker import decide
 from webhook_worker.worker.forwarder import Forwarder, ForwardOutcome
-from webhook_worker.worker.plan import Plans
+from webhook_worker.worker.plan import Plans, Route
 from webhook_worker.worker.retry import Failure
 from webhook_worker.worker.work import (
     Batch,
+    Part,
     Work,
     attempt_record,
+    delivery_record,
     event_fields,
     event_record,
     forward_request,
     outcome_record,
+    part_attempt_record,
+    part_fields,
 )
 
 log = logging.getLogger(__name__)
@@ -98,8 +112,9 @@ class Processor:
     # Phase 1 -----------------------------------------------------------------------------
 
     async def store(self, deliveries: Sequence[Delivery]) -> Batch:
-        """Store new events with what their plan decided; sort every delivery into the batch:
-        settled (to acknowledge), to forward, or an existing event's new outcome to record."""
+        """Store new events with what their plan decided; sort every message into the batch:
+        settled (to acknowledge), deliveries to send, or an existing event's new outcome to
+        record."""
         await self._know_tools(deliveries)
         now = datetime.now(UTC)
         works = [self._prepare(d) for d in deliveries]
@@ -113,49 +128,121 @@ class Processor:
         batch = Batch(stored=len(inserted))
         for work in works:
             event_id = work.message.event_id
-            state = states.get(event_id)
             if event_id in inserted:
-                if work.status == EventStatus.PENDING:
-                    batch.to_forward.append(work)
+                for part in work.parts:
+                    if part.status != DeliveryStatus.PENDING:
+                        _delivery_decided(part, part.status)
+                sends = [part for part in work.parts if part.status == DeliveryStatus.PENDING]
+                if sends:
+                    work.unsettled = len(sends)
+                    batch.to_forward += sends
                 else:
-                    if work.status == EventStatus.DEAD:
-                        _dead_lettered(work)
+                    if work.status == EventStatus.DEAD and not work.parts:
+                        _dead_lettered(work, work.failure)
                     _settled(work)
                     batch.done.append(work.delivery)
-            elif state is None or state.status in FINAL_STATUSES:
-                # Already settled, or a repeated delivery id under another event id.
+                continue
+            state = states.get(event_id)
+            if state is None:
+                # A repeated delivery id under another event id, or one destination's delivery
+                # of an event deleted since: nothing to do.
                 tracing.end(work.span)
                 batch.done.append(work.delivery)
             else:
-                # Interrupted earlier, waiting for a retry, or sent back from the dead letter
-                # queue: plan it again (the tool may have changed) and carry on.
-                work.existing = True
-                work.attempt = state.attempt_count + 1
-                pending = work.status == EventStatus.PENDING
-                (batch.to_forward if pending else batch.to_update).append(work)
+                self._again(work, state, batch)
         return batch
+
+    def _again(self, work: Work, state: EventState, batch: Batch) -> None:
+        """An event already stored (interrupted, waiting for a retry, sent back from the dead
+        letter queue, replayed): plan what it still owes again, from the tool as it is now."""
+        work.existing = True
+        work.attempt = state.attempt_count + 1
+        # Planned as a new event by _prepare: start again from the tool's own decision.
+        work.status = work.prepared.status
+        work.parts = []
+        message = work.message
+        if message.destination_id is not None:
+            owed = [message.destination_id]
+        elif work.status == EventStatus.PENDING or state.deliveries:
+            routes = [r.id for r in work.plan.routes] if work.status == EventStatus.PENDING else []
+            # What the tool delivers to now and has not finished, then what was planned before
+            # and is not finished either (a destination removed since is let go of below).
+            owed = [d for d in routes if not _finished(state, d)]
+            owed += [
+                d
+                for d, recorded in state.deliveries.items()
+                if not recorded.status.final and d not in routes
+            ]
+        else:
+            owed = []
+        if message.destination_id is None and not owed:
+            if state.status in FINAL_STATUSES and (state.deliveries or work.status.final):
+                tracing.end(work.span)
+                batch.done.append(work.delivery)
+            else:
+                batch.to_update.append(work)  # the event's own outcome, or its status again
+            return
+        for destination_id in owed:
+            recorded = state.deliveries.get(destination_id)
+            if recorded is not None and recorded.status.final:
+                continue  # only a message for this one destination gets here
+            work.parts.append(self._part_again(work, destination_id, recorded))
+        if not work.parts:
+            tracing.end(work.span)
+            batch.done.append(work.delivery)
+            return
+        work.unsettled = len(work.parts)
+        for part in work.parts:
+            (batch.to_forward if part.status == DeliveryStatus.PENDING else batch.to_record).append(
+                part
+            )
+
+    def _part_again(self, work: Work, destination_id: str, recorded: DeliveryState | None) -> Part:
+        attempt = recorded.attempt_count + 1 if recorded is not None else 1
+        existing = recorded is not None
+        if work.status in (EventStatus.DEAD, EventStatus.IGNORED):
+            # The tool itself now gives up on the event or filters it out: so does the delivery.
+            status = DeliveryStatus(work.status)
+            return Part(work, destination_id, None, status, None, work.failure, attempt, existing)
+        route = work.plan.route(destination_id) if work.status == EventStatus.PENDING else None
+        if route is None:
+            return Part(
+                work, destination_id, None, DeliveryStatus.IGNORED, None, _GONE, attempt, existing
+            )
+        part = self._part(work, route, attempt)
+        part.existing = existing
+        return part
 
     async def _insert(
         self, works: list[Work], now: datetime
     ) -> tuple[set[str], dict[str, EventState]]:
-        """Insert the new events with what is already known of them; read the others' state."""
-        records = [event_record(w, now) for w in works]
+        """Insert the new events with what is already known of them and their deliveries; read
+        the others' state. A message for one destination never makes an event."""
+        records = [event_record(w, now) for w in works if w.message.destination_id is None]
         async with self._db.begin(durable=False) as conn:
             inserted = await insert_events(conn, records)
             others = [w.message.event_id for w in works if w.message.event_id not in inserted]
             states = await event_states(conn, others)
-            new_final = [
-                w for w in works if w.message.event_id in inserted and w.status in FINAL_STATUSES
-            ]
+            new = [w for w in works if w.message.event_id in inserted]
+            parts = [part for w in new for part in w.parts]
+            await upsert_deliveries(
+                conn,
+                [delivery_record(p, p.status, now, attempted=p.status.final) for p in parts],
+            )
+            decided = [p for p in parts if p.status.final]
+            own = [w for w in new if w.status in FINAL_STATUSES and not w.parts]
             await insert_attempts(
-                conn, [attempt_record(w, w.status, w.failure, now) for w in new_final]
+                conn,
+                [attempt_record(w, w.status, w.failure, now) for w in own]
+                + [part_attempt_record(p, p.status, p.failure, now) for p in decided],
             )
             await upsert_dead_letters(
                 conn,
-                [
-                    self._dead_letter(w, w.failure, now)
-                    for w in new_final
-                    if w.status == EventStatus.DEAD
+                [self._dead_letter(w, w.failure, now) for w in own if w.status == EventStatus.DEAD]
+                + [
+                    self._dead_letter(p.work, p.failure, now, p.destination_id)
+                    for p in decided
+                    if p.status == DeliveryStatus.DEAD
                 ],
             )
         return inserted, states
@@ -173,16 +260,16 @@ class Processor:
 
     def _start_span(self, work: Work) -> Span | None:
         message = work.message
+        attributes = {
+            "messaging.message.id": message.event_id,
+            "webhook.tool_id": message.tool_id,
+            "webhook.event_type": message.event_type,
+            "webhook.delivery_id": message.delivery_id,
+        }
+        if message.destination_id is not None:
+            attributes["webhook.destination_id"] = message.destination_id
         return tracing.start_consumer(
-            message.traceparent,
-            self._messaging_system,
-            self._destination,
-            {
-                "messaging.message.id": message.event_id,
-                "webhook.tool_id": message.tool_id,
-                "webhook.event_type": message.event_type,
-                "webhook.delivery_id": message.delivery_id,
-            },
+            message.traceparent, self._messaging_system, self._destination, attributes
         )
 
     def _db_attributes(self, operation: str) -> dict[str, str | int]:
@@ -197,131 +284,246 @@ class Processor:
         live = self._tools.get(message.tool_id)
         plan = self._plans.for_event(live.tool if live else None, message.event_type)
         prepared = decide.prepare(plan, message.body)
-        return Work(delivery, plan, prepared.status, prepared.payload, prepared.failure)
+        work = Work(
+            delivery, plan, prepared.status, prepared.payload, prepared.failure, prepared=prepared
+        )
+        if message.destination_id is None and prepared.status == EventStatus.PENDING:
+            # A new event (if it is not, phase 1 plans it again from what is recorded).
+            work.parts = [self._part(work, route, 1) for route in plan.routes]
+            work.status = event_status(part.status for part in work.parts)
+        return work
+
+    @staticmethod
+    def _part(work: Work, route: Route, attempt: int) -> Part:
+        routed = decide.route(route, work.message.body, work.prepared)
+        return Part(work, route.id, route, routed.status, routed.payload, routed.failure, attempt)
 
     # Phase 2 -----------------------------------------------------------------------------
 
-    async def forward_one(self, work: Work) -> None:
-        """Send one event to its tool's target and keep the outcome on ``work``. Never raises
+    async def forward_one(self, part: Part) -> None:
+        """Send one delivery to its destination and keep the outcome on ``part``. Never raises
         (but for cancellation): an unexpected error is a retryable failure of the attempt."""
-        config = work.plan.forward
-        if not work.plan.forwards or config is None:
-            return  # the tool stopped forwarding since: storing was enough
+        route = part.route
+        assert route is not None, "only deliveries with a destination are sent"
+        config = route.forward
+        message = part.message
         attributes: dict[str, str | int] = {
             "http.request.method": config.method,
             "url.full": config.redacted_url,
+            "webhook.destination_id": part.destination_id,
         }
-        with tracing.client_span(config.method, attributes, parent=work.span) as span:
+        part.started = time.perf_counter()
+        with tracing.client_span(config.method, attributes, parent=part.work.span) as span:
             try:
-                request = forward_request(work)
+                request = forward_request(part)
                 if span is not None:
                     request = replace(request, traceparent=tracing.traceparent(span))
-                work.outcome = await self._forwarder.send(config, request)
+                part.outcome = await self._forwarder.send(config, request)
             except Exception as exc:
-                log.exception("forwarding failed unexpectedly", extra=event_fields(work))
+                log.exception("forwarding failed unexpectedly", extra=part_fields(part))
                 failure = Failure(ErrorClass.CONNECTION_ERROR, f"unexpected error: {exc!r}"[:500])
-                work.outcome = ForwardOutcome(0.0, None, failure)
-            if span is not None and work.outcome.http_status is not None:
-                span.set_attribute("http.response.status_code", work.outcome.http_status)
-        outcome = work.outcome
+                part.outcome = ForwardOutcome(0.0, None, failure)
+            if span is not None and part.outcome.http_status is not None:
+                span.set_attribute("http.response.status_code", part.outcome.http_status)
+        outcome = part.outcome
+        seconds = outcome.duration_ms / 1000
         status_class = "error" if outcome.http_status is None else f"{outcome.http_status // 100}xx"
-        metrics.FORWARD_DURATION.labels(work.message.tool_id, status_class).observe(
-            outcome.duration_ms / 1000
-        )
+        metrics.FORWARD_DURATION.labels(message.tool_id, status_class).observe(seconds)
+        metrics.DELIVERY_DURATION.labels(message.tool_id, part.destination_id).observe(seconds)
 
-    def deferred(self, work: Work, delay: float) -> None:
-        """The event goes back to the queue untried, for ``delay`` seconds, because its tool
-        has as many forwards in flight and waiting as it may have (a slow target)."""
-        metrics.FORWARDS_DEFERRED.labels(work.message.tool_id).inc()
+    def deferred(self, part: Part, delay: float) -> None:
+        """The delivery goes back to the queue untried, for ``delay`` seconds, because its
+        destination has as many deliveries in flight and waiting as it may have (a slow
+        target)."""
+        metrics.FORWARDS_DEFERRED.labels(part.message.tool_id).inc()
         if log.isEnabledFor(logging.DEBUG):
             log.debug(
-                "forward deferred for %.1fs: the tool is busy", delay, extra=event_fields(work)
+                "delivery deferred for %.1fs: the destination is busy",
+                delay,
+                extra=part_fields(part),
             )
-        if work.span is not None:
-            work.span.set_attribute("webhook.status", "deferred")
-        tracing.end(work.span)
 
     # Phase 3 -----------------------------------------------------------------------------
 
     async def record(self, batch: Batch) -> None:
-        """Write the outcome of forwarded and re-planned events; then fill ``done`` and
-        ``retry``. Raises (DatabaseUnavailableError while the database is away) having changed
-        nothing, so the caller may call it again with the same batch."""
-        if not batch.to_forward and not batch.to_update:
+        """Write the outcome of sent deliveries, of deliveries and events decided again without
+        sending; then fill ``done`` and ``retry`` with the messages now settled. Raises
+        (DatabaseUnavailableError while the database is away) having changed nothing, so the
+        caller may call it again with the same batch."""
+        if not (batch.to_forward or batch.to_update or batch.to_record or batch.deferred):
             return
         now = datetime.now(UTC)
         clock = now.timestamp()
         # Decide everything first, into locals: until the commit nothing is changed or told.
-        settled = [self._settle(work, clock) for work in batch.to_forward]
-        settled += [_Settled(work, work.status, work.failure) for work in batch.to_update]
-        outcomes: list[OutcomeRecord] = []
-        attempts: list[AttemptRecord] = []
-        letters: list[DeadLetterRecord] = []
-        recovered: list[str] = []
-        for work, status, failure, _ in settled:
-            outcomes.append(outcome_record(work, status, now))
-            attempts.append(attempt_record(work, status, failure, now))
-            if status == EventStatus.DEAD:
-                letters.append(self._dead_letter(work, failure, now))
-            elif work.existing and status in SUCCESS_STATUSES:
-                recovered.append(work.message.event_id)
-        with tracing.client_span(
-            f"UPDATE {TABLE_EVENTS}",
-            self._db_attributes("UPDATE"),
-            links=[s.work.span for s in settled],
-        ):
-            async with self._db.begin(durable=False) as conn:
-                await update_outcomes(conn, outcomes)
-                await insert_attempts(conn, attempts)
-                await upsert_dead_letters(conn, letters)
-                resolved = await resolve_dead_letters(conn, recovered, now)
+        parts = [self._settle(part, clock) for part in batch.to_forward]
+        parts += [_PartSettled(part, part.status, part.failure) for part in batch.to_record]
+        works = [_Settled(work, work.status, work.failure) for work in batch.to_update]
+        if parts or works:
+            with tracing.client_span(
+                f"UPDATE {TABLE_EVENTS}",
+                self._db_attributes("UPDATE"),
+                links=[s.part.work.span for s in parts] + [s.work.span for s in works],
+            ):
+                changes, resolved = await self._write(parts, works, now)
+        else:
+            changes, resolved = {}, 0
         # Committed: from here on, tell (once).
         if resolved:
             metrics.DLQ_RETRIES.labels(DeadLetterStatus.RESOLVED).inc(resolved)
-        for work, status, failure, retry in settled:
-            work.status, work.failure = status, failure
+        finished: list[Work] = []
+        for part, status, failure, retry in parts:
+            part.status, part.failure = status, failure
+            _delivery_decided(part, status)
+            work = part.work
             if retry is not None:
-                _retrying(work, retry)
-                message = replace(work.message, attempt=retry.attempt, retry_from=retry.retry_from)
-                batch.retry.append((replace(work.delivery, message=message), retry.delay))
-                continue
-            if status == EventStatus.DEAD:
-                _dead_lettered(work)
-            _settled(work)
-            batch.done.append(work.delivery)
+                _retrying(part, retry)
+                message = replace(
+                    work.message,
+                    destination_id=part.destination_id,
+                    attempt=retry.attempt,
+                    retry_from=retry.retry_from,
+                )
+                work.later.append((message, retry.delay))
+            work.unsettled -= 1
+            if work.unsettled == 0:
+                finished.append(work)
+        for part, delay in batch.deferred:
+            work = part.work
+            work.later.append((replace(work.message, destination_id=part.destination_id), delay))
+            work.unsettled -= 1
+            if work.unsettled == 0:
+                finished.append(work)
+        for settled in works:
+            work = settled.work
+            work.status, work.failure = settled.status, settled.failure
+            if work.status == EventStatus.DEAD:
+                _dead_lettered(work, work.failure)
+            finished.append(work)
+        for work in finished:
+            before_after = changes.get(work.message.event_id)
+            if before_after is not None:
+                before, after = before_after
+                if after != before and after in FINAL_STATUSES:
+                    work.status = after
+                    _settled(work)
+                else:
+                    tracing.end(work.span)
+            elif work.status in FINAL_STATUSES:
+                _settled(work)
+            else:
+                tracing.end(work.span)
+            if work.later:
+                batch.retry += [(replace(work.delivery, message=m), d) for m, d in work.later]
+            else:
+                batch.done.append(work.delivery)
 
-    def _settle(self, work: Work, now: float) -> _Settled:
-        """What follows the event's forward (pure: see :func:`decide.settle`)."""
-        settlement = decide.settle(
-            work.outcome, work.message, now, work.plan.retry, self._time_scale
-        )
+    async def _write(
+        self, parts: list[_PartSettled], works: list[_Settled], now: datetime
+    ) -> tuple[dict[str, tuple[EventStatus, EventStatus]], int]:
+        """One transaction: deliveries, attempts, dead letters, then the events' statuses."""
+        records: list[DeliveryRecord] = []
+        attempts: list[AttemptRecord] = []
+        letters: list[DeadLetterRecord] = []
+        recovered: list[tuple[str, str]] = []
+        added: dict[str, int] = {}
+        for part, status, failure, retry in parts:
+            event_id = part.message.event_id
+            due = None if retry is None else now + timedelta(seconds=retry.delay)
+            records.append(delivery_record(part, status, now, due))
+            attempts.append(part_attempt_record(part, status, failure, now))
+            added[event_id] = added.get(event_id, 0) + 1
+            if status == DeliveryStatus.DEAD:
+                letters.append(self._dead_letter(part.work, failure, now, part.destination_id))
+            elif part.existing and status == DeliveryStatus.DELIVERED:
+                recovered.append((event_id, part.destination_id))
+        outcomes: list[OutcomeRecord] = []
+        for own in works:
+            event_id = own.work.message.event_id
+            if own.status not in FINAL_STATUSES:
+                added.setdefault(event_id, 0)  # its status again, from its deliveries
+                continue
+            outcomes.append(outcome_record(own.work, own.status, now))
+            attempts.append(attempt_record(own.work, own.status, own.failure, now))
+            if own.status == EventStatus.DEAD:
+                letters.append(self._dead_letter(own.work, own.failure, now))
+            elif own.work.existing:
+                recovered.append((event_id, ""))
+        async with self._db.begin(durable=False) as conn:
+            await upsert_deliveries(conn, records)
+            await update_outcomes(conn, outcomes)
+            await insert_attempts(conn, attempts)
+            await upsert_dead_letters(conn, letters)
+            resolved = await resolve_dead_letters(conn, recovered, now)
+            changes = await settle_events(conn, added, now)
+        return changes, resolved
+
+    def _settle(self, part: Part, now: float) -> _PartSettled:
+        """What follows the delivery's attempt (pure: see :func:`decide.settle`)."""
+        route = part.route
+        assert route is not None, "only deliveries with a destination are sent"
+        settlement = decide.settle(part.outcome, part.message, now, route.retry, self._time_scale)
         if isinstance(settlement, decide.Done):
-            return _Settled(work, settlement.status, None)
-        retry = settlement if isinstance(settlement, decide.RetryAfter) else None
-        return _Settled(work, settlement.status, settlement.failure, retry)
+            return _PartSettled(part, DeliveryStatus.DELIVERED, None)
+        if isinstance(settlement, decide.RetryAfter):
+            return _PartSettled(part, DeliveryStatus.RETRYING, settlement.failure, settlement)
+        return _PartSettled(part, DeliveryStatus.DEAD, settlement.failure)
 
     async def dead_letter(
         self, deliveries: Sequence[Delivery], error_class: str, error: str
     ) -> None:
-        """Store each event as ``dead`` with a dead letter, without processing it (poison)."""
+        """Give up on messages without processing them (poison): a new event is stored as
+        ``dead``; a message for one destination makes that delivery ``dead``. Either way a dead
+        letter holds the reason."""
         now = datetime.now(UTC)
         failure = decide.failure(ErrorClass(error_class), error)
         plan = self._plans.for_event(None, None)
         works = [Work(d, plan, EventStatus.DEAD, failure=failure) for d in deliveries]
-        records = [event_record(w, now) for w in works]
+        events = [w for w in works if w.message.destination_id is None]
+        scoped = [w for w in works if w.message.destination_id is not None]
         async with self._db.begin(durable=False) as conn:
-            inserted = await insert_events(conn, records)
-            fresh = [w for w in works if w.message.event_id in inserted]
-            await insert_attempts(
-                conn, [attempt_record(w, EventStatus.DEAD, failure, now) for w in fresh]
+            inserted = await insert_events(conn, [event_record(w, now) for w in events])
+            fresh = [w for w in events if w.message.event_id in inserted]
+            states = await event_states(conn, [w.message.event_id for w in scoped])
+            parts = []
+            for work in scoped:
+                state = states.get(work.message.event_id)
+                if state is None:
+                    continue
+                destination_id = work.message.destination_id
+                assert destination_id is not None
+                recorded = state.deliveries.get(destination_id)
+                attempt = recorded.attempt_count + 1 if recorded is not None else 1
+                part = Part(work, destination_id, None, DeliveryStatus.DEAD, None, failure, attempt)
+                parts.append(part)
+            await upsert_deliveries(
+                conn, [delivery_record(p, DeliveryStatus.DEAD, now) for p in parts]
             )
-            await upsert_dead_letters(conn, [self._dead_letter(w, failure, now) for w in fresh])
+            await insert_attempts(
+                conn,
+                [attempt_record(w, EventStatus.DEAD, failure, now) for w in fresh]
+                + [part_attempt_record(p, DeliveryStatus.DEAD, failure, now) for p in parts],
+            )
+            await upsert_dead_letters(
+                conn,
+                [self._dead_letter(w, failure, now) for w in fresh]
+                + [self._dead_letter(p.work, failure, now, p.destination_id) for p in parts],
+            )
+            await settle_events(conn, {p.message.event_id: 1 for p in parts}, now)
         for work in fresh:
-            _dead_lettered(work)
+            _dead_lettered(work, failure)
             _settled(work)
+        for part in parts:
+            _delivery_decided(part, DeliveryStatus.DEAD)
 
-    def _dead_letter(self, work: Work, failure: Failure | None, now: datetime) -> DeadLetterRecord:
-        """The event's dead letter (a record only: nothing is counted or logged here)."""
+    def _dead_letter(
+        self,
+        work: Work,
+        failure: Failure | None,
+        now: datetime,
+        destination_id: str = "",
+    ) -> DeadLetterRecord:
+        """The dead letter of the event, or of its delivery to ``destination_id`` (a record
+        only: nothing is counted or logged here)."""
         failure = failure or Failure(ErrorClass.UNKNOWN, "no error recorded")
         due = None
         if failure.retryable:
@@ -339,11 +541,23 @@ class Processor:
             created_at=now,
             updated_at=now,
             next_retry_at=due,
+            destination_id=destination_id,
         )
 
 
+_GONE: Final = Failure(
+    ErrorClass.UNKNOWN, "the destination was removed from the tool or disabled meanwhile"
+)
+"""Why a delivery planned before is ``ignored`` now (not a failure: nothing is retried)."""
+
+
+def _finished(state: EventState, destination_id: str) -> bool:
+    recorded = state.deliveries.get(destination_id)
+    return recorded is not None and recorded.status.final
+
+
 class _Settled(NamedTuple):
-    """What an attempt came to, decided before the write that records it."""
+    """What an event's own processing came to, decided before the write that records it."""
 
     work: Work
     status: EventStatus
@@ -351,21 +565,37 @@ class _Settled(NamedTuple):
     retry: decide.RetryAfter | None = None
 
 
-def _retrying(work: Work, retry: decide.RetryAfter) -> None:
+class _PartSettled(NamedTuple):
+    """What a delivery came to, decided before the write that records it."""
+
+    part: Part
+    status: DeliveryStatus
+    failure: Failure | None
+    retry: decide.RetryAfter | None = None
+
+
+def _retrying(part: Part, retry: decide.RetryAfter) -> None:
     metrics.RETRY_ATTEMPTS.labels(str(retry.attempt), retry.failure.error_class).inc()
-    log.info("event will be retried", extra=event_fields(work))
-    tracing.end(work.span, f"retrying: {retry.failure.message}")
+    log.info("delivery will be retried", extra=part_fields(part))
 
 
-def _dead_lettered(work: Work) -> None:
-    failure = work.failure
+def _delivery_decided(part: Part, status: DeliveryStatus) -> None:
+    """Count what one delivery came to (and a dead letter when it is dead)."""
+    message = part.message
+    metrics.DELIVERIES.labels(message.tool_id, part.destination_id, status).inc()
+    if status == DeliveryStatus.DEAD:
+        _dead_lettered(part.work, part.failure, part.destination_id)
+
+
+def _dead_lettered(work: Work, failure: Failure | None, destination_id: str | None = None) -> None:
     error_class = failure.error_class if failure else ErrorClass.UNKNOWN
     message = work.message
     kind = event_type_label(message.tool_id, message.event_type, work.plan.overrides)
     metrics.DLQ_ENTRIES.labels(kind, error_class).inc()
-    log.warning(
-        "event dead-lettered: %s", failure.message if failure else "", extra=event_fields(work)
-    )
+    fields = event_fields(work)
+    if destination_id is not None:
+        fields["destination_id"] = destination_id
+    log.warning("dead-lettered: %s", failure.message if failure else "", extra=fields)
 
 
 def _settled(work: Work) -> None:

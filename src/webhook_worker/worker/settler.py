@@ -1,7 +1,8 @@
-"""The outcome writer: events whose processing ended are settled in groups.
+"""The outcome writer: deliveries (and events) whose processing ended are settled in groups.
 
-Settling an event writes its outcome (one transaction for the group), then schedules its retry
-or acknowledges it in the queue, and only then lets go of it (:class:`Holding`). One task does
+Settling writes their outcomes (one transaction for the group); a message whose last delivery
+is settled is then acknowledged, or split into the retries of its failed deliveries, and only
+then let go of (:class:`Holding`). One task does
 this in groups of up to ``batch_size``; while one group is written the next accumulates, so
 under load a write carries many events and when idle an event waits for no one (the grouping
 is :class:`~webhook_worker.groupcommit.GroupCommit`'s).
@@ -22,19 +23,19 @@ from webhook_worker.queue.base import Delivery, Queue
 from webhook_worker.worker.backoff import with_backoff
 from webhook_worker.worker.holding import Holding
 from webhook_worker.worker.processor import Processor
-from webhook_worker.worker.work import Batch, Work
+from webhook_worker.worker.work import Batch, Part, Work
 
 log = logging.getLogger(__name__)
 
 
 class _Defer(NamedTuple):
-    delivery: Delivery
+    part: Part
     delay: float
 
 
-# What a group holds: a message to acknowledge, one to send back for a while, or an event whose
-# outcome to write ((work, forwarded): a plain pair, as the one item every forward adds).
-_Outcome = Delivery | _Defer | tuple[Work, bool]
+# What a group holds: a message to acknowledge, a delivery to send back for a while, a delivery
+# whose outcome to write, or an event whose own outcome to write.
+_Outcome = Delivery | _Defer | Part | Work
 
 
 class Settler:
@@ -62,17 +63,19 @@ class Settler:
         """Start the writing task."""
         self._group.start()
 
-    def settle(self, work: Work, *, forwarded: bool) -> None:
-        """Write the event's outcome, then acknowledge it or schedule its retry."""
-        self._group.add((work, forwarded))
+    def settle(self, item: Part | Work) -> None:
+        """Write the outcome of a delivery (sent, or decided without sending) or of an event's
+        own processing; the message is then acknowledged or its retries scheduled, once all
+        its deliveries are settled."""
+        self._group.add(item)
 
     def acknowledge(self, deliveries: Sequence[Delivery]) -> None:
         """Acknowledge messages whose outcome is already written."""
         self._group.add_many(deliveries)
 
-    def defer(self, delivery: Delivery, delay: float) -> None:
-        """Back to the queue, untried and unchanged, for ``delay`` seconds."""
-        self._group.add(_Defer(delivery, delay))
+    def defer(self, part: Part, delay: float) -> None:
+        """The delivery back to the queue, untried, for ``delay`` seconds."""
+        self._group.add(_Defer(part, delay))
 
     async def close(self, within: float) -> None:
         """Write what is waiting, then stop (what cannot be written in time is redelivered)."""
@@ -84,31 +87,28 @@ class Settler:
     async def _write(self, group: list[_Outcome]) -> None:
         batch = Batch()
         acknowledge: list[Delivery] = []
-        defer: list[tuple[Delivery, float]] = []
         for item in group:
             if isinstance(item, Delivery):
                 acknowledge.append(item)
             elif isinstance(item, _Defer):
-                defer.append(item)
-            elif item[1]:
-                batch.to_forward.append(item[0])
+                batch.deferred.append((item.part, item.delay))
+            elif isinstance(item, Work):
+                batch.to_update.append(item)
+            elif item.outcome is not None:
+                batch.to_forward.append(item)
             else:
-                batch.to_update.append(item[0])
+                batch.to_record.append(item)
         try:
-            await self._settle(batch, acknowledge, defer)
+            await self._settle(batch, acknowledge)
         except Exception:
-            settled = len(batch.to_forward) + len(batch.to_update)
+            settled = len(batch.to_forward) + len(batch.to_update) + len(batch.to_record)
             log.exception("writing %d outcomes failed; they will be redelivered", settled)
             self._holding.release([_delivery(item) for item in group])
 
-    async def _settle(
-        self, batch: Batch, acknowledge: list[Delivery], defer: list[tuple[Delivery, float]]
-    ) -> None:
-        if (batch.to_forward or batch.to_update) and not await with_backoff(
-            lambda: self._processor.record(batch), self._stopping
-        ):
+    async def _settle(self, batch: Batch, acknowledge: list[Delivery]) -> None:
+        if not await with_backoff(lambda: self._processor.record(batch), self._stopping):
             return  # stopping while the database is away: everything here is redelivered
-        retry = [*batch.retry, *defer]
+        retry = batch.retry
         done = [*acknowledge, *batch.done]
         if retry and not await with_backoff(lambda: self._queue.retry_later(retry), self._stopping):
             return
@@ -121,5 +121,7 @@ def _delivery(item: _Outcome) -> Delivery:
     if isinstance(item, Delivery):
         return item
     if isinstance(item, _Defer):
-        return item.delivery
-    return item[0].delivery
+        return item.part.work.delivery
+    if isinstance(item, Part):
+        return item.work.delivery
+    return item.delivery

@@ -1,5 +1,10 @@
-"""One event's and one batch's way through the processor's phases, and the records they become
-(:mod:`~webhook_worker.storage.records`)."""
+"""One event's, one delivery's and one batch's way through the processor's phases, and the
+records they become (:mod:`~webhook_worker.storage.records`).
+
+A :class:`Work` is one queue message: an event, or (``message.destination_id`` set) one
+destination's delivery of an event. Its :class:`Part` s are the deliveries it makes, each sent
+and settled on its own; the message is acknowledged (or split into the retries of the
+deliveries that failed) once the last of them is settled."""
 
 from __future__ import annotations
 
@@ -13,35 +18,75 @@ from opentelemetry.trace import Span
 
 from webhook_worker.observability import tracing
 from webhook_worker.queue.base import Delivery, Message
-from webhook_worker.storage.records import AttemptRecord, EventRecord, OutcomeRecord
-from webhook_worker.vocabulary import FINAL_STATUSES, AttemptOutcome, EventStatus
+from webhook_worker.storage.records import (
+    AttemptRecord,
+    DeliveryRecord,
+    EventRecord,
+    OutcomeRecord,
+)
+from webhook_worker.vocabulary import FINAL_STATUSES, AttemptOutcome, DeliveryStatus, EventStatus
+from webhook_worker.worker.decide import TO_FORWARD, Prepared
 from webhook_worker.worker.forwarder import ForwardOutcome, ForwardRequest
-from webhook_worker.worker.plan import Plan
+from webhook_worker.worker.plan import Plan, Route
 from webhook_worker.worker.retry import Failure
 
 
 @dataclass(slots=True)
 class Work:
-    """One event's way through the phases."""
+    """One message's way through the phases."""
 
     delivery: Delivery
     plan: Plan
     status: EventStatus
+    """The event's status as decided by its tool (``pending``: it has deliveries to make)."""
     payload: Any = None
     """The stored JSON when it differs from the body (a transform ran), else None."""
     failure: Failure | None = None
     attempt: int = 1
     """The number of this processing attempt (``events.attempt_count`` after it)."""
     existing: bool = False
-    outcome: ForwardOutcome | None = None
     span: Span | None = None
-    """The event's CONSUMER span when tracing is on; ended when the event is settled."""
+    """The message's CONSUMER span when tracing is on; ended when the message is settled."""
     started: float = field(default_factory=time.perf_counter)
     """When the worker took the event up (``time.perf_counter``), for the processing time."""
+    prepared: Prepared = TO_FORWARD
+    """The tool's decision, which the destinations' own decisions start from."""
+    parts: list[Part] = field(default_factory=list)
+    """The deliveries this message makes (or records without sending)."""
+    unsettled: int = 0
+    """Parts not settled yet; the message's fate is known when it comes to 0."""
+    later: list[tuple[Message, float]] = field(default_factory=list)
+    """Deliveries to make again after a delay (retries, deferrals): one message each."""
 
     @property
     def message(self) -> Message:
         return self.delivery.message
+
+
+@dataclass(slots=True)
+class Part:
+    """One destination's delivery of a message's event."""
+
+    work: Work
+    destination_id: str
+    route: Route | None
+    """None: the destination is gone (removed or disabled) since the delivery was planned."""
+    status: DeliveryStatus
+    """As decided before sending: ``pending`` (to send), ``ignored`` or ``dead``."""
+    payload: Any = None
+    """What to send when the destination's transform ran; None: what the event stores."""
+    failure: Failure | None = None
+    attempt: int = 1
+    """This delivery's attempt number (``event_deliveries.attempt_count`` after it)."""
+    existing: bool = False
+    """The delivery was recorded before (a retry, a redelivery, a replay)."""
+    outcome: ForwardOutcome | None = None
+    started: float = 0.0
+    """When sending began (``time.perf_counter``); 0 while it has not."""
+
+    @property
+    def message(self) -> Message:
+        return self.work.delivery.message
 
 
 @dataclass(slots=True)
@@ -52,11 +97,17 @@ class Batch:
 
     done: list[Delivery] = field(default_factory=list)
     """Settled: acknowledge them."""
-    to_forward: list[Work] = field(default_factory=list)
+    to_forward: list[Part] = field(default_factory=list)
+    """Deliveries to send (phase 2), or sent, whose outcome :meth:`Processor.record` writes."""
     to_update: list[Work] = field(default_factory=list)
-    """Existing events whose new outcome :meth:`Processor.record` writes."""
+    """Existing events whose new outcome (decided without sending) phase 3 writes."""
+    to_record: list[Part] = field(default_factory=list)
+    """Deliveries of existing events decided without sending (ignored, dead)."""
+    deferred: list[tuple[Part, float]] = field(default_factory=list)
+    """Deliveries sent back to the queue untried for a while (nothing to write)."""
     retry: list[tuple[Delivery, float]] = field(default_factory=list)
-    """To deliver again after the delay (acknowledged by scheduling the retry)."""
+    """To deliver again after the delay (acknowledged by scheduling the retry); one receipt
+    may come several times, once per delivery retried."""
     stored: int = 0
 
     def absorb(self, other: Batch) -> None:
@@ -64,6 +115,8 @@ class Batch:
         self.done += other.done
         self.to_forward += other.to_forward
         self.to_update += other.to_update
+        self.to_record += other.to_record
+        self.deferred += other.deferred
         self.retry += other.retry
         self.stored += other.stored
 
@@ -86,9 +139,22 @@ def event_fields(work: Work) -> dict[str, Any]:
     return fields
 
 
-def forward_request(work: Work) -> ForwardRequest:
+def part_fields(part: Part) -> dict[str, Any]:
+    """What a log line about a delivery carries: its event's fields and the destination."""
+    fields = event_fields(part.work)
+    fields["destination_id"] = part.destination_id
+    fields["attempt"] = part.attempt
+    if part.failure is not None:
+        fields["error_class"] = part.failure.error_class
+    return fields
+
+
+def forward_request(part: Part) -> ForwardRequest:
+    work = part.work
     message = work.message
-    if work.payload is not None or work.plan.transform is not None:
+    if part.payload is not None:
+        body, content_type = orjson.dumps(part.payload), "application/json"
+    elif work.payload is not None or work.plan.transform is not None:
         body, content_type = orjson.dumps(work.payload), "application/json"
     else:
         headers = orjson.loads(message.headers)
@@ -146,18 +212,63 @@ _OUTCOMES: dict[EventStatus, AttemptOutcome] = {
 def attempt_record(
     work: Work, status: EventStatus, failure: Failure | None, now: datetime
 ) -> AttemptRecord:
-    """This attempt, which left the event ``status`` (for ``failure`` when it failed)."""
-    outcome = work.outcome
-    label = _OUTCOMES[status]
-    if outcome is not None and outcome.failure is None:
-        label = AttemptOutcome.FORWARDED
+    """This processing of the event itself, which left it ``status`` (for ``failure`` when it
+    failed)."""
     return AttemptRecord(  # positional, in field order, as in event_record
         work.message.event_id,
         work.attempt,
         now,  # started_at
-        outcome.duration_ms if outcome else (time.perf_counter() - work.started) * 1000,
-        label,
+        (time.perf_counter() - work.started) * 1000,  # duration_ms
+        _OUTCOMES[status],
+        failure.error_class if failure else None,
+        failure.message if failure else None,
+        None,  # http_status
+        None,  # destination_id
+    )
+
+
+_DELIVERY_OUTCOMES: dict[DeliveryStatus, AttemptOutcome] = {
+    DeliveryStatus.DELIVERED: AttemptOutcome.FORWARDED,
+    DeliveryStatus.IGNORED: AttemptOutcome.IGNORED,
+    DeliveryStatus.DEAD: AttemptOutcome.DEAD,
+    DeliveryStatus.RETRYING: AttemptOutcome.FAILED,
+}
+
+
+def part_attempt_record(
+    part: Part, status: DeliveryStatus, failure: Failure | None, now: datetime
+) -> AttemptRecord:
+    """This attempt of a delivery, which left it ``status``."""
+    outcome = part.outcome
+    return AttemptRecord(
+        part.work.message.event_id,
+        part.attempt,
+        now,  # started_at
+        outcome.duration_ms if outcome else 0.0,
+        _DELIVERY_OUTCOMES[status],
         failure.error_class if failure else None,
         failure.message if failure else None,
         outcome.http_status if outcome else None,
+        part.destination_id,
+    )
+
+
+def delivery_record(
+    part: Part,
+    status: DeliveryStatus,
+    now: datetime,
+    next_attempt_at: datetime | None = None,
+    *,
+    attempted: bool = True,
+) -> DeliveryRecord:
+    """The delivery as this attempt leaves it (``attempted=False``: as planned, before its
+    first attempt)."""
+    return DeliveryRecord(
+        part.work.message.event_id,
+        part.destination_id,
+        part.work.message.tool_id,
+        status,
+        part.attempt if attempted else part.attempt - 1,
+        next_attempt_at,
+        now,
     )

@@ -1,0 +1,144 @@
+"""Deliveries: one row per event and destination (``event_deliveries``), and the event status
+worked out from them.
+
+The worker writes a delivery when the event is stored (its destinations' first decisions) and
+after each attempt; :func:`settle_events` then sets the event's own status from all its
+deliveries' (``vocabulary.event_status``), in the same transaction. Two workers may settle two
+deliveries of one event at once (a retry of one destination, a first attempt of another), so
+:func:`settle_events` first locks the events' rows (PostgreSQL; SQLite writers are serialised
+anyway): the second transaction then reads the first one's delivery, never a stale one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import bindparam, delete, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from webhook_worker.storage.records import DeliveryRecord, DeliveryState, as_rows
+from webhook_worker.storage.rows import DeliveryRow, utc_or_none
+from webhook_worker.storage.schema import deliveries, events
+from webhook_worker.vocabulary import DeliveryStatus, EventStatus, event_status
+
+_DELIVERY_COLUMNS = DeliveryRecord._fields
+
+
+async def upsert_deliveries(conn: AsyncConnection, records: Sequence[DeliveryRecord]) -> None:
+    """Add deliveries, or change the recorded ones (by event and destination)."""
+    if not records:
+        return
+    module: Any = postgresql if conn.dialect.name == "postgresql" else sqlite
+    statement = module.insert(deliveries)
+    statement = statement.on_conflict_do_update(
+        index_elements=[deliveries.c.event_id, deliveries.c.destination_id],
+        set_={
+            "status": statement.excluded.status,
+            "attempt_count": statement.excluded.attempt_count,
+            "next_attempt_at": statement.excluded.next_attempt_at,
+            "updated_at": statement.excluded.updated_at,
+        },
+    )
+    await conn.execute(statement, as_rows(records, _DELIVERY_COLUMNS))
+
+
+async def delivery_states(
+    conn: AsyncConnection, event_ids: Sequence[str]
+) -> dict[str, dict[str, DeliveryState]]:
+    """The recorded deliveries of each of ``event_ids``, by event and destination id."""
+    if not event_ids:
+        return {}
+    d = deliveries.c
+    query = select(d.event_id, d.destination_id, d.status, d.attempt_count).where(
+        d.event_id.in_(list(event_ids))
+    )
+    states: dict[str, dict[str, DeliveryState]] = {}
+    for row in await conn.execute(query):
+        states.setdefault(row.event_id, {})[row.destination_id] = DeliveryState(
+            DeliveryStatus(row.status), int(row.attempt_count)
+        )
+    return states
+
+
+async def settle_events(
+    conn: AsyncConnection, attempts_added: Mapping[str, int], now: datetime
+) -> dict[str, tuple[EventStatus, EventStatus]]:
+    """Set each event's status from its deliveries (and ``processed_at`` when that is final),
+    counting ``attempts_added[event_id]`` more attempts. Returns ``(before, after)`` by event
+    id, so the caller can count an event once when it becomes final."""
+    if not attempts_added:
+        return {}
+    ids = sorted(attempts_added)  # one lock order for every transaction: no deadlock
+    locked = (
+        select(events.c.id, events.c.status)
+        .where(events.c.id.in_(ids))
+        .order_by(events.c.id)
+        .with_for_update()
+    )
+    before = {row.id: EventStatus(row.status) for row in await conn.execute(locked)}
+    d = deliveries.c
+    found: dict[str, list[DeliveryStatus]] = {}
+    for row in await conn.execute(select(d.event_id, d.status).where(d.event_id.in_(ids))):
+        found.setdefault(row.event_id, []).append(DeliveryStatus(row.status))
+    after = {event_id: event_status(found.get(event_id, ())) for event_id in before}
+    await conn.execute(
+        update(events)
+        .where(events.c.id == bindparam("event_id"))
+        .values(
+            status=bindparam("new_status"),
+            processed_at=bindparam("done_at"),
+            attempt_count=events.c.attempt_count + bindparam("added"),
+        ),
+        [
+            {
+                "event_id": event_id,
+                "new_status": status,
+                "done_at": now if status.final else None,
+                "added": attempts_added[event_id],
+            }
+            for event_id, status in after.items()
+        ],
+    )
+    return {event_id: (before[event_id], after[event_id]) for event_id in before}
+
+
+async def forget_deliveries(
+    conn: AsyncConnection, event_ids: Sequence[str], destination_id: str | None = None
+) -> int:
+    """Delete the events' deliveries (of ``destination_id`` only, when given), so that the
+    next processing decides them again from the tool as it is now: a replay. Their attempts
+    stay, as history. Returns how many were deleted."""
+    if not event_ids:
+        return 0
+    statement = delete(deliveries).where(deliveries.c.event_id.in_(list(event_ids)))
+    if destination_id is not None:
+        statement = statement.where(deliveries.c.destination_id == destination_id)
+    return int((await conn.execute(statement)).rowcount or 0)
+
+
+async def deliveries_of(
+    conn: AsyncConnection, event_ids: Sequence[str]
+) -> dict[str, tuple[DeliveryRow, ...]]:
+    """The deliveries of each event, in destination order, as the read side shows them."""
+    if not event_ids:
+        return {}
+    query = (
+        select(deliveries)
+        .where(deliveries.c.event_id.in_(list(event_ids)))
+        .order_by(deliveries.c.event_id, deliveries.c.destination_id)
+    )
+    grouped: dict[str, list[DeliveryRow]] = {}
+    for row in (await conn.execute(query)).mappings():
+        grouped.setdefault(row["event_id"], []).append(
+            DeliveryRow(
+                destination_id=row["destination_id"],
+                status=DeliveryStatus(row["status"]),
+                attempt_count=int(row["attempt_count"]),
+                next_attempt_at=utc_or_none(row["next_attempt_at"]),
+                updated_at=utc_or_none(row["updated_at"]),
+            )
+        )
+    return {event_id: tuple(rows) for event_id, rows in grouped.items()}
