@@ -123,7 +123,7 @@ def test_at_most_32_destinations() -> None:
     many = [destination(f"d{number}") for number in range(MAX_DESTINATIONS)]
     assert len(parse_tool(tool(*many)).destinations) == MAX_DESTINATIONS == 32
     error = refusal(tool(*many, destination("one-more")))
-    assert (error.field, error.message) == ("destinations", "expected at most 32, got 33")
+    assert (error.field, error.message) == ("destinations", "expected at most 32 items, got 33")
 
 
 @pytest.mark.parametrize(

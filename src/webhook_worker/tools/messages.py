@@ -39,10 +39,10 @@ def config_error(exc: ValidationError, root: type[BaseModel]) -> ToolConfigError
     # A misspelt field name explains the errors that follow from it (a required field missing).
     error = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
     loc = tuple(error["loc"])
-    return ToolConfigError(field_name(loc, root) or "tool", _message(error, loc, root))
+    return ToolConfigError(_field_name(loc, root) or "tool", _message(error, loc, root))
 
 
-def field_name(loc: tuple[int | str, ...], root: type[BaseModel]) -> str:
+def _field_name(loc: tuple[int | str, ...], root: type[BaseModel]) -> str:
     """``loc`` as the field the messages name: ``destinations[1].url``, ``auth.secrets``. A
     position is kept in a list of sections (each an object of its own), not in a list of
     values."""
@@ -77,7 +77,7 @@ def _message(error: ErrorDetails, loc: tuple[int | str, ...], root: type[BaseMod
         )
         return f"expected one of {ctx['expected']}{got}"
     if kind == "too_long":
-        return f"expected at most {ctx['max_length']}, got {ctx['actual_length']}"
+        return f"expected at most {ctx['max_length']} items, got {ctx['actual_length']}"
     if kind in ("greater_than_equal", "greater_than"):
         number = "a whole number" if isinstance(error["input"], int) else "a number"
         bound = ctx.get("ge", ctx.get("gt"))
