@@ -65,12 +65,14 @@ async def test_every_route_and_method_is_described(tmp_path: Path) -> None:
 
 
 def _resolve(document: dict[str, Any], schema: dict[str, Any], name: str) -> dict[str, Any] | None:
-    """The schema of property ``name`` (``*``: any key) of ``schema``, following $refs and the
-    branches of anyOf."""
+    """The schema of property ``name`` (``*``: any key; ``[]``: any item) of ``schema``,
+    following $refs and the branches of anyOf."""
     if "$ref" in schema:
         schema = document["components"]["schemas"][schema["$ref"].rsplit("/", 1)[1]]
     if name == "*" and isinstance(schema.get("additionalProperties"), dict):
         return dict(schema["additionalProperties"])
+    if name == "[]" and isinstance(schema.get("items"), dict):
+        return dict(schema["items"])
     if name in schema.get("properties", {}):
         return dict(schema["properties"][name])
     for branch in schema.get("anyOf", []):
@@ -94,7 +96,8 @@ def test_every_declared_tool_field_is_in_the_document(
     spec = openapi.document()
     for path, info in declared_fields(model):
         schema: dict[str, Any] | None = {"$ref": f"#/components/schemas/{component}"}
-        for name in path.split("."):
+        steps = path.replace("[]", ".[]").split(".")  # destinations[].url: an item's field
+        for name in steps:
             assert schema is not None
             schema = _resolve(spec, schema, name)
         assert schema is not None, f"{component} lacks {path}"
@@ -141,6 +144,25 @@ def test_the_schema_accepts_the_definitions_the_server_accepts() -> None:
             "rate_limit": {"requests": 5},
         },
         {"id": "t", "events": {"push": {"filter": None}}, "created_at": "2024-01-01T00:00:00Z"},
+        {
+            "id": "t",
+            "mode": "store_and_forward",
+            "destinations": [
+                {"id": "billing", "url": "https://billing.example.com/in"},
+                {
+                    "id": "crm.v2",
+                    "url": "https://crm.example.com/in",
+                    "method": "patch",
+                    "headers": {"Authorization": "Bearer t0ken"},
+                    "timeout": "2s",
+                    "signing_secret": "whsec_c2VjcmV0LWtleQ==",
+                    "filter": "type == 'order'",
+                    "transform": "{id: id}",
+                    "retry": {"max_retries": 2},
+                    "enabled": False,
+                },
+            ],
+        },
     ]
     validator = _validator("ToolDefinition")
     for definition in definitions:
@@ -162,6 +184,14 @@ def test_the_schema_accepts_the_definitions_the_server_accepts() -> None:
         {"id": "t", "retry": {"max_retries": -1}},
         {"id": "t", "rate_limit": {"requests": 0}},
         {"id": "t", "auth": {"type": "kerberos"}},
+        {"id": "t", "destinations": {"id": "a", "url": "https://e.com"}},
+        {"id": "t", "destinations": [{"url": "https://e.com"}]},
+        {"id": "t", "destinations": [{"id": "a"}]},
+        {"id": "t", "destinations": [{"id": "-a", "url": "https://e.com"}]},
+        {"id": "t", "destinations": [{"id": "a" * 65, "url": "https://e.com"}]},
+        {"id": "t", "destinations": [{"id": "a", "url": "https://e.com", "paused": True}]},
+        {"id": "t", "destinations": [{"id": "a", "url": "https://e.com", "enabled": "no"}]},
+        {"id": "t", "destinations": [{"id": f"d{n}", "url": "https://e.com"} for n in range(33)]},
     ],
 )
 def test_what_the_schema_refuses_the_server_refuses(definition: dict[str, Any]) -> None:

@@ -15,8 +15,14 @@ from webhook_worker.errors import ToolConfigError
 from webhook_worker.tools import secret_paths
 from webhook_worker.tools.fields import Secret
 from webhook_worker.tools.model import parse_tool
+from webhook_worker.tools.reference import declared_fields
 from webhook_worker.tools.schema import AuthDefinition, ToolDefinition
-from webhook_worker.tools.secret_paths import SECRET_PATHS, declared_secrets, secret_spots
+from webhook_worker.tools.secret_paths import (
+    ITEM_ID,
+    SECRET_PATHS,
+    declared_secrets,
+    secret_spots,
+)
 from webhook_worker.tools.secrets import PREFIX, SecretBox, SecretsAtRest, is_sealed
 from webhook_worker.tools.service import REDACTED, redact
 
@@ -31,7 +37,20 @@ def test_the_declared_secret_fields() -> None:
         "forward.url",
         "forward.signing_secret",
         "forward.headers",
+        "destinations.[].url",
+        "destinations.[].signing_secret",
+        "destinations.[].headers",
     ]
+
+
+def test_every_item_of_a_declared_list_is_named_by_its_id() -> None:
+    # A placeholder in a list's item finds the stored secret through the item's id: each list of
+    # sections must require one.
+    fields = dict(declared_fields())
+    lists = {path.split("[]")[0] for path in fields if "[]." in path}
+    assert lists == {"destinations"}
+    for name in lists:
+        assert fields[f"{name}[].{ITEM_ID}"].is_required(), name
 
 
 @pytest.mark.parametrize("secrets", ["hunter2", [""], ["ok", ""], ["ok", 5], [["nested"]], {}])

@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from webhook_worker.cli import bench, dlq, events, send, serve, tools
+from webhook_worker.cli import bench, destinations, dlq, events, send, serve, tools
 from webhook_worker.cli.common import fail
 from webhook_worker.errors import WebhookWorkerError
 
@@ -20,6 +20,7 @@ app = typer.Typer(
 serve.register(app)
 send.register(app)
 bench.register(app)
+tools.app.add_typer(destinations.app, name="destinations")
 app.add_typer(tools.app, name="tools")
 app.add_typer(events.app, name="events")
 app.add_typer(dlq.app, name="dlq")

@@ -2,9 +2,11 @@
 processed). Defined at run time through the API or CLI, never in code."""
 
 from webhook_worker.tools.model import (
+    DEFAULT_DESTINATION,
     MODES,
     PROVIDERS,
     AuthConfig,
+    Destination,
     FieldSource,
     ForwardConfig,
     Tool,
@@ -12,9 +14,11 @@ from webhook_worker.tools.model import (
 )
 
 __all__ = [
+    "DEFAULT_DESTINATION",
     "MODES",
     "PROVIDERS",
     "AuthConfig",
+    "Destination",
     "FieldSource",
     "ForwardConfig",
     "Tool",

@@ -36,9 +36,14 @@ HEADER_PATTERN: Final = r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$"
 """An HTTP header name (RFC 9110 token)."""
 ID_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 ID_RULE: Final = "1-128 letters, digits, '.', '_' or '-', starting with a letter or digit"
+DESTINATION_ID_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+DESTINATION_ID_RULE: Final = (
+    "1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"
+)
 
 _HEADER = re.compile(HEADER_PATTERN)
 _ID = re.compile(ID_PATTERN)
+_DESTINATION_ID = re.compile(DESTINATION_ID_PATTERN)
 # C0 controls but horizontal tab (RFC 9110 lets a field value hold it), and DEL: a CR or LF in a
 # header value or URL would end the line it is written on and start a header of its own.
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
@@ -94,6 +99,12 @@ def refuse(message: str) -> NoReturn:
 def _identifier(value: Any) -> str:
     if not isinstance(value, str) or not _ID.fullmatch(value):
         refuse(f"required: {ID_RULE}")
+    return value
+
+
+def _destination_id(value: Any) -> str:
+    if not isinstance(value, str) or not _DESTINATION_ID.fullmatch(value):
+        refuse(f"required: {DESTINATION_ID_RULE}")
     return value
 
 
@@ -221,6 +232,13 @@ Identifier = Annotated[
     WithJsonSchema({"type": "string", "pattern": ID_PATTERN}),
     Kind("id"),
 ]
+DestinationId = Annotated[
+    str,
+    PlainValidator(_destination_id),
+    WithJsonSchema({"type": "string", "pattern": DESTINATION_ID_PATTERN}),
+    Kind("id"),
+]
+"""Shorter than a tool's: it is a label of metrics and a part of URLs beside the tool's id."""
 Provider = Annotated[
     str,
     PlainValidator(_provider),

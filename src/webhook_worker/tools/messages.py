@@ -1,7 +1,8 @@
 """From pydantic's ValidationError to the ToolConfigError the API and CLI show.
 
 The first error becomes ``ToolConfigError(field, message)``: the field as a dotted path
-(``forward.url``, ``events.push.transform``; list positions left out, so ``auth.secrets``), the
+(``forward.url``, ``events.push.transform``; a position in a list of sections is kept, as in
+``destinations[1].url``, while one in a list of values is left out, so ``auth.secrets``), the
 message in the project's words, with what the declaration knows (the known fields, an example,
 the field's description) and without pydantic's boilerplate or links. A message never repeats a
 value unless it is a short word from a closed set (an unknown mode, say), so no secret is echoed.
@@ -38,8 +39,21 @@ def config_error(exc: ValidationError, root: type[BaseModel]) -> ToolConfigError
     # A misspelt field name explains the errors that follow from it (a required field missing).
     error = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
     loc = tuple(error["loc"])
-    field = ".".join(part for part in loc if isinstance(part, str) and part != "[key]")
-    return ToolConfigError(field or "tool", _message(error, loc, root))
+    return ToolConfigError(_field_name(loc, root) or "tool", _message(error, loc, root))
+
+
+def _field_name(loc: tuple[int | str, ...], root: type[BaseModel]) -> str:
+    """``loc`` as the field the messages name: ``destinations[1].url``, ``auth.secrets``. A
+    position is kept in a list of sections (each an object of its own), not in a list of
+    values."""
+    name = ""
+    for number, part in enumerate(loc):
+        if isinstance(part, int):
+            if _walk(root, loc[: number + 1])[1] is not None:
+                name += f"[{part}]"
+        elif part != "[key]":
+            name += f".{part}" if name else part
+    return name
 
 
 def _message(error: ErrorDetails, loc: tuple[int | str, ...], root: type[BaseModel]) -> str:
@@ -62,6 +76,8 @@ def _message(error: ErrorDetails, loc: tuple[int | str, ...], root: type[BaseMod
             else ""
         )
         return f"expected one of {ctx['expected']}{got}"
+    if kind == "too_long":
+        return f"expected at most {ctx['max_length']} items, got {ctx['actual_length']}"
     if kind in ("greater_than_equal", "greater_than"):
         number = "a whole number" if isinstance(error["input"], int) else "a number"
         bound = ctx.get("ge", ctx.get("gt"))
@@ -89,6 +105,8 @@ def _walk(
             annotation = info.annotation
         elif get_origin(annotation) is dict:  # the part is a key: on to the value type
             annotation = get_args(annotation)[1]
+        elif get_origin(annotation) is list and isinstance(part, int):  # on to the item type
+            annotation = get_args(annotation)[0]
         else:  # inside a value (a list position, a header name...)
             return info, None
     annotation = unwrap(annotation)

@@ -3,8 +3,9 @@
 tools/schema.py declares what a definition may hold and validates it field by field; here the
 rules that span fields are applied (a provider preset fills in what the tool leaves out; the
 auth type decides which secrets and headers are needed; a mode may need a forward or a
-transform) and the result is frozen into a :class:`Tool`. Expressions are compiled once, while
-validating, so the ingest and worker hot paths only evaluate them.
+transform; destination ids are unique) and the result is frozen into a :class:`Tool`.
+Expressions are compiled once, while validating, so the ingest and worker hot paths only
+evaluate them.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from webhook_worker.tools.presets import PRESETS, Preset
 from webhook_worker.tools.schema import (
     SERVER_FIELDS,
     AuthDefinition,
+    DestinationDefinition,
     FieldSourceDefinition,
     ForwardDefinition,
     RateLimitDefinition,
@@ -32,6 +34,8 @@ from webhook_worker.tools.schema import (
 )
 from webhook_worker.vocabulary import AuthType, Mode
 
+DEFAULT_DESTINATION: Final = "default"
+"""The id of the destination a tool's `forward` is (with mode store_and_forward)."""
 PROVIDERS: Final = tuple(PRESETS)
 MODES: Final = tuple(Mode)
 AUTH_TYPES: Final = tuple(AuthType)
@@ -97,17 +101,18 @@ class ForwardConfig:
         object.__setattr__(self, "redacted_url", redact_url(self.url))
 
 
-DEFAULT_DESTINATION: Final = "default"
-"""The id of the destination a tool's `forward` is (with mode store_and_forward)."""
-
-
 @dataclass(frozen=True, slots=True)
 class Destination:
+    """One target of a tool's fan-out, delivered to independently of the others."""
+
     id: str
     forward: ForwardConfig
     filter: str | None = None
+    """JMESPath text, validated when the tool was parsed."""
     transform: str | None = None
+    """JMESPath text, validated when the tool was parsed."""
     retry: RetryPolicy | None = None
+    """This destination's own policy; None: the tool's, then the global one."""
     enabled: bool = True
 
 
@@ -137,6 +142,8 @@ class Tool:
     description: str = ""
     rate_limit: RateLimit | None = None
     destinations: tuple[Destination, ...] = ()
+    """The declared destinations, in the order given. ``forward`` is not among them: it is the
+    destination ``default`` (DEFAULT_DESTINATION), kept where it always was."""
 
     @property
     def secret_headers(self) -> frozenset[str]:
@@ -154,8 +161,11 @@ def parse_tool(data: Mapping[str, Any], tool_id: str | None = None) -> Tool:
         raise ToolConfigError("tool", "expected a JSON object")
     definition = validate_definition(data, tool_id)
     mode = definition.mode
-    if mode == Mode.STORE_AND_FORWARD and definition.forward is None:
-        raise ToolConfigError("forward.url", f"required when mode is {mode}")
+    destinations = _destinations(definition.destinations or [], definition.forward is not None)
+    if mode == Mode.STORE_AND_FORWARD and definition.forward is None and not destinations:
+        raise ToolConfigError(
+            "forward.url", f"required when mode is {mode}, unless the tool has destinations"
+        )
     if mode == Mode.TRANSFORM_AND_STORE and definition.transform is None:
         raise ToolConfigError("transform", f"required when mode is {mode}")
     preset = PRESETS[definition.provider]
@@ -180,6 +190,7 @@ def parse_tool(data: Mapping[str, Any], tool_id: str | None = None) -> Tool:
         retry=_retry(definition.retry),
         description=definition.description,
         rate_limit=_rate_limit(definition.rate_limit),
+        destinations=destinations,
     )
 
 
@@ -272,9 +283,46 @@ def _source(source: FieldSourceDefinition | Mapping[str, Any] | None) -> FieldSo
     return FieldSource(path=source.path.expression, compiled=source.path)
 
 
+def _destinations(
+    definitions: list[DestinationDefinition], has_forward: bool
+) -> tuple[Destination, ...]:
+    """The compiled destinations; ToolConfigError naming ``destinations[i].id`` when an id is
+    taken (by an earlier destination, or ``default`` by the tool's forward)."""
+    first: dict[str, int] = {}
+    for index, definition in enumerate(definitions):
+        field = f"destinations[{index}].id"
+        if definition.id in first:
+            raise ToolConfigError(
+                field,
+                f"{definition.id!r} is already the id of destinations[{first[definition.id]}]; "
+                "ids must be unique within the tool",
+            )
+        if definition.id == DEFAULT_DESTINATION and has_forward:
+            raise ToolConfigError(
+                field,
+                f"{DEFAULT_DESTINATION!r} is taken: the tool's `forward` is the destination "
+                f"{DEFAULT_DESTINATION!r}; choose another id, or remove `forward`",
+            )
+        first[definition.id] = index
+    return tuple(
+        Destination(
+            id=definition.id,
+            forward=_request(definition),
+            filter=None if definition.filter is None else definition.filter.expression,
+            transform=None if definition.transform is None else definition.transform.expression,
+            retry=_retry(definition.retry),
+            enabled=definition.enabled,
+        )
+        for definition in definitions
+    )
+
+
 def _forward(forward: ForwardDefinition | None) -> ForwardConfig | None:
-    if forward is None:
-        return None
+    return None if forward is None else _request(forward)
+
+
+def _request(forward: ForwardDefinition) -> ForwardConfig:
+    """Where and how one request is sent: a forward's, or a destination's."""
     return ForwardConfig(
         url=forward.url,
         method=forward.method,

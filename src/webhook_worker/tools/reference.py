@@ -35,13 +35,14 @@ def declared_fields(
     model: type[BaseModel] = ToolDefinition, prefix: str = ""
 ) -> Iterator[tuple[str, FieldInfo]]:
     """Every declared field as ``(dotted path, field)``, a section's fields right after the
-    field that holds it; ``*`` stands for a key chosen by the user (``events.*.mode``)."""
+    field that holds it; ``*`` stands for a key chosen by the user (``events.*.mode``), ``[]``
+    for any item of a list (``destinations[].url``)."""
     for name, info in model.model_fields.items():
         path = prefix + name
         yield path, info
-        section, keyed = _section(info.annotation)
+        section, holder = _section(info.annotation)
         if section is not None:
-            yield from declared_fields(section, f"{path}.*." if keyed else f"{path}.")
+            yield from declared_fields(section, f"{path}{holder}.")
 
 
 def markdown_table(model: type[BaseModel] = ToolDefinition) -> str:
@@ -62,15 +63,16 @@ def with_table(page: str) -> str:
     return page[:start] + "\n\n" + markdown_table() + "\n" + page[end:]
 
 
-def _section(annotation: Any) -> tuple[type[BaseModel] | None, bool]:
-    """The model a field holds (itself, or as the values of a mapping), and whether keyed."""
+def _section(annotation: Any) -> tuple[type[BaseModel] | None, str]:
+    """The model a field holds (itself, as the values of a mapping or as the items of a list),
+    and what stands for the one in the path: ``""``, ``.*`` or ``[]``."""
     annotation = unwrap(annotation)
-    keyed = get_origin(annotation) is dict
-    if keyed:
-        annotation = unwrap(get_args(annotation)[1])
+    holder = {dict: ".*", list: "[]"}.get(get_origin(annotation), "")
+    if holder:
+        annotation = unwrap(get_args(annotation)[-1])
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation, keyed
-    return None, False
+        return annotation, holder
+    return None, ""
 
 
 def _label(metadata: Sequence[Any]) -> str | None:

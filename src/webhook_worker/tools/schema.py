@@ -36,6 +36,8 @@ from pydantic import (
 from webhook_worker.config import RetryPolicy
 from webhook_worker.credentials import is_credential_header
 from webhook_worker.tools.fields import (
+    DESTINATION_ID_RULE,
+    DestinationId,
     Duration,
     Expression,
     ForwardHeaders,
@@ -57,6 +59,8 @@ from webhook_worker.tools.messages import config_error
 from webhook_worker.vocabulary import AuthType, Mode
 
 _RETRY: Final = RetryPolicy()
+MAX_DESTINATIONS: Final = 32
+"""A bound on one tool's fan-out: each destination is a request per event, with its own retries."""
 
 
 class Section(BaseModel):
@@ -207,7 +211,8 @@ class ForwardDefinition(Section):
 
 
 class RetryDefinition(Section):
-    """This tool's retry policy. A field left out takes the built-in default shown."""
+    """A retry policy (the tool's or a destination's). A field left out takes the built-in
+    default shown."""
 
     shape = 'an object such as {"max_retries": 5}'
 
@@ -227,6 +232,39 @@ class RetryDefinition(Section):
         _RETRY.max_elapsed_time,
         description="No retry starts later than this after the event was received.",
     )
+
+
+class _DestinationId(Section):
+    """A destination's id, in a base of its own so that it comes before the forward's fields
+    (pydantic lists a base's fields first) in the docs table and the JSON Schema."""
+
+    id: DestinationId = Field(
+        description=f"{DESTINATION_ID_RULE}; unique within the tool. Names the destination "
+        "in deliveries, dead letters, metrics and `/api/v1/tools/{id}/destinations/{dest}`; "
+        "`default` is the tool's `forward`."
+    )
+
+
+class DestinationDefinition(ForwardDefinition, _DestinationId):
+    """One target of the tool's fan-out, delivered to independently of the others: its own
+    filter, transform, retries and dead letters. The request itself (``url``, ``method``,
+    ``headers``, ``timeout``, ``signing_secret``) is declared as a forward's, secrets included."""
+
+    shape = 'an object such as {"id": "billing", "url": "https://..."}'
+
+    filter: Expression | None = Field(
+        None,
+        description="Events for which it is false or null are not delivered here (the "
+        "delivery is `ignored`); the other destinations are not affected.",
+    )
+    transform: Expression | None = Field(
+        None, description="Its result is sent to this destination in place of the payload."
+    )
+    retry: RetryDefinition | None = Field(
+        None,
+        description="This destination's retry policy; unset: the tool's `retry`, then `RETRY_*`.",
+    )
+    enabled: StrictBool = Field(True, description="`false`: nothing is delivered here.")
 
 
 class RateLimitDefinition(Section):
@@ -283,7 +321,8 @@ class ToolDefinition(Section):
     mode: Mode = Field(
         Mode.STORE_ONLY,
         description="What the worker does with each event: store it, store and forward it "
-        "(needs `forward`), or store the result of `transform` (needs `transform`).",
+        "(needs `forward` or `destinations`), or store the result of `transform` (needs "
+        "`transform`). With `destinations`, it only says what is stored.",
     )
     events: Overrides | None = Field(
         None,
@@ -301,7 +340,16 @@ class ToolDefinition(Section):
         "body as received is kept too.",
     )
     forward: ForwardDefinition | None = Field(
-        None, description="Where `store_and_forward` sends events."
+        None,
+        description="Where `store_and_forward` sends events: the destination with id `default`.",
+    )
+    destinations: list[DestinationDefinition] | None = Field(
+        None,
+        max_length=MAX_DESTINATIONS,
+        description="Where each event is delivered, whatever the `mode`: every destination "
+        "independently, with its own filter, transform, retries and dead letters (the event "
+        f"is stored once). At most {MAX_DESTINATIONS}, a bound on the requests one event "
+        "makes; ids unique within the tool.",
     )
     retry: RetryDefinition | None = Field(
         None, description="Overrides of the retry policy; unset: `RETRY_*`."
@@ -354,8 +402,10 @@ def validate_definition(data: Mapping[str, Any], tool_id: str | None = None) -> 
 
 
 __all__ = [
+    "MAX_DESTINATIONS",
     "SERVER_FIELDS",
     "AuthDefinition",
+    "DestinationDefinition",
     "EventOverride",
     "FieldSourceDefinition",
     "ForwardDefinition",

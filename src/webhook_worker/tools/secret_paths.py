@@ -24,6 +24,9 @@ from webhook_worker.tools.fields import Secret
 from webhook_worker.tools.reference import declared_fields
 from webhook_worker.tools.schema import ToolDefinition
 
+ITEM_ID: Final = "id"
+"""The field naming an item of a declared list (``destinations[].id``): a secret in an item is
+matched to the stored one by it, wherever the item has moved in the list."""
 REDACTED: Final = "********"
 """What every view shows in place of a secret; sent back, it stands for the stored secret."""
 _SEALED: Final = "enc:v1:"  # tools/secrets.py PREFIX: a sealed value is a secret whatever its key
@@ -32,7 +35,8 @@ _SEALED: Final = "enc:v1:"  # tools/secrets.py PREFIX: a sealed value is a secre
 @dataclass(frozen=True, slots=True)
 class SecretPath:
     """A declared secret field: ``path`` from the definition's root (``*`` for a key the user
-    chooses, as in ``events.*``) and its marker."""
+    chooses, as in ``events.*``; ``[]`` for any item of a list, as in ``destinations[]``) and
+    its marker."""
 
     path: tuple[str, ...]
     secret: Secret
@@ -43,9 +47,10 @@ class Spot:
     """One secret found in a definition."""
 
     field: str
-    """The field, for messages: ``auth.secret``, ``auth.secrets[1]``, ``forward.url``..."""
+    """The field, for messages: ``auth.secret``, ``auth.secrets[1]``, ``destinations[2].url``..."""
     key: str
-    """Names the spot within the definition, so a placeholder finds the stored secret."""
+    """Names the spot within the definition, so a placeholder finds the stored secret: the
+    field, with a list's items named by their id (``destinations['billing'].url``)."""
     value: str
     shown: str
     """What views show in its place (``********``, or ``********:********`` for a URL's user and
@@ -58,7 +63,8 @@ class Spot:
     """The object the field is in, for :meth:`target`."""
     secret: Secret
     sent_to: str | None
-    """The field whose URL the secret is sent to (``forward.url``), if it is sent."""
+    """The field whose URL the secret is sent to (``forward.url``, ``destinations[2].url``),
+    if it is sent."""
 
     @property
     def is_placeholder(self) -> bool:
@@ -77,8 +83,14 @@ def declared_secrets(model: type[BaseModel] = ToolDefinition) -> tuple[SecretPat
     for dotted, info in declared_fields(model):
         secret = _marker(info)
         if secret is not None:
-            found.append(SecretPath(tuple(dotted.split(".")), secret))
+            path = [step for part in dotted.split(".") for step in _steps(part)]
+            found.append(SecretPath(tuple(path), secret))
     return tuple(found)
+
+
+def _steps(part: str) -> tuple[str, ...]:
+    """``destinations[]`` is two steps: the field, then any item of its list."""
+    return (part.removesuffix("[]"), "[]") if part.endswith("[]") else (part,)
 
 
 def secret_spots(
@@ -88,7 +100,7 @@ def secret_spots(
     ``put`` changes ``config`` in place, so pass a copy the caller may change; the spots of one
     URL come right to left, so putting one leaves the others where they were."""
     for declared in SECRET_PATHS if paths is None else paths:
-        yield from _walk(config, declared.path, "", declared)
+        yield from _walk(config, declared.path, _Place("", ""), declared)
 
 
 def origin(url: Any) -> tuple[str, str, int | None] | None:
@@ -103,46 +115,73 @@ def origin(url: Any) -> tuple[str, str, int | None] | None:
     return parts.scheme.lower(), (parts.hostname or "").lower(), port
 
 
-def _walk(node: Any, path: tuple[str, ...], prefix: str, declared: SecretPath) -> Iterator[Spot]:
-    if not isinstance(node, dict):
-        return
+@dataclass(frozen=True, slots=True)
+class _Place:
+    """Where a walk is: the field so far for messages, and the same as the key of a spot."""
+
+    field: str
+    key: str
+
+    def child(self, name: str) -> _Place:
+        """The place of field (or key) ``name`` of the object here."""
+        return _Place(_join(self.field, name), _join(self.key, name))
+
+
+def _join(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
+
+
+def _walk(node: Any, path: tuple[str, ...], place: _Place, declared: SecretPath) -> Iterator[Spot]:
     head, rest = path[0], path[1:]
-    if head == "*":
+    if head == "[]":
+        for index, item in enumerate(node if isinstance(node, list) else []):
+            name = item.get(ITEM_ID) if isinstance(item, dict) else None
+            # Without an id (a definition validation will refuse), the position: never a key
+            # that a stored item, which has an id, could match.
+            named = f"[{name!r}]" if isinstance(name, str) else f"[{index}]"
+            item_place = _Place(f"{place.field}[{index}]", place.key + named)
+            yield from _walk(item, rest, item_place, declared)
+    elif not isinstance(node, dict):
+        return
+    elif head == "*":
         for key, child in node.items():
-            yield from _walk(child, rest, f"{prefix}{key}.", declared)
+            yield from _walk(child, rest, place.child(key), declared)
     elif rest:
-        yield from _walk(node.get(head), rest, f"{prefix}{head}.", declared)
+        yield from _walk(node.get(head), rest, place.child(head), declared)
     else:
-        yield from _leaf(node, head, prefix, declared.secret)
+        yield from _leaf(node, head, place, declared.secret)
 
 
-def _leaf(section: dict[str, Any], name: str, prefix: str, secret: Secret) -> Iterator[Spot]:
-    value, field = section.get(name), prefix + name
-    sent_to = None if secret.sent_to is None else prefix + secret.sent_to
+def _leaf(section: dict[str, Any], name: str, place: _Place, secret: Secret) -> Iterator[Spot]:
+    value, at = section.get(name), place.child(name)
+    sent_to = None if secret.sent_to is None else place.child(secret.sent_to).field
 
-    def whole(spot: str, text: str, put: Callable[[str], None]) -> Spot:
-        return Spot(spot, spot, text, REDACTED, "this secret", put, section, secret, sent_to)
+    def whole(spot: _Place, text: str, put: Callable[[str], None]) -> Spot:
+        return Spot(
+            spot.field, spot.key, text, REDACTED, "this secret", put, section, secret, sent_to
+        )
 
     if isinstance(value, str) and secret.in_url:
-        yield from _url_spots(section, name, field, secret, sent_to)
+        yield from _url_spots(section, name, at, secret, sent_to)
     elif isinstance(value, str):
         if value:  # also a string where a list is declared: hidden whole rather than shown
-            yield whole(field, value, _setter(section, name))
+            yield whole(at, value, _setter(section, name))
     elif isinstance(value, list):
         for index, item in enumerate(value):
             if isinstance(item, str) and item:
-                yield whole(f"{field}[{index}]", item, _setter(value, index))
+                spot = _Place(f"{at.field}[{index}]", f"{at.key}[{index}]")
+                yield whole(spot, item, _setter(value, index))
     elif isinstance(value, dict):
         for key, item in list(value.items()):
             if not isinstance(item, str) or not item:
                 continue
             # A value sealed under an earlier, broader rule is still a secret to open.
             if secret.only is None or secret.only(key) or item.startswith(_SEALED):
-                yield whole(f"{field}.{key}", item, _setter(value, key))
+                yield whole(at.child(key), item, _setter(value, key))
 
 
 def _url_spots(
-    section: dict[str, Any], name: str, field: str, secret: Secret, sent_to: str | None
+    section: dict[str, Any], name: str, at: _Place, secret: Secret, sent_to: str | None
 ) -> Iterator[Spot]:
     url: str = section[name]
     for credential in reversed(url_credentials(url)):
@@ -153,8 +192,8 @@ def _url_spots(
             section[name] = current[:start] + new + current[end:]
 
         yield Spot(
-            field,
-            f"{field} {credential.key}",
+            at.field,
+            f"{at.key} {credential.key}",
             text,
             credential.masked(text, REDACTED),
             f"{credential.what} in the URL",

@@ -2,11 +2,12 @@
 
 A tool definition carries secrets in the fields tools/schema.py marks secret (``auth.secret``,
 ``auth.secrets[*]``, ``forward.signing_secret``, the ``forward.headers`` values whose names carry
-a credential, and the credentials written into ``forward.url``): tools/secret_paths.py finds
-them, for this module and for tools/service.py's redaction alike. :class:`SecretsAtRest` seals
-them before the tool store writes a definition and opens them after it reads one, so every
-other module sees plaintext. In a URL only the credential is sealed, in place
-(``https://enc:v1:...@host/``), so the stored URL still names its host.
+a credential, the credentials written into ``forward.url``, and the same three in each of
+``destinations``): tools/secret_paths.py finds them, for this module and for tools/service.py's
+redaction alike. :class:`SecretsAtRest` seals them before the tool store writes a definition and
+opens them after it reads one, so every other module sees plaintext. In a URL only the
+credential is sealed, in place (``https://enc:v1:...@host/``), so the stored URL still names its
+host.
 
 A sealed value is ``enc:v1:<Fernet token>``. The prefix makes encrypted and plain values easy to
 tell apart: plaintext written by an older release, or by the embedded mode without a key, is

@@ -36,15 +36,20 @@ class ToolService:
         self._allow_private_forward = allow_private_forward
 
     def _checked(self, tool: Tool) -> Tool:
-        """``tool``, unless it forwards to an IP literal the SSRF guard refuses (without
-        ALLOW_PRIVATE_FORWARD): refused when it is written, where the writer can fix it, rather
-        than at each forward. Host names are judged when resolved, at each forward. Stored
-        tools are not checked again when loaded: an event for one is stored, and its forward
-        refused (never a 404 that would lose it)."""
-        if tool.forward is not None:
-            refusal = literal_refusal(tool.forward.url, self._allow_private_forward)
+        """``tool``, unless its forward or one of its destinations sends to an IP literal the
+        SSRF guard refuses (without ALLOW_PRIVATE_FORWARD): refused when it is written, where
+        the writer can fix it, rather than at each forward. Host names are judged when
+        resolved, at each forward. Stored tools are not checked again when loaded: an event for
+        one is stored, and its forward refused (never a 404 that would lose it)."""
+        targets = [("forward.url", tool.forward)] if tool.forward is not None else []
+        targets += [
+            (f"destinations[{index}].url", destination.forward)
+            for index, destination in enumerate(tool.destinations)
+        ]
+        for field, forward in targets:
+            refusal = literal_refusal(forward.url, self._allow_private_forward)
             if refusal is not None:
-                raise ToolConfigError("forward.url", refusal)
+                raise ToolConfigError(field, refusal)
         return tool
 
     async def _changed(self) -> None:
@@ -135,8 +140,9 @@ def restore_secrets(config: dict[str, Any], stored: Mapping[str, Any] | None) ->
     """A copy of ``config`` with every redacted placeholder replaced by the secret it stands for
     in ``stored`` (None: nothing is stored). Raises ToolConfigError naming the field when nothing
     is stored behind a placeholder, or when the secret was for another host than the one its URL
-    now names (a credential must not follow a changed ``forward.url`` without being given
-    again)."""
+    now names (a credential must not follow a changed ``forward.url`` or destination ``url``
+    without being given again). A destination's secrets are found by its ``id``, wherever it
+    now is in the list."""
     config = copy.deepcopy(config)
     known = {spot.key: spot for spot in secret_spots(copy.deepcopy(dict(stored or {})))}
     for spot in secret_spots(config):
