@@ -9,7 +9,7 @@ from pydantic.json_schema import models_json_schema
 
 from webhook_worker import __version__
 from webhook_worker.tools.schema import ToolDefinition, ToolView
-from webhook_worker.vocabulary import DeadLetterStatus, EventStatus
+from webhook_worker.vocabulary import DeadLetterStatus, DeliveryStatus, EventStatus
 
 _REF_TEMPLATE = "#/components/schemas/{model}"
 
@@ -169,6 +169,23 @@ def document() -> dict[str, Any]:
                         "error_class": {"type": ["string", "null"]},
                         "error": {"type": ["string", "null"]},
                         "http_status": {"type": ["integer", "null"]},
+                        "destination_id": {
+                            "type": ["string", "null"],
+                            "description": "the destination delivered to; null for the "
+                            "event's own processing",
+                        },
+                    },
+                },
+                "Delivery": {
+                    "type": "object",
+                    "required": ["destination_id", "status", "attempts"],
+                    "properties": {
+                        "destination_id": {"type": "string"},
+                        "status": {"enum": list(DeliveryStatus)},
+                        "attempt_count": {"type": "integer"},
+                        "next_attempt_at": _TIME,
+                        "updated_at": _TIME,
+                        "attempts": {"type": "array", "items": _ref("Attempt")},
                     },
                 },
                 "Event": {
@@ -186,6 +203,7 @@ def document() -> dict[str, Any]:
                         "raw_payload": {},
                         "headers": {"type": "object"},
                         "attempts": {"type": "array", "items": _ref("Attempt")},
+                        "deliveries": {"type": "array", "items": _ref("Delivery")},
                     },
                 },
                 "DeadLetter": {
@@ -194,6 +212,11 @@ def document() -> dict[str, Any]:
                     "properties": {
                         "id": {"type": "string"},
                         "event_id": {"type": "string"},
+                        "destination_id": {
+                            "type": ["string", "null"],
+                            "description": "the destination whose delivery failed; null when "
+                            "the event itself failed",
+                        },
                         "tool_id": {"type": "string"},
                         "event_type": {"type": ["string", "null"]},
                         "error": {"type": "string"},
@@ -217,8 +240,43 @@ def document() -> dict[str, Any]:
                         "status": {"enum": ["pending", "", None]},
                         "since": {"anyOf": [_TIME_FILTER, {"type": "null"}]},
                         "until": {"anyOf": [_TIME_FILTER, {"type": "null"}]},
+                        "destination_id": {"type": ["string", "null"]},
+                        "dry_run": {
+                            "type": "boolean",
+                            "description": "count what would be retried, change nothing",
+                        },
                     },
                     "additionalProperties": False,
+                },
+                "EventReplay": {
+                    "type": "object",
+                    "description": "which events to replay; empty or null values mean no filter",
+                    "properties": {
+                        "tool_id": {"type": ["string", "null"]},
+                        "event_type": {"type": ["string", "null"]},
+                        "status": {"enum": [*EventStatus, "", None]},
+                        "since": {"anyOf": [_TIME_FILTER, {"type": "null"}]},
+                        "until": {"anyOf": [_TIME_FILTER, {"type": "null"}]},
+                        "destination_id": {
+                            "type": ["string", "null"],
+                            "description": "replay to this destination only (needs tool_id)",
+                        },
+                        "dry_run": {
+                            "type": "boolean",
+                            "description": "count the matching events, change nothing",
+                        },
+                    },
+                    "additionalProperties": False,
+                },
+                "Counted": {
+                    "type": "object",
+                    "description": "requeued, or with dry_run, matched",
+                    "properties": {
+                        "requeued": {"type": "integer"},
+                        "matched": {"type": "integer"},
+                    },
+                    "minProperties": 1,
+                    "maxProperties": 1,
                 },
             },
         },
@@ -309,12 +367,41 @@ def document() -> dict[str, Any]:
                     },
                 }
             },
+            "/api/v1/events/replay": {
+                "post": {
+                    "summary": "Replay every event matching a filter (to one destination or all)",
+                    "requestBody": {
+                        "required": False,
+                        "content": {"application/json": {"schema": _ref("EventReplay")}},
+                    },
+                    "responses": {
+                        "200": _json(_ref("Counted"), "how many were requeued, or matched"),
+                        "400": _error("bad filter, or a destination the tool does not have"),
+                        "404": _error("unknown tool (with destination_id)"),
+                        "503": _error("queue unavailable"),
+                        **_COMMON,
+                    },
+                }
+            },
             "/api/v1/events/{event_id}/replay": {
                 "post": {
-                    "summary": "Process an event again",
+                    "summary": "Process an event again: every delivery, or one destination's",
                     "parameters": [event_id],
+                    "requestBody": {
+                        "required": False,
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "properties": {"destination_id": {"type": ["string", "null"]}},
+                                    "additionalProperties": False,
+                                }
+                            }
+                        },
+                    },
                     "responses": {
                         "202": _json({"type": "object"}, "requeued"),
+                        "400": _error("a destination the event's tool does not have"),
                         "404": _error("unknown"),
                         "503": _error("queue unavailable"),
                         **_COMMON,
@@ -327,6 +414,7 @@ def document() -> dict[str, Any]:
                     "parameters": [
                         *_PAGING,
                         _query("error_class", "only this error class"),
+                        _query("destination_id", "only this destination's dead letters"),
                         _query(
                             "status",
                             "pending, retrying, resolved or discarded",
@@ -348,14 +436,7 @@ def document() -> dict[str, Any]:
                         "content": {"application/json": {"schema": _ref("DeadLetterFilter")}},
                     },
                     "responses": {
-                        "200": _json(
-                            {
-                                "type": "object",
-                                "required": ["requeued"],
-                                "properties": {"requeued": {"type": "integer"}},
-                            },
-                            "how many were requeued",
-                        ),
+                        "200": _json(_ref("Counted"), "how many were requeued, or matched"),
                         "400": _error("bad filter"),
                         "503": _error("queue unavailable"),
                         **_COMMON,
