@@ -1,8 +1,9 @@
 """The backlog of each destination: its deliveries that are not final yet (``pending``,
 ``retrying``, ``paused``), what ``webhook_destination_backlog`` reports.
 
-One GROUP BY over ``event_deliveries``, answered from its (tool_id, destination_id, status)
-index; destinations with nothing waiting are absent from the answer.
+One GROUP BY over ``event_deliveries``, answered from its partial index of the waiting
+deliveries (``ix_event_deliveries_waiting``), so its cost follows the backlog, not the history;
+destinations with nothing waiting are absent from the answer.
 """
 
 from __future__ import annotations
