@@ -12,6 +12,18 @@ JSON block where it has one::
 Each tool goes through the real validation (``parse_tool``, as when it is saved) and each
 payload through the worker's own plan (mode, filter, transform, per-event overrides) and its
 own decision (:func:`webhook_worker.worker.decide.prepare`).
+
+The destinations example is a YAML file for ``tools apply -f``, read as that command reads it,
+with what each destination makes of each payload::
+
+    <!-- destinations NAME tools -->                 a YAML list of tool definitions
+    <!-- destinations NAME payload EVENT_TYPE -->    a body, for the first tool of NAME
+    <!-- destinations NAME sent DEST -->             what DEST is sent for the payload before it
+    <!-- destinations NAME sent-as-received DEST --> DEST is sent that payload as received
+    <!-- destinations NAME ignored DEST -->          DEST's filter drops that payload
+
+and every destination of the tool has one of the last three for every payload
+(:func:`webhook_worker.worker.decide.route`, after ``prepare``).
 """
 
 from __future__ import annotations
@@ -24,9 +36,10 @@ from typing import Any
 
 import pytest
 
+from webhook_worker.cli.common import read_document
 from webhook_worker.config import RetryPolicy
 from webhook_worker.tools.model import Tool, parse_tool
-from webhook_worker.vocabulary import EventStatus
+from webhook_worker.vocabulary import DeliveryStatus, EventStatus
 from webhook_worker.worker import decide
 from webhook_worker.worker.plan import Plan, Plans
 
@@ -123,3 +136,82 @@ def test_the_override_example_forwards_only_what_it_says() -> None:
     assert _plan(invoice)[1].forwards
     other = Case("overrides", "customer.created", {"livemode": True})
     assert _plan(other)[1].mode == "transform_and_store" and not _plan(other)[1].forwards
+
+
+_DESTINATIONS_MARKER = re.compile(
+    r"<!-- destinations (?P<name>\S+) (?P<kind>tools|payload|sent-as-received|sent|ignored)"
+    r"(?: (?P<arg>\S+))? -->"
+    r"(?:\s*```(?:json|yaml)\n(?P<body>.*?)\n```)?",
+    re.DOTALL,
+)
+
+
+@dataclass
+class Delivered:
+    event_type: str
+    payload: Any
+    expected: dict[str, Any] = field(default_factory=dict)
+    """By destination id: the JSON it is sent, AS_RECEIVED or IGNORED."""
+
+
+@dataclass
+class FanOut:
+    tools: list[dict[str, Any]]
+    cases: list[Delivered] = field(default_factory=list)
+
+
+def _fan_outs(tmp: Path) -> dict[str, FanOut]:
+    found: dict[str, FanOut] = {}
+    for match in _DESTINATIONS_MARKER.finditer(DOC.read_text(encoding="utf-8")):
+        name, kind, arg, body = match["name"], match["kind"], match["arg"], match["body"]
+        where = f"docs/processing.md: destinations {name} {kind} {arg or ''}"
+        assert (body is not None) == (kind in ("tools", "payload", "sent")), f"{where}: block?"
+        if kind == "tools":
+            # Read as `webhook-worker tools apply -f FILE` reads it.
+            path = tmp / f"{name}.yaml"
+            path.write_text(body, encoding="utf-8")
+            tools = read_document(str(path))
+            assert isinstance(tools, list) and tools, f"{where}: expected a list of tools"
+            found[name] = FanOut(tools)
+        elif kind == "payload":
+            assert arg, f"{where}: no event type"
+            found[name].cases.append(Delivered(arg, json.loads(body)))
+        else:
+            assert arg and found[name].cases, f"{where}: no destination, or no payload before"
+            expected = found[name].cases[-1].expected
+            assert arg not in expected, f"{where}: said twice"
+            expected[arg] = {"sent": json.loads(body) if body else None, "ignored": IGNORED}.get(
+                kind, AS_RECEIVED
+            )
+    return found
+
+
+def test_the_destinations_example_does_what_the_page_says(tmp_path: Path) -> None:
+    fan_outs = _fan_outs(tmp_path)
+    assert set(fan_outs) == {"github-fanout"}
+    for name, example in fan_outs.items():
+        tools = [parse_tool(definition) for definition in example.tools]  # as `tools apply`
+        tool = tools[0]
+        assert example.cases, f"{name}: no payloads"
+        for case in example.cases:
+            plan = Plans(RetryPolicy()).for_event(tool, case.event_type)
+            assert sorted(case.expected) == sorted(r.id for r in plan.routes), case.event_type
+            body = json.dumps(case.payload).encode()
+            prepared = decide.prepare(plan, body)
+            assert prepared.status == EventStatus.PENDING, prepared.failure
+            for route in plan.routes:
+                routed = decide.route(route, body, prepared)
+                expected = case.expected[route.id]
+                where = f"{case.event_type} to {route.id}"
+                if expected is IGNORED:
+                    assert routed.status == DeliveryStatus.IGNORED, where
+                    continue
+                assert routed.status == DeliveryStatus.PENDING, (where, routed.failure)
+                if expected is AS_RECEIVED:
+                    assert routed.payload is None and prepared.payload is None, where
+                else:
+                    assert routed.payload == expected, where
+        sent = {d for case in example.cases for d, e in case.expected.items() if e is not IGNORED}
+        dropped = {d for case in example.cases for d, e in case.expected.items() if e is IGNORED}
+        assert sent == {r.id for r in plan.routes}, f"{name}: a destination never sent anything"
+        assert dropped, f"{name}: no destination's filter is shown dropping anything"

@@ -28,7 +28,6 @@ from webhook_worker.storage.deadletters import (
 )
 from webhook_worker.storage.events import EventFilter, EventStore
 from webhook_worker.storage.rows import Page
-from webhook_worker.tools.model import DEFAULT_DESTINATION
 from webhook_worker.tools.service import ToolService
 from webhook_worker.vocabulary import DeadLetterStatus, EventStatus
 
@@ -119,7 +118,7 @@ class ManagementAPI:
         destination_id = _string(raw, "destination_id")
         if destination_id is not None:
             event = await self._events.get(event_id)
-            await self._known_destination(event.tool_id, destination_id)
+            await self._tools.check_destination(event.tool_id, destination_id)
         await self._replayer.replay_event(event_id, destination_id)
         answer = {"event_id": event_id, "status": "requeued"}
         if destination_id is not None:
@@ -145,7 +144,7 @@ class ManagementAPI:
                     "destination_id: give tool_id too (a destination belongs to one tool)",
                     "destination_id",
                 )
-            await self._known_destination(values["tool_id"], destination_id)
+            await self._tools.check_destination(values["tool_id"], destination_id)
         where = EventFilter(
             tool_id=values["tool_id"],
             event_type=values["event_type"],
@@ -155,18 +154,6 @@ class ManagementAPI:
         )
         count = await self._replayer.replay_matching(where, destination_id, dry_run=dry_run)
         return JSONResponse({"matched": count} if dry_run else {"requeued": count})
-
-    async def _known_destination(self, tool_id: str, destination_id: str) -> None:
-        """400 unless the tool delivers to ``destination_id`` (a replay there would only be
-        recorded as ``ignored``)."""
-        known = _destination_ids(await self._tools.get(tool_id))
-        if destination_id not in known:
-            listed = ", ".join(known) if known else "none"
-            raise BadRequestError(
-                f"destination_id: tool {tool_id!r} has no destination {destination_id!r} "
-                f"(its destinations: {listed})",
-                "destination_id",
-            )
 
     async def list_dead_letters(self, request: Request) -> Response:
         query = request.query_params
@@ -208,15 +195,6 @@ async def _optional_json_object(request: Request) -> dict[str, Any]:
     """The JSON object in the body, or {} when the body is empty."""
     body = await request.body()
     return await _json_object(request) if body.strip() else {}
-
-
-def _destination_ids(tool: Mapping[str, Any]) -> list[str]:
-    """The enabled destinations of a tool's view: its ``forward`` (``default``) first."""
-    ids = [DEFAULT_DESTINATION] if tool.get("forward") else []
-    for destination in tool.get("destinations") or ():
-        if destination.get("enabled", True):
-            ids.append(destination["id"])
-    return ids
 
 
 def _string(raw: Mapping[str, Any], name: str) -> str | None:

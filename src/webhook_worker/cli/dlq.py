@@ -3,8 +3,10 @@ database.
 
 Filters, pagination and rules are the management API's (``/api/v1/dlq``): newest first, a
 cursor to continue where a page ended; only ``pending`` or ``discarded`` dead letters can be
-retried one by one, and a bulk retry takes the ``pending`` ones. Retrying puts events back on
-the queue, so ``retry`` needs the queue as well as the database (Redis when REDIS_ADDR is set).
+retried one by one, and a bulk retry takes the ``pending`` ones. A dead letter of a delivery
+names its destination, and retrying it sends that delivery alone. Retrying puts events back on
+the queue, so ``retry`` needs the queue as well as the database (Redis when REDIS_ADDR is set);
+``retry --dry-run`` only counts, from the database.
 """
 
 from __future__ import annotations
@@ -34,12 +36,8 @@ from webhook_worker.cli.common import (
     user_errors,
     with_database,
 )
-from webhook_worker.cli.events import (
-    describe_event,
-    parse_when,
-    pipeline_errors,
-    short_time,
-)
+from webhook_worker.cli.display import describe_event, short_time
+from webhook_worker.cli.events import parse_when, pipeline_errors
 from webhook_worker.cli.plain import plain, printable
 from webhook_worker.clock import iso
 from webhook_worker.config import Settings
@@ -78,6 +76,10 @@ SinceOpt = Annotated[
 UntilOpt = Annotated[
     str | None, typer.Option("--until", help="Created before: ISO 8601 time, or e.g. 30m.")
 ]
+DestinationOpt = Annotated[
+    str | None,
+    typer.Option("--destination", help="Only the dead letters of this destination's deliveries."),
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 IdArg = Annotated[str, typer.Argument(metavar="ID", help="The dead letter id (from `dlq list`).")]
 
@@ -92,6 +94,7 @@ def list_dead_letters(
     ] = None,
     since: SinceOpt = None,
     until: UntilOpt = None,
+    destination: DestinationOpt = None,
     limit: Annotated[
         int, typer.Option("--limit", min=1, max=MAX_PAGE, help="Dead letters per page.")
     ] = 50,
@@ -103,7 +106,7 @@ def list_dead_letters(
     """List dead letters, newest first."""
     if status is not None and status not in tuple(DeadLetterStatus):
         fail(f"--status: expected one of {', '.join(tuple(DeadLetterStatus))}, got {status!r}", 2)
-    where = _filter(tool, event_type, error_class, since, until, status=status)
+    where = _filter(tool, event_type, error_class, since, until, destination, status=status)
     settings = load_settings(quiet_logs=True)
     page = read_page(
         settings, cursor, lambda db, after: DeadLetterStore(db).list(where, limit, after)
@@ -116,13 +119,24 @@ def list_dead_letters(
             "no dead letters" + (" match" if cursor or where != DeadLetterFilter() else " yet")
         )
         return
-    table = Table("id", "event id", "tool", "type", "error class", "retries", "status", "created")
+    table = Table(
+        "id",
+        "event id",
+        "tool",
+        "destination",
+        "type",
+        "error class",
+        "retries",
+        "status",
+        "created",
+    )
     table.columns[0].no_wrap = True  # what `dlq show` and `dlq retry` take: never cut
     for item in page.items:
         table.add_row(
             plain(item.id),
             plain(item.event_id),
             plain(item.tool_id),
+            plain(item.destination_id or ""),
             plain(item.event_type or ""),
             plain(item.error_class or ""),
             str(item.retry_count),
@@ -138,6 +152,7 @@ def list_dead_letters(
             ("--status", status),
             ("--since", since),
             ("--until", until),
+            ("--destination", destination),
         ]
         print_next_page("webhook-worker dlq list", filters, limit, more)
 
@@ -170,8 +185,13 @@ def retry(
     error_class: ClassOpt = None,
     since: SinceOpt = None,
     until: UntilOpt = None,
+    destination: DestinationOpt = None,
     every: Annotated[
         bool, typer.Option("--all", help="Every pending dead letter (no filter).")
+    ] = False,
+    dry_run: Annotated[
+        bool,
+        typer.Option("--dry-run", help="Count the pending dead letters a retry would send."),
     ] = False,
     yes: Annotated[
         bool,
@@ -182,22 +202,30 @@ def retry(
 ) -> None:
     """Retry one dead letter by ID, or every pending one matching the filters.
 
-    Example: webhook-worker dlq retry --tool github --class http_5xx --yes
+    Example: webhook-worker dlq retry --tool github --destination ci --class http_5xx --yes
     """
-    filtered = any(value for value in (tool, event_type, error_class, since, until))
+    filtered = any(value for value in (tool, event_type, error_class, since, until, destination))
     if dead_letter_id is not None:
-        if filtered or every:
-            fail("give either a dead letter ID or filters (--tool, --type, ...), not both", 2)
+        if filtered or every or dry_run:
+            fail(
+                "give either a dead letter ID or filters (--tool, --type, ...), not both; "
+                "--dry-run is for a retry by filter",
+                2,
+            )
         _retry_one(load_settings(quiet_logs=True), dead_letter_id)
         return
     if not filtered and not every:
         fail(
             "say what to retry: a dead letter ID, filters (--tool, --type, --class, --since, "
-            "--until), or --all",
+            "--until, --destination), or --all",
             2,
         )
-    where = _filter(tool, event_type, error_class, since, until)
-    _retry_matching(load_settings(quiet_logs=True), where, yes)
+    where = _filter(tool, event_type, error_class, since, until, destination)
+    settings = load_settings(quiet_logs=True)
+    if dry_run:
+        _count_matching(settings, where)
+    else:
+        _retry_matching(settings, where, yes)
 
 
 @app.command()
@@ -224,6 +252,21 @@ def _retry_one(settings: Settings, dead_letter_id: str) -> None:
         ),
         soft_wrap=True,
     )
+
+
+def _count_matching(settings: Settings, where: DeadLetterFilter) -> None:
+    """What a bulk retry would send round, counted the way it counts (pending ones only)."""
+    pending = replace(where, status=DeadLetterStatus.PENDING)
+    with user_errors():
+        matched = with_database(settings, lambda db: DeadLetterStore(db).count(pending))
+    console.print(
+        plain(f"would retry {_pending(matched)} ({_summary(where)}); dry run: nothing changed"),
+        soft_wrap=True,
+    )
+
+
+def _pending(count: int) -> str:
+    return f"{count} pending dead letter{'s' if count != 1 else ''}"
 
 
 def _retry_matching(settings: Settings, where: DeadLetterFilter, yes: bool) -> None:
@@ -253,8 +296,7 @@ def _retry_matching(settings: Settings, where: DeadLetterFilter, yes: bool) -> N
             )
             if total == 0:
                 return 0
-            described = f"{total} pending dead letter{'s' if total != 1 else ''}"
-            described += f" ({_summary(where)})"
+            described = f"{_pending(total)} ({_summary(where)})"
             if not yes:
                 if not sys.stdin.isatty():
                     fail(f"not retrying {described} without confirmation: pass --yes", 1)
@@ -293,6 +335,7 @@ def _filter(
     error_class: str | None,
     since: str | None,
     until: str | None,
+    destination: str | None,
     status: str | None = None,
 ) -> DeadLetterFilter:
     return DeadLetterFilter(
@@ -302,6 +345,7 @@ def _filter(
         status=DeadLetterStatus(status) if status is not None else None,
         since=parse_when(since, "--since"),
         until=parse_when(until, "--until"),
+        destination_id=destination or None,
     )
 
 
@@ -310,6 +354,7 @@ def _summary(where: DeadLetterFilter) -> str:
         f"{name} {value}"
         for name, value in (
             ("tool", where.tool_id),
+            ("destination", where.destination_id),
             ("type", where.event_type),
             ("class", where.error_class),
             ("since", where.since.isoformat() if where.since else None),
@@ -331,6 +376,7 @@ def _describe(letter: DeadLetterRow, event: EventRow) -> Group:
     retryable = "retryable" if letter.retryable else "not retryable"
     for label, value in (
         ("dead letter", letter.id),
+        ("destination", letter.destination_id or "- (the event itself failed)"),
         ("status", _styled(letter.status)),
         ("error class", f"{letter.error_class} ({retryable})"),
         ("error", letter.error or "-"),

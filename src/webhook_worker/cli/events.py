@@ -1,22 +1,22 @@
 """``webhook-worker events``: list, inspect and replay stored events, straight from the database.
 
-Filters and pagination are the management API's (``GET /api/v1/events``): newest first, and a
-cursor to continue where a page ended. ``replay`` puts an event back on the queue, so it needs
-the queue as well as the database (Redis when REDIS_ADDR is set).
+Filters, pagination and rules are the management API's (``/api/v1/events``): newest first, and a
+cursor to continue where a page ended; a replay to one destination only to a destination the
+tool delivers to. ``replay`` puts events back on the queue, so it needs the queue as well as the
+database (Redis when REDIS_ADDR is set); ``replay --dry-run`` only counts, from the database.
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
-from rich.console import Group, RenderableType
-from rich.panel import Panel
 from rich.table import Table
-from rich.text import Text
 
 from webhook_worker.api.cursor import next_cursor
 from webhook_worker.api.views import event_view, page_view
@@ -32,34 +32,44 @@ from webhook_worker.cli.common import (
     user_errors,
     with_database,
 )
-from webhook_worker.cli.plain import plain, plain_json
-from webhook_worker.clock import iso, parse_time
-from webhook_worker.config import parse_duration
-from webhook_worker.errors import ConflictError, QueueUnavailableError
+from webhook_worker.cli.display import delivered_summary, describe_event, event_status, short_time
+from webhook_worker.cli.plain import plain, printable
+from webhook_worker.clock import parse_time
+from webhook_worker.config import Settings, parse_duration
+from webhook_worker.errors import BadRequestError, ConflictError, QueueUnavailableError
 from webhook_worker.runtime import StartupError, open_runtime
 from webhook_worker.storage.events import MAX_PAGE, EventFilter, EventStore
-from webhook_worker.storage.rows import EventRow
+from webhook_worker.storage.tools import ToolStore
+from webhook_worker.tools.service import ToolService
 from webhook_worker.vocabulary import EventStatus
 
 app = typer.Typer(help="List, inspect and replay stored events.", no_args_is_help=True)
 
-_STATUS_STYLES: dict[str, str] = {
-    EventStatus.PROCESSED: "green",
-    EventStatus.PENDING: "cyan",
-    EventStatus.IGNORED: "dim",
-    EventStatus.RETRYING: "yellow",
-    EventStatus.DEAD: "red",
-}
+DESTINATION_OPTION = "--destination"
+
+ToolOpt = Annotated[str | None, typer.Option("--tool", help="Only this tool's events.")]
+TypeOpt = Annotated[str | None, typer.Option("--type", help="Only this event type.")]
+StatusOpt = Annotated[
+    str | None, typer.Option("--status", help=f"One of {', '.join(tuple(EventStatus))}.")
+]
+SinceOpt = Annotated[
+    str | None,
+    typer.Option("--since", help="Received at or after: ISO 8601 time, or e.g. 2h (ago)."),
+]
+UntilOpt = Annotated[
+    str | None, typer.Option("--until", help="Received before: ISO 8601 time, or e.g. 30m.")
+]
 
 
 @contextmanager
 def pipeline_errors() -> Iterator[None]:
     """:func:`user_errors`, plus what sending work through the pipeline again can meet: a
-    conflict (409 in the API), an unreachable queue or database. One line each, exit 1."""
+    conflict (409 in the API), a destination the tool does not have (400), an unreachable
+    queue or database. One line each, exit 1."""
     with user_errors():
         try:
             yield
-        except ConflictError as exc:
+        except (ConflictError, BadRequestError) as exc:
             fail(str(exc), 1)
         except QueueUnavailableError as exc:
             fail(f"the queue is unavailable: {_one_line(exc)}", 1)
@@ -87,18 +97,11 @@ def parse_when(raw: str | None, option: str) -> datetime | None:
 
 @app.command("list")
 def list_events(
-    tool: Annotated[str | None, typer.Option("--tool", help="Only this tool's events.")] = None,
-    event_type: Annotated[str | None, typer.Option("--type", help="Only this event type.")] = None,
-    status: Annotated[
-        str | None, typer.Option("--status", help=f"One of {', '.join(tuple(EventStatus))}.")
-    ] = None,
-    since: Annotated[
-        str | None,
-        typer.Option("--since", help="Received at or after: ISO 8601 time, or e.g. 2h (ago)."),
-    ] = None,
-    until: Annotated[
-        str | None, typer.Option("--until", help="Received before: ISO 8601 time, or e.g. 30m.")
-    ] = None,
+    tool: ToolOpt = None,
+    event_type: TypeOpt = None,
+    status: StatusOpt = None,
+    since: SinceOpt = None,
+    until: UntilOpt = None,
     limit: Annotated[
         int, typer.Option("--limit", min=1, max=MAX_PAGE, help="Events per page.")
     ] = 50,
@@ -108,15 +111,7 @@ def list_events(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
 ) -> None:
     """List events, newest first."""
-    if status is not None and status not in tuple(EventStatus):
-        fail(f"--status: expected one of {', '.join(tuple(EventStatus))}, got {status!r}", 2)
-    where = EventFilter(
-        tool_id=tool or None,
-        event_type=event_type or None,
-        status=EventStatus(status) if status is not None else None,
-        since=parse_when(since, "--since"),
-        until=parse_when(until, "--until"),
-    )
+    where = event_filter(tool, event_type, status, since, until)
     settings = load_settings(quiet_logs=True)
     page = read_page(settings, cursor, lambda db, after: EventStore(db).list(where, limit, after))
     if as_json:
@@ -125,7 +120,7 @@ def list_events(
     if not page.items:
         console.print("no events" + (" match" if cursor or where != EventFilter() else " yet"))
         return
-    table = Table("id", "tool", "type", "delivery id", "status", "received")
+    table = Table("id", "tool", "type", "delivery id", "status", "deliveries", "received")
     table.columns[0].no_wrap = True
     for item in page.items:
         table.add_row(
@@ -133,7 +128,8 @@ def list_events(
             plain(item.tool_id),
             plain(item.event_type or ""),
             plain(item.delivery_id),
-            _styled(item.status),
+            event_status(item.status),
+            delivered_summary(item.deliveries),
             short_time(item.received_at),
         )
     print_table(table)
@@ -155,7 +151,7 @@ def show(
     ],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
 ) -> None:
-    """Show one event: headers, payload and every processing attempt."""
+    """Show one event: headers, payload, each destination's delivery and every attempt."""
     settings = load_settings(quiet_logs=True)
 
     with user_errors():
@@ -169,77 +165,177 @@ def show(
 @app.command()
 def replay(
     event_id: Annotated[
-        str, typer.Argument(metavar="EVENT_ID", help="The event id (from `events list`).")
-    ],
+        str | None,
+        typer.Argument(
+            metavar="EVENT_ID",
+            help="One event (from `events list`); leave out to replay by filter.",
+        ),
+    ] = None,
+    destination: Annotated[
+        str | None,
+        typer.Option(
+            DESTINATION_OPTION, help="Only the delivery to this destination (else to every one)."
+        ),
+    ] = None,
+    tool: ToolOpt = None,
+    event_type: TypeOpt = None,
+    status: StatusOpt = None,
+    since: SinceOpt = None,
+    until: UntilOpt = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Count the events a replay by filter would send.")
+    ] = False,
+    yes: Annotated[
+        bool,
+        typer.Option(
+            "--yes", "-y", help="Replay by filter without asking (required off a terminal)."
+        ),
+    ] = False,
 ) -> None:
-    """Process an event again from its stored body, whatever its status (a new attempt)."""
-    settings = load_settings(quiet_logs=True)
+    """Process one event again from its stored body, whatever its status (a new attempt), or
+    every event of a tool matching the filters; to every destination, or to one.
 
+    Replaying `ignored` events evaluates the filters as they are now, so a destination added
+    since gets them. Example: webhook-worker events replay --tool github --status ignored
+    --destination ci --yes
+    """
+    filtered = any(value for value in (tool, event_type, status, since, until))
+    if event_id is not None:
+        if filtered or dry_run or yes:
+            fail(
+                "give either an event ID or filters (--tool, --type, ...), not both; "
+                "--dry-run and --yes are for a replay by filter",
+                2,
+            )
+        _replay_one(load_settings(quiet_logs=True), event_id, destination or None)
+        return
+    if not tool:
+        fail(
+            "say what to replay: an event ID, or --tool with any of --type, --status, "
+            "--since, --until",
+            2,
+        )
+    where = event_filter(tool, event_type, status, since, until)
+    settings = load_settings(quiet_logs=True)
+    _replay_matching(settings, tool, where, destination or None, dry_run=dry_run, yes=yes)
+
+
+def event_filter(
+    tool: str | None,
+    event_type: str | None,
+    status: str | None,
+    since: str | None,
+    until: str | None,
+) -> EventFilter:
+    """The filter the options name, or exit 2 with the line naming the bad option."""
+    if status is not None and status not in tuple(EventStatus):
+        fail(f"--status: expected one of {', '.join(tuple(EventStatus))}, got {status!r}", 2)
+    return EventFilter(
+        tool_id=tool or None,
+        event_type=event_type or None,
+        status=EventStatus(status) if status is not None else None,
+        since=parse_when(since, "--since"),
+        until=parse_when(until, "--until"),
+    )
+
+
+def _replay_one(settings: Settings, event_id: str, destination: str | None) -> None:
     async def requeue() -> None:
         async with open_runtime(settings) as runtime:
-            await runtime.replayer.replay_event(event_id)
+            if destination is not None:
+                event = await runtime.events.get(event_id)
+                await runtime.tool_service.check_destination(
+                    event.tool_id, destination, DESTINATION_OPTION
+                )
+            await runtime.replayer.replay_event(event_id, destination)
 
     with pipeline_errors():
         run_async(requeue())
+    to = f" to destination {destination}" if destination is not None else ""
     console.print(
-        plain(f"requeued event {event_id}: follow it with `webhook-worker events show {event_id}`"),
+        plain(
+            f"requeued event {event_id}{to}: follow it with `webhook-worker events show {event_id}`"
+        ),
         soft_wrap=True,
     )
 
 
-def describe_event(event: EventRow) -> Group:
-    """An event for a terminal: summary, headers, payload (and raw payload), attempts. Every
-    stored value is plain text (see :mod:`webhook_worker.cli.plain`)."""
-    summary = Table.grid(padding=(0, 2))
-    summary.add_column(style="bold")
-    summary.add_column()
-    for label, value in (
-        ("id", event.id),
-        ("tool", event.tool_id),
-        ("type", event.event_type or "-"),
-        ("delivery id", event.delivery_id),
-        ("status", _styled(event.status)),
-        ("received", iso(event.received_at) or "-"),
-        ("processed", iso(event.processed_at) or "-"),
-    ):
-        summary.add_row(label, value if isinstance(value, Text) else plain(value))
+def _replay_matching(
+    settings: Settings,
+    tool: str,
+    where: EventFilter,
+    destination: str | None,
+    *,
+    dry_run: bool,
+    yes: bool,
+) -> None:
+    """Count, confirm, then requeue. The count and the replay share an end time (now, unless
+    --until is earlier), so what is replayed is what was counted and confirmed: events received
+    meanwhile are left alone. The queue is opened before anyone is asked anything, so an
+    unreachable one is reported first; a dry run needs only the database."""
+    described = _event_summary(where, destination)
+    now = datetime.now(UTC)
+    if where.until is None or where.until > now:
+        where = replace(where, until=now)
 
-    headers = Table("header", "value", box=None, show_edge=False)
-    for name, value in sorted(event.headers.items()):
-        headers.add_row(plain(name), plain(value))
+    async def count(tools: ToolService, events: EventStore) -> int:
+        if destination is not None:
+            await tools.check_destination(tool, destination, DESTINATION_OPTION)
+        return await events.count(where)
 
-    attempts = Table("#", "started", "ms", "outcome", "http", "error class", "error")
-    for attempt in event.attempts:
-        attempts.add_row(
-            str(attempt.attempt),
-            iso(attempt.started_at) or "",
-            f"{attempt.duration_ms:.1f}",
-            plain(attempt.outcome),
-            str(attempt.http_status or ""),
-            plain(attempt.error_class or ""),
-            plain(attempt.error or ""),
+    if dry_run:
+        with pipeline_errors():
+            matched = with_database(
+                settings,
+                lambda db: count(
+                    ToolService(ToolStore.from_settings(db, settings)), EventStore(db)
+                ),
+            )
+        console.print(
+            plain(f"would replay {_events(matched)} ({described}); dry run: nothing changed"),
+            soft_wrap=True,
         )
+        return
 
-    shown = event_view(event)  # payload and raw payload by the API's rule
-    parts: list[Any] = [
-        summary,
-        Panel(headers, title="headers", title_align="left"),
-        Panel(_body(shown["payload"]), title="payload", title_align="left"),
+    async def go() -> int:
+        async with open_runtime(settings) as runtime:
+            matched = await count(runtime.tool_service, runtime.events)
+            if matched == 0:
+                return 0
+            if not yes:
+                question = f"Replay {_events(matched)} ({described})?"
+                if not sys.stdin.isatty():
+                    fail(
+                        f"not replaying {_events(matched)} ({described}) without "
+                        "confirmation: pass --yes",
+                        1,
+                    )
+                typer.confirm(printable(question), abort=True)
+            return await runtime.replayer.replay_matching(where, destination)
+
+    with pipeline_errors():
+        requeued = run_async(go())
+    if requeued == 0:
+        console.print(plain(f"requeued 0: no events match ({described})"), soft_wrap=True)
+    else:
+        console.print(f"requeued {requeued}", highlight=False)
+
+
+def _events(count: int) -> str:
+    return f"{count} event{'s' if count != 1 else ''}"
+
+
+def _event_summary(where: EventFilter, destination: str | None) -> str:
+    parts = [
+        f"{name} {value}"
+        for name, value in (
+            ("tool", where.tool_id),
+            ("type", where.event_type),
+            ("status", where.status),
+            ("since", where.since.isoformat() if where.since else None),
+            ("until", where.until.isoformat() if where.until else None),
+        )
+        if value
     ]
-    if "raw_payload" in shown:
-        parts.append(Panel(_body(shown["raw_payload"]), title="raw payload", title_align="left"))
-    parts.append(attempts if event.attempts else "no attempts recorded yet")
-    return Group(*parts)
-
-
-def _styled(status: EventStatus) -> Text:
-    return plain(status, _STATUS_STYLES.get(status, ""))
-
-
-def _body(value: Any) -> RenderableType:
-    return plain(value) if isinstance(value, str) else plain_json(value)
-
-
-def short_time(value: datetime) -> str:
-    """``2024-01-15 10:30:00Z`` (to the second, for tables)."""
-    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+    parts.append(f"to destination {destination}" if destination else "to every destination")
+    return ", ".join(parts)

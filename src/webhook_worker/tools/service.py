@@ -14,9 +14,9 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from webhook_worker.clock import iso
-from webhook_worker.errors import NotFoundError, ToolConfigError
+from webhook_worker.errors import BadRequestError, NotFoundError, ToolConfigError
 from webhook_worker.storage.tools import ToolStore
-from webhook_worker.tools.model import Tool, parse_tool
+from webhook_worker.tools.model import DEFAULT_DESTINATION, Tool, parse_tool
 from webhook_worker.tools.secret_paths import REDACTED as REDACTED  # re-exported: the placeholder
 from webhook_worker.tools.secret_paths import secret_spots
 from webhook_worker.worker.target_guard import literal_refusal
@@ -61,6 +61,21 @@ class ToolService:
 
     async def get(self, tool_id: str) -> dict[str, Any]:
         return view(await self._store.get(tool_id))
+
+    async def check_destination(
+        self, tool_id: str, destination_id: str, field: str = "destination_id"
+    ) -> None:
+        """Raise BadRequestError naming ``field`` unless the tool delivers to
+        ``destination_id``: a replay there would only be recorded as ``ignored``. The API and
+        the CLI refuse by this one rule, in the same words."""
+        known = destination_ids(await self.get(tool_id))
+        if destination_id not in known:
+            listed = ", ".join(known) if known else "none"
+            raise BadRequestError(
+                f"{field}: tool {tool_id!r} has no destination {destination_id!r} "
+                f"(its destinations: {listed})",
+                field,
+            )
 
     async def create(self, data: Mapping[str, Any]) -> dict[str, Any]:
         row = await self._store.create(self._checked(parse_tool(restore_secrets(dict(data), None))))
@@ -117,6 +132,15 @@ class ToolService:
                 outcomes.append((tool.id, "updated"))
         await self._changed()
         return outcomes
+
+
+def destination_ids(tool: Mapping[str, Any]) -> list[str]:
+    """The enabled destinations of a tool's view: its ``forward`` (``default``) first."""
+    ids = [DEFAULT_DESTINATION] if tool.get("forward") else []
+    for destination in tool.get("destinations") or ():
+        if destination.get("enabled", True):
+            ids.append(destination["id"])
+    return ids
 
 
 def view(row: Mapping[str, Any]) -> dict[str, Any]:
