@@ -13,6 +13,7 @@ import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -204,6 +205,9 @@ async def test_migrate_keeps_everything_and_gives_forwards_to_default(
             ("queued-2", None),
             ("retrying-1", None),
         ]
+        [(due,)] = await rows(
+            db, "SELECT available_at FROM queue_messages WHERE delivery_id = 'retrying-1'"
+        )
     finally:
         await db.close()
 
@@ -223,6 +227,12 @@ async def test_migrate_keeps_everything_and_gives_forwards_to_default(
             assert default["destination_id"] == "default"
             assert (default["status"], default["attempt_count"]) == DELIVERIES[delivery]
             assert default["attempts"] == shown["attempts"]
+            # Only a retrying delivery has a next attempt: when its queued message falls due.
+            if delivery == "retrying-1":
+                next_attempt = datetime.fromisoformat(default["next_attempt_at"])
+                assert abs(next_attempt.timestamp() - due) < 0.001
+            else:
+                assert default["next_attempt_at"] is None, delivery
         flaky = (await client.get(f"/api/v1/events/{events['flaky-1']['id']}")).json()
         assert [(a["outcome"], a["http_status"]) for a in flaky["deliveries"][0]["attempts"]] == [
             ("failed", 500),
@@ -319,17 +329,29 @@ def sent_deliveries(target: Target) -> list[str]:
     return [orjson.loads(request.body)["delivery"] for request in target.requests]
 
 
-async def test_downgrade_to_the_previous_schema_keeps_the_previous_data(
-    previous_release: str,
+async def test_downgrade_gives_the_previous_data_back_and_says_what_it_drops(
+    previous_release: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     db = database(previous_release)
     try:
         before = await snapshot(db)
         migrate_with_cli(previous_release)
+        # A second destination's dead letter, which the previous release has no place for.
         async with db.begin() as conn:
+            await conn.execute(
+                text(
+                    "INSERT INTO dead_letters (id, event_id, tool_id, event_type, error, "
+                    "error_class, retryable, retry_count, status, created_at, updated_at, "
+                    "destination_id) SELECT 'billing-letter', event_id, tool_id, event_type, "
+                    "error, error_class, retryable, retry_count, status, created_at, updated_at, "
+                    "'billing' FROM dead_letters WHERE destination_id = 'default' "
+                    "AND status = 'discarded'"
+                )
+            )
             await conn.run_sync(downgrade_to_0001)
         assert await migrate.current_revision(db) == "0001"
         assert await snapshot(db) == before
+        assert "downgrade to 0001 deletes 1 dead letters of other destinations" in caplog.text
     finally:
         await db.close()
 
