@@ -43,7 +43,9 @@ DELIVERIES = {
     **{f"ok-{n}": ("delivered", 1) for n in range(1, 7)},
     "flaky-1": ("delivered", 2),
     "flaky-2": ("delivered", 2),
-    **{f"dead-{n}": ("dead", 3) for n in range(1, 4)},
+    "dead-1": ("dead", 3),
+    "dead-2": ("dead", 3),
+    "dead-3": ("retrying", 3),  # its dead letter was being retried
     "rejected-1": ("dead", 1),
     "resolved-1": ("delivered", 4),
     "discarded-1": ("dead", 3),
@@ -54,7 +56,9 @@ STATUSES = {
     **{f"ok-{n}": "processed" for n in range(1, 7)},
     "flaky-1": "processed",
     "flaky-2": "processed",
-    **{f"dead-{n}": "dead" for n in range(1, 4)},
+    "dead-1": "dead",
+    "dead-2": "dead",
+    "dead-3": "retrying",
     "rejected-1": "dead",
     "broken-1": "dead",
     "noise-1": "ignored",
@@ -193,21 +197,24 @@ async def test_migrate_keeps_everything_and_gives_forwards_to_default(
         )
         assert letters == {
             "broken-1": [("", "transform_error", "pending")],
-            **{f"dead-{n}": [("default", "http_5xx", "pending")] for n in range(1, 4)},
+            "dead-1": [("default", "http_5xx", "pending")],
+            "dead-2": [("default", "http_5xx", "pending")],
+            "dead-3": [("default", "http_5xx", "retrying")],
             "rejected-1": [("default", "http_4xx", "pending")],
             "resolved-1": [("default", "http_5xx", "resolved")],
             "discarded-1": [("default", "http_5xx", "discarded")],
         }
-        queued = await rows(db, "SELECT delivery_id, destination_id FROM queue_messages")
-        assert sorted(queued) == [
+        queued = await rows(
+            db, "SELECT delivery_id, destination_id, available_at FROM queue_messages"
+        )
+        assert sorted((delivery, destination) for delivery, destination, _ in queued) == [
+            ("dead-3", None),
             ("interrupted-1", None),
             ("queued-1", None),
             ("queued-2", None),
             ("retrying-1", None),
         ]
-        [(due,)] = await rows(
-            db, "SELECT available_at FROM queue_messages WHERE delivery_id = 'retrying-1'"
-        )
+        due = {delivery: available_at for delivery, _, available_at in queued}
     finally:
         await db.close()
 
@@ -228,9 +235,9 @@ async def test_migrate_keeps_everything_and_gives_forwards_to_default(
             assert (default["status"], default["attempt_count"]) == DELIVERIES[delivery]
             assert default["attempts"] == shown["attempts"]
             # Only a retrying delivery has a next attempt: when its queued message falls due.
-            if delivery == "retrying-1":
+            if default["status"] == "retrying":
                 next_attempt = datetime.fromisoformat(default["next_attempt_at"])
-                assert abs(next_attempt.timestamp() - due) < 0.001
+                assert abs(next_attempt.timestamp() - due[delivery]) < 0.001
             else:
                 assert default["next_attempt_at"] is None, delivery
         flaky = (await client.get(f"/api/v1/events/{events['flaky-1']['id']}")).json()
@@ -282,6 +289,12 @@ async def test_the_new_release_finishes_what_was_in_flight(previous_release: str
                 ("default", "delivered")
             ]
 
+            # Its dead letter was sent back before the upgrade: delivered and resolved now.
+            sent_back = await service.settled(ids["dead-3"], "processed")
+            [default] = sent_back["deliveries"]
+            assert (default["status"], default["attempt_count"]) == ("delivered", 4)
+            await resolved(service.client, ids["dead-3"])
+
             # Accepted by the previous release, never stored by it: stored and delivered now.
             queued = await queued_events(service.client, "queued-1", "queued-2")
             relayed = await service.settled(queued["queued-1"], "processed")
@@ -291,16 +304,10 @@ async def test_the_new_release_finishes_what_was_in_flight(previous_release: str
             archived = await service.settled(queued["queued-2"], "processed")
             assert archived["deliveries"] == []
 
-            letters = (await service.client.get("/api/v1/dlq?status=pending&limit=100")).json()
-            [letter] = [item for item in letters["items"] if item["event_id"] == ids["dead-1"]]
+            letter = await letter_of(service.client, ids["dead-1"])
             response = await service.client.post(f"/api/v1/dlq/{letter['id']}/retry")
             assert response.status_code == 202, response.text
-
-            async def resolved() -> bool:
-                shown = (await service.client.get(f"/api/v1/dlq/{letter['id']}")).json()
-                return bool(shown["status"] == "resolved")
-
-            await eventually(resolved, within=15, what="the dead letter to resolve")
+            await resolved(service.client, ids["dead-1"])
             revived = await service.settled(ids["dead-1"], "processed")
             [default] = revived["deliveries"]
             assert (default["status"], default["attempt_count"]) == ("delivered", 4)
@@ -308,6 +315,7 @@ async def test_the_new_release_finishes_what_was_in_flight(previous_release: str
             # Only what was still owed went out: nothing delivered before was sent again.
             assert sorted(sent_deliveries(target)) == [
                 "dead-1",
+                "dead-3",
                 "interrupted-1",
                 "queued-1",
                 "retrying-1",
@@ -323,6 +331,24 @@ async def queued_events(client: httpx.AsyncClient, *deliveries: str) -> dict[str
         return found if len(found) == len(deliveries) else None
 
     return await eventually(stored, within=15, what=f"{deliveries} to be stored")
+
+
+async def letter_of(client: httpx.AsyncClient, event_id: str) -> dict[str, Any]:
+    """The one dead letter of ``event_id``."""
+    listing: list[dict[str, Any]] = (await client.get("/api/v1/dlq", params={"limit": 100})).json()[
+        "items"
+    ]
+    [letter] = [item for item in listing if item["event_id"] == event_id]
+    return letter
+
+
+async def resolved(client: httpx.AsyncClient, event_id: str) -> None:
+    """Wait for the dead letter of ``event_id`` to be resolved."""
+
+    async def check() -> bool:
+        return bool((await letter_of(client, event_id))["status"] == "resolved")
+
+    await eventually(check, within=15, what=f"the dead letter of {event_id} to resolve")
 
 
 def sent_deliveries(target: Target) -> list[str]:
