@@ -86,6 +86,9 @@ DASHBOARD_METRICS = (
     "webhook_database_pool_in_use",
     "webhook_database_pool_size",
     "webhook_health_checks_total",
+    "webhook_deliveries_total",
+    "webhook_delivery_duration_seconds_bucket",
+    "webhook_destination_backlog",
 )
 REQUIRED_ALERTS = {
     "WebhookErrorRateHigh": "webhook_events_processed_total",
@@ -94,7 +97,11 @@ REQUIRED_ALERTS = {
     "WebhookMemoryHigh": "webhook_memory_limit_bytes",
     "WebhookDatabasePoolExhausted": "webhook_database_pool_size",
     "WebhookTargetDown": "up",
+    "WebhookDestinationFailing": "webhook_deliveries_total",
+    "WebhookDestinationBacklogGrowing": "webhook_destination_backlog",
 }
+# Template variables and what a query's variable stands for when every value is selected.
+DASHBOARD_VARIABLES = {"$tool": ".*", "$destination": ".*"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -325,6 +332,20 @@ def test_alerts_fire_when_they_should() -> None:
     _promtool("test", "rules", str(PROMETHEUS / "alerts.test.yml"))
 
 
+def test_every_alert_has_unit_tests_firing_and_quiet() -> None:
+    """alerts.test.yml checks each alert both ways: on its situation, and below it."""
+    cases = [
+        case
+        for test in _load_yaml(PROMETHEUS / "alerts.test.yml")["tests"]
+        for case in test.get("alert_rule_test", [])
+    ]
+    for rule in _alert_rules():
+        name = rule["alert"]
+        expected = [case["exp_alerts"] for case in cases if case["alertname"] == name]
+        assert any(expected), f"no unit test in alerts.test.yml where {name} fires"
+        assert [] in expected, f"no unit test in alerts.test.yml where {name} stays quiet"
+
+
 def test_prometheus_loads_the_alert_rules() -> None:
     config = _load_yaml(PROMETHEUS / "prometheus.yml")
     assert ALERTS.name in config["rule_files"]
@@ -384,15 +405,20 @@ def _dashboard_exprs() -> list[tuple[str, str]]:
         if variable["type"] == "query":
             query = variable["query"]
             query = query["query"] if isinstance(query, dict) else query
-            match = re.fullmatch(r"label_values\((\w+),\s*(\w+)\)", query)
-            assert match, f"variable {variable['name']}: expected label_values(metric, label)"
-            exprs.append((f"variable {variable['name']}", f"{match[1]}{{{match[2]}!=''}}"))
+            match = re.fullmatch(r"label_values\((\w+)(?:\{([^}]*)\})?,\s*(\w+)\)", query)
+            assert match, (
+                f"variable {variable['name']}: expected label_values(metric, label) or "
+                "label_values(metric{matchers}, label)"
+            )
+            matchers = ", ".join(m for m in (match[2], f"{match[3]}!=''") if m)
+            exprs.append((f"variable {variable['name']}", f"{match[1]}{{{matchers}}}"))
     return exprs
 
 
 def _as_promql(expr: str) -> str:
     """Grafana's variables replaced by what they stand for at query time."""
-    for variable, value in (("$__rate_interval", "5m"), ("$__interval", "1m"), ("$tool", ".*")):
+    replacements = {"$__rate_interval": "5m", "$__interval": "1m", **DASHBOARD_VARIABLES}
+    for variable, value in replacements.items():
         expr = expr.replace(variable, value)
     assert "$" not in expr, f"unknown dashboard variable in {expr}"
     return expr
@@ -419,6 +445,29 @@ def test_dashboard_shows_every_metric_operators_need() -> None:
     used = set().union(*(promql_usage(_as_promql(e))[0] for _, e in _dashboard_exprs()))
     missing = [name for name in DASHBOARD_METRICS if name not in used]
     assert missing == []
+
+
+def test_destination_panels_follow_the_tool_and_destination_variables() -> None:
+    """Every selector of a metric labelled by destination is filtered by both variables, and
+    the destination variable offers the destinations of the selected tools only."""
+    destination_metrics = {
+        name for name, labels in exported_series().items() if "destination_id" in labels
+    }
+    filtered = 0
+    for where, expr in _dashboard_exprs():
+        if where.startswith("variable"):
+            continue
+        for metric, labels in promql_usage(expr)[1]:
+            if metric in destination_metrics:
+                assert {"tool_id", "destination_id"} <= labels, f"{where}: {expr}"
+                filtered += 1
+    assert filtered >= 4, "the Destinations row is missing"
+    variables = {v["name"]: v for v in _dashboard()["templating"]["list"]}
+    assert set(DASHBOARD_VARIABLES) == {
+        f"${name}" for name, v in variables.items() if v["type"] == "query"
+    }
+    query = variables["destination"]["query"]["query"]
+    assert query == 'label_values(webhook_deliveries_total{tool_id=~"$tool"}, destination_id)'
 
 
 def test_dashboard_uses_the_provisioned_datasource_through_one_variable() -> None:

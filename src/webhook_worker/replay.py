@@ -24,6 +24,7 @@ from webhook_worker.queue.base import Message, Queue
 from webhook_worker.storage import replays
 from webhook_worker.storage.database import Database
 from webhook_worker.storage.deadletters import DeadLetterFilter, DeadLetterStore, dead_letter
+from webhook_worker.storage.deliveries import lock_events
 from webhook_worker.storage.events import EventFilter, EventStore
 from webhook_worker.storage.replays import Claimed
 from webhook_worker.storage.rows import DeadLetterRow
@@ -47,7 +48,7 @@ class Replayer:
         now = datetime.now(UTC)
         target = [(event_id, destination_id)]
         async with self._db.begin() as conn:
-            previous = await replays.mark_retrying(conn, target)
+            previous = await replays.mark_retrying(conn, target)  # locks the event first
             if not previous.events:
                 raise NotFoundError(f"no event {event_id!r}")
             letters = await replays.dead_letters_of(conn, event_id, destination_id)
@@ -95,6 +96,7 @@ class Replayer:
             letter = await dead_letter(conn, dead_letter_id)
             if letter is None:
                 raise NotFoundError(f"no dead letter {dead_letter_id!r}")
+            await lock_events(conn, [letter.event_id])
             claimed = await replays.claim(
                 conn,
                 [dead_letter_id],
@@ -154,6 +156,7 @@ class Replayer:
         (each delivery, or event); returns how many were requeued."""
         async with self._db.begin() as conn:
             ids = await select_ids(conn)
+            await lock_events(conn, await replays.events_of(conn, ids))
             claimed = await replays.claim(
                 conn, ids, (DeadLetterStatus.PENDING,), now, next_retry_at
             )

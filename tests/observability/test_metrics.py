@@ -10,7 +10,7 @@ import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support import Service, Target, running_service, target_server
+from tests.support import Service, Target, eventually, running_service, target_server
 from webhook_worker.config import Settings
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -120,6 +120,48 @@ async def test_counters_after_accepted_duplicate_retried_and_dead_lettered(
     assert ("webhook_gc_runs_total", frozenset()) in after
     assert ("webhook_gc_pause_duration_seconds_count", frozenset()) in after
     assert value(after, "webhook_database_pool_size") > 0
+
+
+async def test_destination_backlog_on_metrics(backend_settings: Settings) -> None:
+    """A destination whose delivery waits for its retry has a backlog of 1 on /metrics; one
+    that delivered has none."""
+    tool = f"m{uuid.uuid4().hex[:8]}"
+    async with (
+        target_server(Target(answers=[(500, {})] * 10)) as failing,
+        target_server() as healthy,
+        running_service(backend_settings) as service,
+    ):
+        await service.runtime.tool_service.create(
+            {
+                "id": tool,
+                "auth": {"type": "none"},
+                "event_type": {"header": "X-Event"},
+                "delivery_id": {"header": "X-Delivery"},
+                "mode": "store_only",
+                "destinations": [
+                    # Retried an hour later: the delivery stays retrying for the whole test.
+                    {"id": "billing", "url": failing.url, "retry": {"initial_interval": "1h"}},
+                    {"id": "audit", "url": healthy.url},
+                ],
+            }
+        )
+        response = await service.post(
+            b"{}", tool_id=tool, headers={"X-Event": "push", "X-Delivery": "d1"}, sign=False
+        )
+        assert response.status_code == 202, response.text
+        event_id = response.json()["event_id"]
+
+        async def both_settled() -> bool:
+            event = await service.settled(event_id, "retrying")
+            statuses = {d["destination_id"]: d["status"] for d in event["deliveries"]}
+            return statuses == {"billing": "retrying", "audit": "delivered"}
+
+        await eventually(both_settled, what="billing retrying and audit delivered")
+        after = await scrape(service.client)
+
+    assert value(after, "webhook_destination_backlog", tool_id=tool, destination_id="billing") == 1
+    assert value(after, "webhook_destination_backlog", tool_id=tool, destination_id="audit") == 0
+    assert len(failing.requests) == 1 and len(healthy.requests) == 1
 
 
 async def test_unknown_tool_ids_never_become_label_values(backend_settings: Settings) -> None:

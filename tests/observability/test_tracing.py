@@ -159,3 +159,44 @@ def test_an_unknown_exporter_is_a_config_error() -> None:
 
     with pytest.raises(ConfigError, match=r"^OTEL_TRACES_EXPORTER"):
         tracing.configure({"OTEL_TRACES_EXPORTER": "zipkin"}, "webhook-worker")
+
+
+async def test_each_delivery_has_its_own_forward_span_under_the_events_consumer_span(
+    spans: InMemorySpanExporter, tmp_path: Path
+) -> None:
+    settings = Settings(data_dir=tmp_path, allow_private_forward=True)
+    async with (
+        target_server() as first,
+        target_server() as second,
+        running_service(settings) as service,
+    ):
+        await service.runtime.tool_service.create(
+            {
+                "id": "fan",
+                "destinations": [{"id": "one", "url": first.url}, {"id": "two", "url": second.url}],
+            }
+        )
+        response = await service.post(orjson.dumps({"a": 1}), tool_id="fan", sign=False)
+        await service.settled(response.json()["event_id"], "processed")
+
+        def consumers() -> list[ReadableSpan]:
+            return [s for s in spans.get_finished_spans() if s.kind == SpanKind.CONSUMER]
+
+        async def consumer_done() -> bool:
+            return bool(consumers())
+
+        await eventually(consumer_done, what="the consumer span to end")
+    [consumer] = consumers()
+    forwards = [s for s in spans.get_finished_spans() if attributes(s).get("url.full")]
+    assert sorted(str(attributes(s)["webhook.destination_id"]) for s in forwards) == ["one", "two"]
+    for forward in forwards:
+        assert forward.parent is not None
+        assert forward.parent.span_id == consumer.context.span_id
+    # Each target got its own forward span's context.
+    sent = {
+        tuple(target.requests[0].headers["traceparent"].split("-")[1:3])
+        for target in (first, second)
+    }
+    assert sent == {
+        (format(s.context.trace_id, "032x"), format(s.context.span_id, "016x")) for s in forwards
+    }

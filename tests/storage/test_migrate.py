@@ -1,9 +1,14 @@
+from typing import Any
+
 import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
 from sqlalchemy import text
 
 from webhook_worker.errors import SchemaOutOfDateError
 from webhook_worker.storage import migrate
 from webhook_worker.storage.database import Database
+from webhook_worker.storage.schema import metadata
 
 
 async def test_migrate_is_idempotent_and_current(db: Database) -> None:
@@ -42,3 +47,15 @@ async def test_a_schema_newer_than_this_release_is_accepted(db: Database) -> Non
                 text("UPDATE alembic_version SET version_num = :head"),
                 {"head": migrate.head_revision()},
             )
+
+
+async def test_the_migrations_build_the_schema_the_code_declares(db: Database) -> None:
+    # A column, index or constraint added to storage/schema.py without a migration (or the
+    # other way round) shows here, on both databases.
+    def differences(sync_conn: Any) -> list[Any]:
+        context = MigrationContext.configure(sync_conn, opts={"compare_type": True})
+        return list(compare_metadata(context, metadata))
+
+    async with db.connect() as conn:
+        found = await conn.run_sync(differences)
+    assert found == []

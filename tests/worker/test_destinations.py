@@ -247,3 +247,57 @@ async def test_a_bulk_dead_letter_retry_by_destination_counts_first(
     for event_id in ids:
         await service.settled(event_id, "processed")
     assert len(targets["healthy"].requests) == 3
+
+
+async def test_two_failing_destinations_retry_each_on_its_own_schedule(
+    service: Service,
+) -> None:
+    async with (
+        target_server(Target(answers=[(500, {})] * 2)) as twice,
+        target_server(Target(answers=[(503, {})])) as once,
+    ):
+        retry = {"max_retries": 3, "initial_interval": "100ms", "max_interval": "300ms"}
+        await service.runtime.tool_service.create(
+            {
+                "id": "fan",
+                "destinations": [
+                    {"id": "twice", "url": twice.url, "retry": retry},
+                    {"id": "once", "url": once.url, "retry": retry},
+                ],
+            }
+        )
+        event_id = await send(service, {"n": 1}, "two-retries")
+        event = await service.settled(event_id, "processed")
+    # Each destination was retried until it answered 200, and then left alone.
+    assert [r.headers["webhook-id"] for r in twice.requests] == [event_id] * 3
+    assert [r.headers["webhook-id"] for r in once.requests] == [event_id] * 2
+    outcomes = {d: [a["outcome"] for a in v["attempts"]] for d, v in deliveries(event).items()}
+    assert outcomes == {"twice": ["failed", "failed", "forwarded"], "once": ["failed", "forwarded"]}
+
+
+async def test_a_disabled_destination_gets_nothing_and_one_removed_while_waiting_is_let_go(
+    service: Service, targets: dict[str, Target]
+) -> None:
+    slow_retry = {"max_retries": 3, "initial_interval": "1s", "max_interval": "1s"}
+    tool = {
+        "id": "fan",
+        "destinations": [
+            {"id": "healthy", "url": targets["healthy"].url},
+            {"id": "failing", "url": targets["failing"].url, "retry": slow_retry},
+            {"id": "off", "url": targets["other"].url, "enabled": False},
+        ],
+    }
+    await service.runtime.tool_service.create(tool)
+    event_id = await send(service, {"n": 1}, "removed")
+    event = await service.settled(event_id, "retrying")
+    assert deliveries(event)["failing"]["status"] == "retrying"
+    assert deliveries(event)["failing"]["next_attempt_at"] is not None
+    assert "off" not in deliveries(event)
+
+    # The failing destination is removed while its delivery waits for the retry.
+    tool["destinations"] = [tool["destinations"][0]]
+    await service.runtime.tool_service.replace("fan", tool)
+    event = await service.settled(event_id, "processed")
+    assert deliveries(event)["failing"]["status"] == "ignored"
+    assert len(targets["failing"].requests) == 1
+    assert targets["other"].requests == []

@@ -19,17 +19,24 @@ worker         memory > HEALTH_MEMORY_DEGRADED_       memory > HEALTH_MEMORY_UNH
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
+from prometheus_client import Gauge
+
 from webhook_worker.config import HealthThresholds
+from webhook_worker.errors import UnavailableError
 from webhook_worker.observability import metrics, runtime
 from webhook_worker.queue.base import Queue
 from webhook_worker.storage import migrate
+from webhook_worker.storage.backlog import destination_backlog
 from webhook_worker.storage.database import Database
 from webhook_worker.storage.deadletters import DeadLetterStore
+
+log = logging.getLogger(__name__)
 
 Check = Callable[[], Awaitable[dict[str, Any]]]
 _HEALTHY, _DEGRADED, _UNHEALTHY = "healthy", "degraded", "unhealthy"
@@ -166,32 +173,77 @@ class Health:
 
 class Gauges:
     """The gauges that describe state rather than count events, refreshed on each scrape (every
-    process serves /metrics, so each reports what it sees), each read bounded in time."""
+    process serves /metrics, so each reports what it sees), each read bounded in time.
+
+    A read that fails (the database or the queue away, or too slow) leaves its gauges at their
+    last value, so a scrape during an outage still answers; it is logged once when it starts
+    failing and once when it works again, not at every scrape."""
 
     def __init__(self, db: Database, queue: Queue, timeout: float = 2.0) -> None:
         self._db = db
         self._queue = queue
         self._dead_letters = DeadLetterStore(db)
         self._timeout = timeout
+        self._failing: set[str] = set()
 
     async def refresh(self) -> None:
         runtime.refresh()
         pool = self._db.pool_status()
         metrics.DB_POOL_IN_USE.set(pool["open_connections"])
         metrics.DB_POOL_SIZE.set(pool["capacity"])
-        reads: list[tuple[Any, Callable[[], Awaitable[float]]]] = [
-            (metrics.QUEUE_DEPTH, self._queue.depth),
-            (metrics.SCHEDULED_RETRIES, self._queue.scheduled_count),
-            (metrics.OLDEST_MESSAGE_AGE, self._queue.oldest_age),
-            (metrics.DLQ_DEPTH, self._dead_letters.depth),
-        ]
+        reads: dict[str, Callable[[], Awaitable[None]]] = {
+            "queue depth": _into(metrics.QUEUE_DEPTH, self._queue.depth),
+            "scheduled retries": _into(metrics.SCHEDULED_RETRIES, self._queue.scheduled_count),
+            "oldest message age": _into(metrics.OLDEST_MESSAGE_AGE, self._queue.oldest_age),
+            "dead letter depth": _into(metrics.DLQ_DEPTH, self._dead_letters.depth),
+            "destination backlog": self._destination_backlog,
+        }
         results = await asyncio.gather(
-            *(asyncio.wait_for(read(), self._timeout) for _, read in reads),
+            *(asyncio.wait_for(read(), self._timeout) for read in reads.values()),
             return_exceptions=True,
         )
-        for (gauge, _), value in zip(reads, results, strict=True):
-            if not isinstance(value, BaseException):
-                gauge.set(value)
+        for name, result in zip(reads, results, strict=True):
+            self._note(name, result)
+
+    async def _destination_backlog(self) -> None:
+        counts = await destination_backlog(self._db)
+        # A destination whose backlog emptied is absent from the answer: it reads 0 rather
+        # than keeping the last count it had.
+        for family in metrics.DESTINATION_BACKLOG.collect():
+            for sample in family.samples:
+                key = (sample.labels["tool_id"], sample.labels["destination_id"])
+                if key not in counts:
+                    metrics.DESTINATION_BACKLOG.labels(*key).set(0)
+        for (tool_id, destination_id), count in counts.items():
+            metrics.DESTINATION_BACKLOG.labels(tool_id, destination_id).set(count)
+
+    def _note(self, name: str, result: BaseException | None) -> None:
+        """Log the first failure of a read and its recovery."""
+        if result is None:
+            if name in self._failing:
+                self._failing.discard(name)
+                log.info("/metrics: the %s can be read again", name)
+            return
+        if name in self._failing:
+            return
+        self._failing.add(name)
+        # An outage says what happened in one line; anything else is a bug: its traceback.
+        expected = isinstance(result, (UnavailableError, TimeoutError))
+        log.warning(
+            "/metrics: cannot read the %s, keeping its last value: %s",
+            name,
+            str(result) or f"no answer within {self._timeout:g}s",
+            exc_info=None if expected else result,
+        )
+
+
+def _into(gauge: Gauge, read: Callable[[], Awaitable[float]]) -> Callable[[], Awaitable[None]]:
+    """A read that sets ``gauge`` to what ``read`` returns."""
+
+    async def set_gauge() -> None:
+        gauge.set(await read())
+
+    return set_gauge
 
 
 def _component(status: str, **details: Any) -> dict[str, Any]:

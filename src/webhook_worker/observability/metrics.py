@@ -74,6 +74,11 @@ DELIVERY_DURATION = Histogram(
     ["tool_id", "destination_id"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
+DESTINATION_BACKLOG = Gauge(
+    "webhook_destination_backlog",
+    "Deliveries to a destination that are not final yet: pending, retrying or paused.",
+    ["tool_id", "destination_id"],
+)
 FORWARDS_DEFERRED = Counter(
     "webhook_forward_deferred_total",
     "Events sent back to the queue for a moment, untried, because their tool already had as many "

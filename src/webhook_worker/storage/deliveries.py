@@ -5,13 +5,18 @@ The worker writes a delivery when the event is stored (its destinations' first d
 after each attempt; :func:`settle_events` then sets the event's own status from all its
 deliveries' (``vocabulary.event_status``), in the same transaction. Two workers may settle two
 deliveries of one event at once (a retry of one destination, a first attempt of another), so
-:func:`settle_events` first locks the events' rows (PostgreSQL; SQLite writers are serialised
-anyway): the second transaction then reads the first one's delivery, never a stale one.
+a transaction that changes deliveries first locks their events' rows (:func:`lock_events`,
+PostgreSQL; SQLite writers are serialised anyway): the second transaction then reads the first
+one's delivery, never a stale one.
+
+Lock order: every transaction that changes an event's deliveries or dead letters (the worker's
+writes, replays, dead letter retries) locks the events first, in id order, and only then
+touches deliveries and dead letters; so two of them never wait on each other in a circle.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -63,27 +68,40 @@ async def delivery_states(
     return states
 
 
-async def settle_events(
-    conn: AsyncConnection, attempts_added: Mapping[str, int], now: datetime
-) -> dict[str, tuple[EventStatus, EventStatus]]:
-    """Set each event's status from its deliveries (and ``processed_at`` when that is final),
-    counting ``attempts_added[event_id]`` more attempts. Returns ``(before, after)`` by event
-    id, so the caller can count an event once when it becomes final."""
-    if not attempts_added:
+async def lock_events(conn: AsyncConnection, event_ids: Iterable[str]) -> dict[str, EventStatus]:
+    """Lock the events' rows for the rest of the transaction, in id order (see the module
+    docstring); returns the status of each that exists."""
+    ids = sorted(set(event_ids))
+    if not ids:
         return {}
-    ids = sorted(attempts_added)  # one lock order for every transaction: no deadlock
     locked = (
         select(events.c.id, events.c.status)
         .where(events.c.id.in_(ids))
         .order_by(events.c.id)
         .with_for_update()
     )
-    before = {row.id: EventStatus(row.status) for row in await conn.execute(locked)}
+    return {row.id: EventStatus(row.status) for row in await conn.execute(locked)}
+
+
+async def settle_events(
+    conn: AsyncConnection,
+    before: Mapping[str, EventStatus],
+    attempts_added: Mapping[str, int],
+    now: datetime,
+) -> dict[str, tuple[EventStatus, EventStatus]]:
+    """Set the status of each event of ``attempts_added`` from its deliveries (and
+    ``processed_at`` when that is final), counting ``attempts_added[event_id]`` more attempts.
+    ``before``: what :func:`lock_events` answered at the start of the transaction. Returns
+    ``(before, after)`` by event id, so the caller can count an event once when it becomes
+    final."""
+    ids = sorted(event_id for event_id in attempts_added if event_id in before)
+    if not ids:
+        return {}
     d = deliveries.c
     found: dict[str, list[DeliveryStatus]] = {}
     for row in await conn.execute(select(d.event_id, d.status).where(d.event_id.in_(ids))):
         found.setdefault(row.event_id, []).append(DeliveryStatus(row.status))
-    after = {event_id: event_status(found.get(event_id, ())) for event_id in before}
+    after = {event_id: event_status(found.get(event_id, ())) for event_id in ids}
     await conn.execute(
         update(events)
         .where(events.c.id == bindparam("event_id"))
@@ -102,7 +120,7 @@ async def settle_events(
             for event_id, status in after.items()
         ],
     )
-    return {event_id: (before[event_id], after[event_id]) for event_id in before}
+    return {event_id: (before[event_id], after[event_id]) for event_id in ids}
 
 
 async def forget_deliveries(

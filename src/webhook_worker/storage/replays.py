@@ -3,7 +3,9 @@ choosing dead letters to retry, claiming them, marking their events ``retrying``
 queue messages from the stored events, and undoing the claim when the queue cannot take them.
 
 Every function runs on the caller's connection, inside the caller's transaction: a claim and
-the messages built from it commit together or not at all.
+the messages built from it commit together or not at all. A transaction locks the events
+first (:func:`~webhook_worker.storage.deliveries.lock_events`, as the worker does) and only then
+claims dead letters and changes deliveries, so it never deadlocks with the worker.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from webhook_worker.queue.base import Message
 from webhook_worker.storage.deadletters import DeadLetterFilter
+from webhook_worker.storage.deliveries import lock_events
 from webhook_worker.storage.events import EventFilter
 from webhook_worker.storage.rows import utc
 from webhook_worker.storage.schema import dead_letters, deliveries, events
@@ -94,8 +97,8 @@ async def pending_matching(
 
 async def due(conn: AsyncConnection, max_retries: int, now: datetime, limit: int) -> list[str]:
     """Retryable pending dead letters whose automatic retry is due, retried fewer than
-    ``max_retries`` times, soonest first. Rows another transaction holds are skipped, so two
-    workers running the automatic retry take different ones."""
+    ``max_retries`` times, soonest first. Not locked: two workers running the automatic retry
+    may choose the same ones, and the conditional :func:`claim` gives each to one of them."""
     d = dead_letters.c
     query = (
         select(d.id)
@@ -107,8 +110,15 @@ async def due(conn: AsyncConnection, max_retries: int, now: datetime, limit: int
         .where(d.next_retry_at.is_not(None), d.next_retry_at <= now)
         .order_by(d.next_retry_at)
         .limit(limit)
-        .with_for_update(skip_locked=True)
     )
+    return list((await conn.scalars(query)).all())
+
+
+async def events_of(conn: AsyncConnection, dead_letter_ids: Sequence[str]) -> list[str]:
+    """The events of these dead letters (to lock them before claiming the letters)."""
+    if not dead_letter_ids:
+        return []
+    query = select(dead_letters.c.event_id).where(dead_letters.c.id.in_(list(dead_letter_ids)))
     return list((await conn.scalars(query)).all())
 
 
@@ -147,13 +157,7 @@ async def mark_retrying(
     ``pending`` again (so the worker decides them anew: a destination's filter is evaluated
     again, an ``ignored`` delivery may now be sent). Returns what was there before, for
     :func:`undo`."""
-    event_ids = list(dict.fromkeys(event_id for event_id, _ in targets))
-    if not event_ids:
-        return Previous({}, {})
-    rows = await conn.execute(
-        select(events.c.id, events.c.status).where(events.c.id.in_(event_ids))
-    )
-    before = {row.id: EventStatus(row.status) for row in rows}
+    before = await lock_events(conn, (event_id for event_id, _ in targets))
     if not before:
         return Previous({}, {})
     await conn.execute(

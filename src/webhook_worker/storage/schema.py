@@ -104,7 +104,16 @@ deliveries = Table(
     Column("attempt_count", Integer, nullable=False, default=0),
     Column("next_attempt_at", DateTime(timezone=True), nullable=True),
     Column("updated_at", DateTime(timezone=True), nullable=False),
-    Index(None, "tool_id", "destination_id", "status"),
+)
+# Only the deliveries still waiting (a small share of the table once events settle): the
+# backlog of each destination (storage/backlog.py) is read from it on every metrics scrape.
+_WAITING = ("pending", "retrying", "paused")
+Index(
+    "ix_event_deliveries_waiting",
+    deliveries.c.tool_id,
+    deliveries.c.destination_id,
+    postgresql_where=deliveries.c.status.in_(_WAITING),
+    sqlite_where=deliveries.c.status.in_(_WAITING),
 )
 
 dead_letters = Table(

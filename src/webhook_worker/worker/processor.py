@@ -45,7 +45,7 @@ from webhook_worker.storage.deadletters import (
     resolve_dead_letters,
     upsert_dead_letters,
 )
-from webhook_worker.storage.deliveries import settle_events, upsert_deliveries
+from webhook_worker.storage.deliveries import lock_events, settle_events, upsert_deliveries
 from webhook_worker.storage.events import (
     event_states,
     insert_attempts,
@@ -136,6 +136,8 @@ class Processor:
                 if sends:
                     work.unsettled = len(sends)
                     batch.to_forward += sends
+                    if work.status in FINAL_STATUSES:
+                        _count(work)  # dead already (a destination's transform failed)
                 else:
                     if work.status == EventStatus.DEAD and not work.parts:
                         _dead_lettered(work, work.failure)
@@ -403,8 +405,8 @@ class Processor:
             before_after = changes.get(work.message.event_id)
             if before_after is not None:
                 before, after = before_after
+                work.status = after
                 if after != before and after in FINAL_STATUSES:
-                    work.status = after
                     _settled(work)
                 else:
                     tracing.end(work.span)
@@ -448,13 +450,17 @@ class Processor:
                 letters.append(self._dead_letter(own.work, own.failure, now))
             elif own.work.existing:
                 recovered.append((event_id, ""))
+        touched = [s.part.message.event_id for s in parts] + [
+            s.work.message.event_id for s in works
+        ]
         async with self._db.begin(durable=False) as conn:
+            before = await lock_events(conn, touched)
             await upsert_deliveries(conn, records)
             await update_outcomes(conn, outcomes)
             await insert_attempts(conn, attempts)
             await upsert_dead_letters(conn, letters)
             resolved = await resolve_dead_letters(conn, recovered, now)
-            changes = await settle_events(conn, added, now)
+            changes = await settle_events(conn, before, added, now)
         return changes, resolved
 
     def _settle(self, part: Part, now: float) -> _PartSettled:
@@ -481,6 +487,7 @@ class Processor:
         events = [w for w in works if w.message.destination_id is None]
         scoped = [w for w in works if w.message.destination_id is not None]
         async with self._db.begin(durable=False) as conn:
+            before = await lock_events(conn, [w.message.event_id for w in scoped])
             inserted = await insert_events(conn, [event_record(w, now) for w in events])
             fresh = [w for w in events if w.message.event_id in inserted]
             states = await event_states(conn, [w.message.event_id for w in scoped])
@@ -508,7 +515,7 @@ class Processor:
                 [self._dead_letter(w, failure, now) for w in fresh]
                 + [self._dead_letter(p.work, failure, now, p.destination_id) for p in parts],
             )
-            await settle_events(conn, {p.message.event_id: 1 for p in parts}, now)
+            await settle_events(conn, before, {p.message.event_id: 1 for p in parts}, now)
         for work in fresh:
             _dead_lettered(work, failure)
             _settled(work)
@@ -598,8 +605,11 @@ def _dead_lettered(work: Work, failure: Failure | None, destination_id: str | No
     log.warning("dead-lettered: %s", failure.message if failure else "", extra=fields)
 
 
-def _settled(work: Work) -> None:
-    """Count the event's outcome, end its span, and (at debug level) log it."""
+def _count(work: Work) -> None:
+    """Count the event's final status (once per message) and (at debug level) log it."""
+    if work.reported:
+        return
+    work.reported = True
     message = work.message
     kind = event_type_label(message.tool_id, message.event_type, work.plan.overrides)
     labels = (kind, message.tool_id, work.status)
@@ -607,6 +617,11 @@ def _settled(work: Work) -> None:
         log.debug("event %s", work.status, extra=event_fields(work))
     metrics.EVENTS_PROCESSED.labels(*labels).inc()
     metrics.PROCESSING_DURATION.labels(*labels).observe(time.perf_counter() - work.started)
+
+
+def _settled(work: Work) -> None:
+    """Count the event's final status and end its span."""
+    _count(work)
     if work.span is not None:
         work.span.set_attribute("webhook.status", work.status)
         tracing.end(

@@ -57,6 +57,8 @@ class Work:
     """Parts not settled yet; the message's fate is known when it comes to 0."""
     later: list[tuple[Message, float]] = field(default_factory=list)
     """Deliveries to make again after a delay (retries, deferrals): one message each."""
+    reported: bool = False
+    """The event's final status was counted (webhook_events_processed_total)."""
 
     @property
     def message(self) -> Message:
@@ -186,7 +188,8 @@ def event_record(work: Work, now: datetime) -> EventRecord:
         orjson.Fragment(message.headers),
         message.body,
         work.payload,
-        1 if final else 0,  # attempt_count
+        # attempt_count: the attempts written with the event (a destination decided at once).
+        sum(part.status.final for part in work.parts) if work.parts else int(final),
     )
 
 

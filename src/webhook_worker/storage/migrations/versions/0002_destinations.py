@@ -79,12 +79,14 @@ def upgrade() -> None:
         ),
         sa.PrimaryKeyConstraint("event_id", "destination_id", name=op.f("pk_event_deliveries")),
     )
-    with op.batch_alter_table("event_deliveries", schema=None) as batch_op:
-        batch_op.create_index(
-            batch_op.f("ix_event_deliveries_tool_id_destination_id_status"),
-            ["tool_id", "destination_id", "status"],
-            unique=False,
-        )
+    waiting = sa.text("status IN ('pending', 'retrying', 'paused')")
+    op.create_index(
+        "ix_event_deliveries_waiting",
+        "event_deliveries",
+        ["tool_id", "destination_id"],
+        postgresql_where=waiting,
+        sqlite_where=waiting,
+    )
     with op.batch_alter_table("event_attempts", schema=None) as batch_op:
         batch_op.add_column(sa.Column("destination_id", sa.String(length=64), nullable=True))
     with op.batch_alter_table("queue_messages", schema=None) as batch_op:
@@ -195,6 +197,5 @@ def downgrade() -> None:
         batch_op.drop_column("destination_id")
     with op.batch_alter_table("event_attempts", schema=None) as batch_op:
         batch_op.drop_column("destination_id")
-    with op.batch_alter_table("event_deliveries", schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f("ix_event_deliveries_tool_id_destination_id_status"))
+    op.drop_index("ix_event_deliveries_waiting", table_name="event_deliveries")
     op.drop_table("event_deliveries")
