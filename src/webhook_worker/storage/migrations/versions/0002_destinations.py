@@ -13,10 +13,12 @@ delivery, as before. Nothing is deleted.
 
 Dead letters become unique per (event, destination) instead of per event. The previous
 release's workers write dead letters against the old constraint, so stop them before running
-this migration (docs/operations.md, "Upgrading").
+this migration (docs/operations.md, "Upgrading to destinations").
 """
 
+import logging
 from collections.abc import Sequence
+from datetime import UTC, datetime
 
 import sqlalchemy as sa
 from alembic import op
@@ -47,6 +49,16 @@ _attempts = sa.table(
 _dead_letters = sa.table(
     "dead_letters", sa.column("error_class", sa.String), sa.column("destination_id", sa.String)
 )
+_deliveries = sa.table(
+    "event_deliveries",
+    sa.column("event_id", sa.String),
+    sa.column("status", sa.String),
+    sa.column("next_attempt_at", sa.DateTime(timezone=True)),
+)
+_queue = sa.table(
+    "queue_messages", sa.column("event_id", sa.String), sa.column("available_at", sa.Float)
+)
+log = logging.getLogger("webhook_worker.storage.migrations")
 
 
 def upgrade() -> None:
@@ -123,10 +135,60 @@ def upgrade() -> None:
         "FROM events e WHERE EXISTS (SELECT 1 FROM event_attempts a "
         "WHERE a.event_id = e.id AND a.destination_id = 'default')"
     )
+    _schedule_retrying()
+
+
+def _schedule_retrying() -> None:
+    """A retrying delivery's next attempt is when its event's message in the database queue
+    falls due (epoch seconds there). With Redis Streams the schedule is in Redis: left unknown."""
+    d = _deliveries.c
+    retrying = sa.select(d.event_id).where(d.status == "retrying")
+    due = op.get_bind().execute(
+        sa.select(_queue.c.event_id, sa.func.min(_queue.c.available_at))
+        .where(_queue.c.event_id.in_(retrying))
+        .group_by(_queue.c.event_id)
+    )
+    schedule = [
+        {"due_event_id": event_id, "due_at": datetime.fromtimestamp(available_at, UTC)}
+        for event_id, available_at in due
+    ]
+    if schedule:
+        op.get_bind().execute(
+            _deliveries.update()
+            .where(d.event_id == sa.bindparam("due_event_id"))
+            .values(next_attempt_at=sa.bindparam("due_at")),
+            schedule,
+        )
+
+
+# What the previous release has no place for: other destinations' dead letters and queued
+# retries, and an event's own dead letter where its `default` delivery has one too (one dead
+# letter per event there; the delivery's is kept).
+_DROPPED_BY_DOWNGRADE = {
+    "dead letters of other destinations than default": (
+        "FROM dead_letters WHERE destination_id NOT IN ('', 'default')"
+    ),
+    "queued retries of other destinations than default": (
+        "FROM queue_messages WHERE destination_id IS NOT NULL AND destination_id <> 'default'"
+    ),
+    "event dead letters beside a default one": (
+        "FROM dead_letters WHERE destination_id = '' AND event_id IN "
+        "(SELECT event_id FROM dead_letters WHERE destination_id = 'default')"
+    ),
+}
 
 
 def downgrade() -> None:
-    op.execute("DELETE FROM dead_letters WHERE destination_id NOT IN ('', 'default')")
+    """Back to a single forward per tool: the ``default`` destination's history stays (its
+    attempts and dead letters are the forward's again), and ``event_deliveries`` goes. What
+    other destinations had cannot be kept apart: their attempts stay as the event's, and what
+    :data:`_DROPPED_BY_DOWNGRADE` lists is deleted, with a warning saying how much."""
+    bind = op.get_bind()
+    for what, rows in _DROPPED_BY_DOWNGRADE.items():
+        count = bind.execute(sa.text(f"SELECT count(*) {rows}")).scalar_one()
+        if count:
+            log.warning("downgrade to 0001 deletes %d %s", count, what)
+            op.execute(f"DELETE {rows}")
     with op.batch_alter_table("dead_letters", schema=None) as batch_op:
         batch_op.drop_constraint("uq_dead_letters_event_id_destination_id", type_="unique")
         batch_op.create_unique_constraint("uq_dead_letters_event_id", ["event_id"])
