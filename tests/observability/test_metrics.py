@@ -57,7 +57,13 @@ async def test_counters_after_accepted_duplicate_retried_and_dead_lettered(
         )
         assert forged.status_code == 401
         assert (await service.client.get("/health")).status_code == 200
-        after = await scrape(service.client)
+
+        async def acknowledged() -> Samples | None:
+            # An event's outcome is written before its message is acknowledged: wait for both.
+            scraped = await scrape(service.client)
+            return scraped if value(scraped, "webhook_queue_depth") == 0 else None
+
+        after = await eventually(acknowledged, what="the last message to be acknowledged")
 
     labels = {"event_type": kind, "tool_id": tool}
     assert value(after, "webhook_events_received_total", **labels) == 2
