@@ -12,7 +12,7 @@ import pytest
 from webhook_worker.config import RetryPolicy
 from webhook_worker.queue.base import Message
 from webhook_worker.tools.model import parse_tool
-from webhook_worker.vocabulary import ErrorClass, EventStatus, Mode
+from webhook_worker.vocabulary import DeliveryStatus, ErrorClass, EventStatus, Mode
 from webhook_worker.worker import decide
 from webhook_worker.worker.forwarder import ForwardOutcome
 from webhook_worker.worker.plan import Plan, Plans
@@ -297,3 +297,42 @@ def test_the_time_scale_shrinks_delays_and_the_elapsed_bound() -> None:
     assert fast == decide.RetryAfter(fast.delay, failure, 1, RECEIVED)
     late = decide.settle(failed(failure), message(), RECEIVED + 0.0595, POLICY, 0.001)
     assert late == decide.Dead(failure)
+
+
+def fan_out_plan(tool_transform: str | None = None, **destination: Any) -> Plan:
+    tool = parse_tool(
+        {
+            "id": "fan",
+            "transform": tool_transform,
+            "mode": "transform_and_store" if tool_transform else "store_only",
+            "destinations": [{"id": "d", "url": "http://127.0.0.1:9/hook", **destination}],
+        }
+    )
+    return Plans(POLICY).for_event(tool, None)
+
+
+def routed(plan: Plan, document: Any) -> decide.Routed:
+    raw = body(document)
+    return decide.route(plan.routes[0], raw, decide.prepare(plan, raw))
+
+
+def test_a_destination_decides_on_what_the_tool_stores() -> None:
+    plan = fan_out_plan("{n: n}", filter="n > `1`", transform="{twice: [n, n]}")
+    assert routed(plan, {"n": 2, "x": 0}) == decide.Routed(
+        DeliveryStatus.PENDING, {"twice": [2, 2]}
+    )
+    assert routed(plan, {"n": 1}) == decide.PASS
+    assert routed(fan_out_plan(), {"n": 1}) is decide.SEND  # nothing to evaluate
+
+
+def test_a_destination_that_cannot_decide_gives_up_on_itself_only() -> None:
+    failing = routed(fan_out_plan(transform="missing"), {"n": 1})
+    assert failing.status == DeliveryStatus.DEAD and failing.failure is not None
+    assert failing.failure == Failure(
+        ErrorClass.TRANSFORM_ERROR, "the destination's transform produced null"
+    )
+    plan = fan_out_plan(filter="n")
+    not_json = decide.route(plan.routes[0], b"not json", decide.prepare(plan, b"not json"))
+    assert decide.prepare(plan, b"not json").status == EventStatus.PENDING  # the event is kept
+    assert not_json.failure is not None
+    assert not_json.failure.error_class == ErrorClass.INVALID_PAYLOAD

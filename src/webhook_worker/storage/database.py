@@ -15,13 +15,14 @@ import os
 import ssl
 import stat
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import orjson
-from sqlalchemy import event, text
+from sqlalchemy import Insert, Table, event, text
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -247,6 +248,19 @@ def _ssl_context(mode: str) -> ssl.SSLContext | str | None:
     if mode == "verify-ca":
         context.check_hostname = False
     return context
+
+
+def upsert(dialect: str, table: Table, keys: Sequence[str], changed: Sequence[str]) -> Insert:
+    """``INSERT ... ON CONFLICT (keys) DO UPDATE SET`` the ``changed`` columns to the new row's
+    values, for either dialect (execute it with the rows as parameters)."""
+    module: Any = postgresql if dialect == "postgresql" else sqlite
+    statement = module.insert(table)
+    new = statement.excluded
+    updated: Insert = statement.on_conflict_do_update(
+        index_elements=[table.c[key] for key in keys],
+        set_={column: new[column] for column in changed},
+    )
+    return updated
 
 
 def json_text(value: Any) -> str:

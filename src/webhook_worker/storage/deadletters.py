@@ -13,11 +13,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import RowMapping, Select, func, select, tuple_, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from webhook_worker.errors import NotFoundError
-from webhook_worker.storage.database import Database
+from webhook_worker.storage.database import Database, upsert
 from webhook_worker.storage.events import MAX_PAGE
 from webhook_worker.storage.records import DeadLetterRecord, as_rows
 from webhook_worker.storage.rows import DeadLetterRow, Page, utc, utc_or_none
@@ -25,26 +24,17 @@ from webhook_worker.storage.schema import dead_letters
 from webhook_worker.vocabulary import DeadLetterStatus
 
 _DEAD_LETTER_COLUMNS = DeadLetterRecord._fields
+_KEYS = ("event_id", "destination_id")
+_CHANGED = ("error", "error_class", "retryable", "status", "updated_at", "next_retry_at")
 
 
 async def upsert_dead_letters(conn: AsyncConnection, records: Sequence[DeadLetterRecord]) -> None:
     """Add dead letters, or update the event's existing one (back to ``pending``)."""
-    if not records:
-        return
-    module: Any = postgresql if conn.dialect.name == "postgresql" else sqlite
-    statement = module.insert(dead_letters)
-    statement = statement.on_conflict_do_update(
-        index_elements=[dead_letters.c.event_id, dead_letters.c.destination_id],
-        set_={
-            "error": statement.excluded.error,
-            "error_class": statement.excluded.error_class,
-            "retryable": statement.excluded.retryable,
-            "status": statement.excluded.status,
-            "updated_at": statement.excluded.updated_at,
-            "next_retry_at": statement.excluded.next_retry_at,
-        },
-    )
-    await conn.execute(statement, as_rows(records, _DEAD_LETTER_COLUMNS))
+    if records:
+        await conn.execute(
+            upsert(conn.dialect.name, dead_letters, _KEYS, _CHANGED),
+            as_rows(records, _DEAD_LETTER_COLUMNS),
+        )
 
 
 async def resolve_dead_letters(

@@ -18,36 +18,28 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
-from typing import Any
 
 from sqlalchemy import bindparam, delete, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from webhook_worker.storage.database import upsert
 from webhook_worker.storage.records import DeliveryRecord, DeliveryState, as_rows
 from webhook_worker.storage.rows import DeliveryRow, utc_or_none
 from webhook_worker.storage.schema import deliveries, events
 from webhook_worker.vocabulary import DeliveryStatus, EventStatus, event_status
 
 _DELIVERY_COLUMNS = DeliveryRecord._fields
+_KEYS = ("event_id", "destination_id")
+_CHANGED = ("status", "attempt_count", "next_attempt_at", "updated_at")
 
 
 async def upsert_deliveries(conn: AsyncConnection, records: Sequence[DeliveryRecord]) -> None:
     """Add deliveries, or change the recorded ones (by event and destination)."""
-    if not records:
-        return
-    module: Any = postgresql if conn.dialect.name == "postgresql" else sqlite
-    statement = module.insert(deliveries)
-    statement = statement.on_conflict_do_update(
-        index_elements=[deliveries.c.event_id, deliveries.c.destination_id],
-        set_={
-            "status": statement.excluded.status,
-            "attempt_count": statement.excluded.attempt_count,
-            "next_attempt_at": statement.excluded.next_attempt_at,
-            "updated_at": statement.excluded.updated_at,
-        },
-    )
-    await conn.execute(statement, as_rows(records, _DELIVERY_COLUMNS))
+    if records:
+        await conn.execute(
+            upsert(conn.dialect.name, deliveries, _KEYS, _CHANGED),
+            as_rows(records, _DELIVERY_COLUMNS),
+        )
 
 
 async def delivery_states(

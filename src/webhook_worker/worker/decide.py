@@ -81,27 +81,65 @@ def prepare(plan: Plan, body: bytes) -> Prepared:
             ErrorClass.INVALID_PAYLOAD,
             "the body is not JSON, which the tool's filter or transform needs",
         )
-    limit = expressions.limit_for(len(body))
-    if plan.filter is not None:
-        try:
-            keep = expressions.search(plan.filter, document, limit)
-        except jmespath.exceptions.JMESPathError as exc:
-            return dead(ErrorClass.FILTER_ERROR, f"the filter failed: {exc}")
-        except expressions.TooLarge:
-            return dead(ErrorClass.FILTER_ERROR, _too_large("filter", limit))
-        if not truthy(keep):
-            return IGNORED
+    applied = _apply(plan.filter, plan.transform, document, len(body), "")
+    if applied.failure is not None:
+        return Prepared(EventStatus.DEAD, failure=applied.failure)
+    if not applied.kept:
+        return IGNORED
     if plan.transform is None:
         return Prepared(kept.status, document=document) if routes_need_json else kept
+    return Prepared(kept.status, applied.payload, document=applied.payload)
+
+
+@dataclass(frozen=True, slots=True)
+class _Applied:
+    """What a filter and a transform made of a document."""
+
+    kept: bool
+    payload: Any = None
+    """The transform's result; None without a transform."""
+    failure: Failure | None = None
+
+
+_DROPPED: Final = _Applied(False)
+_KEPT: Final = _Applied(True)
+
+
+def _apply(
+    filter_: jmespath.parser.ParsedResult | None,
+    transform: jmespath.parser.ParsedResult | None,
+    document: Any,
+    size: int,
+    owner: str,
+) -> _Applied:
+    """Run ``filter_``, then ``transform``, on ``document`` (from a body of ``size`` bytes),
+    bounded as :mod:`~webhook_worker.worker.expressions` says. ``owner`` names whose they are
+    in a failure's message ("" for the tool's own, "destination's " for a destination's)."""
+    limit = expressions.limit_for(size)
+    if filter_ is not None:
+        try:
+            keep = expressions.search(filter_, document, limit)
+        except jmespath.exceptions.JMESPathError as exc:
+            return _failed(ErrorClass.FILTER_ERROR, f"the {owner}filter failed: {exc}")
+        except expressions.TooLarge:
+            return _failed(ErrorClass.FILTER_ERROR, _too_large("filter", limit))
+        if not truthy(keep):
+            return _DROPPED
+    if transform is None:
+        return _KEPT
     try:
-        payload = expressions.search(plan.transform, document, limit)
+        payload = expressions.search(transform, document, limit)
     except jmespath.exceptions.JMESPathError as exc:
-        return dead(ErrorClass.TRANSFORM_ERROR, f"the transform failed: {exc}")
+        return _failed(ErrorClass.TRANSFORM_ERROR, f"the {owner}transform failed: {exc}")
     except expressions.TooLarge:
-        return dead(ErrorClass.TRANSFORM_ERROR, _too_large("transform", limit))
+        return _failed(ErrorClass.TRANSFORM_ERROR, _too_large("transform", limit))
     if payload is None:
-        return dead(ErrorClass.TRANSFORM_ERROR, "the transform produced null")
-    return Prepared(kept.status, payload, document=payload)
+        return _failed(ErrorClass.TRANSFORM_ERROR, f"the {owner}transform produced null")
+    return _Applied(True, payload)
+
+
+def _failed(error_class: ErrorClass, message: str) -> _Applied:
+    return _Applied(False, failure=failure(error_class, message))
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,37 +172,12 @@ def route(target: Route, body: bytes, prepared: Prepared) -> Routed:
                 "the body is not JSON, which the destination's filter or transform needs",
             ),
         )
-    limit = expressions.limit_for(len(body))
-    if target.filter is not None:
-        try:
-            keep = expressions.search(target.filter, document, limit)
-        except jmespath.exceptions.JMESPathError as exc:
-            return _undeliverable(
-                ErrorClass.FILTER_ERROR, f"the destination's filter failed: {exc}"
-            )
-        except expressions.TooLarge:
-            return _undeliverable(ErrorClass.FILTER_ERROR, _too_large("filter", limit))
-        if not truthy(keep):
-            return PASS
-    if target.transform is None:
-        return SEND
-    try:
-        payload = expressions.search(target.transform, document, limit)
-    except jmespath.exceptions.JMESPathError as exc:
-        return _undeliverable(
-            ErrorClass.TRANSFORM_ERROR, f"the destination's transform failed: {exc}"
-        )
-    except expressions.TooLarge:
-        return _undeliverable(ErrorClass.TRANSFORM_ERROR, _too_large("transform", limit))
-    if payload is None:
-        return _undeliverable(
-            ErrorClass.TRANSFORM_ERROR, "the destination's transform produced null"
-        )
-    return Routed(DeliveryStatus.PENDING, payload)
-
-
-def _undeliverable(error_class: ErrorClass, message: str) -> Routed:
-    return Routed(DeliveryStatus.DEAD, failure=failure(error_class, message))
+    applied = _apply(target.filter, target.transform, document, len(body), "destination's ")
+    if applied.failure is not None:
+        return Routed(DeliveryStatus.DEAD, failure=applied.failure)
+    if not applied.kept:
+        return PASS
+    return SEND if target.transform is None else Routed(DeliveryStatus.PENDING, applied.payload)
 
 
 def _too_large(which: str, limit: int) -> str:
