@@ -180,17 +180,14 @@ def tool_definition(sink_url: str | None = None, destinations: int = 1) -> dict[
     if sink_url is None:
         return definition
     definition["mode"] = "store_and_forward"
-    targets = [
-        {"url": f"{sink_url}{SINK_PREFIX}{dest}", "timeout": "10s"}
+    targets = {
+        dest: {"url": f"{sink_url}{SINK_PREFIX}{dest}", "timeout": "10s"}
         for dest in destination_ids(destinations)
-    ]
+    }
     if destinations == 1:
-        definition["forward"] = targets[0]
+        definition["forward"] = targets[DEFAULT_DESTINATION]
     else:
-        definition["destinations"] = [
-            {"id": dest, **target}
-            for dest, target in zip(destination_ids(destinations), targets, strict=True)
-        ]
+        definition["destinations"] = [{"id": dest, **target} for dest, target in targets.items()]
     return definition
 
 

@@ -113,7 +113,10 @@ async def run(
                 ceiling = await _ceiling(plan, deployment.tool, workdir)
             on_progress("measuring the deployment")
             measured = await _measure(plan, deployment, observer, options, workdir)
-        succeeded = bool(measured["end_to_end"]["all_stored"])
+        forwarded = measured["forward"]
+        succeeded = measured["end_to_end"]["all_stored"] and (
+            forwarded is None or forwarded["all_forwarded"]
+        )
         return report.assemble(options_view(options), machine, deployment, plan, ceiling, measured)
     finally:
         if succeeded and not options.keep:
