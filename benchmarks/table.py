@@ -1,8 +1,10 @@
 """Print a Markdown table of ``webhook-worker bench --json`` reports, one row per report.
 
     .venv/bin/python benchmarks/table.py benchmarks/results/*.json
+    .venv/bin/python benchmarks/table.py --fan-out benchmarks/results/fan-out-*.json
 
-docs/performance.md's tables of measured figures are made with it.
+docs/performance.md's tables of measured figures are made with it; ``--fan-out`` gives the
+columns of its fan-out table (``--forward --destinations N`` runs).
 """
 
 from __future__ import annotations
@@ -54,6 +56,37 @@ def row(report: dict[str, Any], name: str) -> list[str]:
     ]
 
 
+FAN_OUT_COLUMNS = (
+    "run",
+    "destinations",
+    "ingest accepted/s",
+    "forwarded events/s",
+    "deliveries/s",
+    "drain s",
+    "CPU µs/event api / worker / sink / machine",
+    "worker CPU µs/delivery",
+    "load avg start / end",
+)
+
+
+def fan_out_row(report: dict[str, Any], name: str) -> list[str]:
+    forward = report["forward"]
+    per_event = report["cpu_us_per_event"]
+    per_delivery = report["cpu_us_per_delivery"]
+    machine = report["machine"]
+    return [
+        f"{report['deployment']['mode']} ({name})",
+        f"{len(forward['destinations'])}",
+        f"{report['ingest']['accepted_per_s']:,.0f}",
+        _rate(forward),
+        _number(forward["deliveries_per_s"]),
+        f"{report['end_to_end']['drain_s']:.1f}",
+        " / ".join(_number(per_event.get(key)) for key in ("api", "worker", "sink", "machine")),
+        _number(per_delivery.get("worker")),
+        f"{machine['load_average_at_start'][0]:.1f} / {machine['load_average_at_end'][0]:.1f}",
+    ]
+
+
 def _number(value: float | None) -> str:
     return "-" if value is None else f"{value:,.0f}"
 
@@ -64,12 +97,14 @@ def _rate(part: dict[str, Any]) -> str:
     return (f"{rate:,.0f}" if rate else "-") + ("" if complete else " (LOST)")
 
 
-def main(paths: list[str]) -> None:
-    print("| " + " | ".join(COLUMNS) + " |")
-    print("|" + "---|" * len(COLUMNS))
-    for path in paths:
+def main(args: list[str]) -> None:
+    fan_out = args[:1] == ["--fan-out"]
+    columns, make_row = (FAN_OUT_COLUMNS, fan_out_row) if fan_out else (COLUMNS, row)
+    print("| " + " | ".join(columns) + " |")
+    print("|" + "---|" * len(columns))
+    for path in args[1:] if fan_out else args:
         report = json.loads(Path(path).read_text())
-        print("| " + " | ".join(row(report, Path(path).stem)) + " |")
+        print("| " + " | ".join(make_row(report, Path(path).stem)) + " |")
 
 
 if __name__ == "__main__":

@@ -19,9 +19,12 @@ import redis.asyncio as aioredis
 
 from tests.conftest import REDIS_URL
 from webhook_worker.auth import build_verifier
-from webhook_worker.bench.load import LoadPlan, RequestBuilder, Signing, run_phase
+from webhook_worker.bench.load import LoadPlan, Phase, RequestBuilder, Signing, run_phase
+from webhook_worker.bench.observe import Forwarded
 from webhook_worker.bench.payloads import NAMES, UNIQUE_LENGTH, payload
 from webhook_worker.bench.profile import summarise
+from webhook_worker.bench.report import undelivered
+from webhook_worker.bench.runner import forward_part
 from webhook_worker.tools.model import parse_tool
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,7 +56,7 @@ def _check_complete(report: dict[str, Any], *, ceiling: bool = True) -> None:
     for key in (
         "schema", "command", "argv", "machine", "options", "deployment", "payload", "ceiling",
         "ingest", "ratio_to_ceiling", "end_to_end", "forward", "queue_depth", "rss_peak_mb",
-        "cpu_us_per_event", "samples", "client", "warmup", "profile",
+        "cpu_us_per_event", "cpu_us_per_delivery", "samples", "client", "warmup", "profile",
     ):  # fmt: skip
         assert key in report, key
     assert report["command"].startswith("webhook-worker bench ")
@@ -141,6 +144,52 @@ def test_smoke_forward_events(tmp_path: Path) -> None:
     assert report["deployment"]["tool_mode"] == "store_and_forward"
     assert report["forward"]["all_forwarded"] is True
     assert report["forward"]["forwarded"] == 50
+
+
+def test_fan_out_reaches_every_destination(tmp_path: Path) -> None:
+    out = tmp_path / "out.json"
+    completed = _bench(
+        "--start", "embedded", "--forward", "--destinations", "3", *SMOKE, "--no-ceiling",
+        "--json", str(out),
+    )  # fmt: skip
+    report = _report(out, completed)
+    _check_complete(report, ceiling=False)
+    expected = report["end_to_end"]["expected"]
+    assert report["deployment"]["destinations"] == ["d1", "d2", "d3"]
+    forward = report["forward"]
+    assert forward["all_forwarded"] is True
+    assert forward["destinations"] == ["d1", "d2", "d3"]
+    assert forward["expected"] == forward["forwarded"] == expected
+    assert forward["deliveries_expected"] == forward["delivered"] == 3 * expected
+    for dest in ("d1", "d2", "d3"):
+        counts = forward["per_destination"][dest]
+        assert counts["delivered"] == expected and counts["requests"] >= expected, (dest, counts)
+    assert forward["events_per_s"] > 0
+    assert forward["deliveries_per_s"] == pytest.approx(3 * forward["events_per_s"], abs=0.2)
+    per_event, per_delivery = report["cpu_us_per_event"], report["cpu_us_per_delivery"]
+    assert per_event["sink"] > 0 and per_delivery["sink"] > 0
+    for key in ("api", "worker", "sink", "machine"):
+        assert per_delivery[key] == pytest.approx(per_event[key] / 3, abs=0.1), key
+    assert "d1 " in completed.stdout and "CPU per delivery" in completed.stdout
+
+
+def test_a_destination_short_of_events_fails_the_run_naming_it() -> None:
+    phase = Phase(accepted=10, first_accept_at=100.0)
+    arrived = Forwarded({"d1": 12, "d2": 9, "d3": 12}, {"d1": 12, "d2": 9, "d3": 13}, 102.0)
+    forward = forward_part(phase, 12, arrived)
+    assert forward["all_forwarded"] is False
+    assert forward["forwarded"] == 9
+    assert (forward["delivered"], forward["deliveries_expected"]) == (33, 36)
+    assert forward["per_destination"]["d3"] == {"delivered": 12, "requests": 13}
+    message = undelivered(forward, 300)
+    assert message.startswith("only 9 of 12 events reached every destination")
+    assert message.endswith(": d2 9")
+
+
+def test_destinations_are_a_fan_out_of_forward() -> None:
+    completed = _bench("--start", "embedded", "--destinations", "3")
+    assert completed.returncode == 2
+    assert "--destinations is the fan-out of --forward" in completed.stderr
 
 
 def test_pause_worker_needs_a_worker_process_of_its_own() -> None:

@@ -2,10 +2,11 @@
 
 A started deployment is the real thing: ``webhook-worker run`` (embedded), or ``webhook-worker
 api`` plus one ``webhook-worker worker``, as processes on free loopback ports, with a fresh
-SQLite directory or a private Redis key prefix. Its tool (GitHub preset, random secret) is
-created in the database before the processes start, so every process has it from the first
-request. At the end the processes get SIGTERM (then SIGKILL), and the tool, its events and the
-Redis keys are removed again (``keep`` leaves them).
+SQLite directory or a private Redis key prefix. Its tool (GitHub preset, random secret; for a
+forward benchmark, one or several destinations on the sink) is created in the database before
+the processes start, so every process has it from the first request. At the end the processes
+get SIGTERM (then SIGKILL), and the tool, its events and the Redis keys are removed again
+(``keep`` leaves them).
 """
 
 from __future__ import annotations
@@ -31,15 +32,17 @@ from cryptography.fernet import Fernet
 from sqlalchemy import delete
 
 from webhook_worker.bench import BenchError
+from webhook_worker.bench.servers import SINK_PREFIX
 from webhook_worker.config import Settings
 from webhook_worker.errors import ConfigError, NotFoundError
 from webhook_worker.queue import redis_connection
 from webhook_worker.runtime import database
 from webhook_worker.storage.schema import dead_letters, delivery_ids, events, queue_messages
 from webhook_worker.storage.tools import ToolStore
-from webhook_worker.tools.model import Tool, parse_tool
+from webhook_worker.tools.model import DEFAULT_DESTINATION, Tool, parse_tool
 from webhook_worker.tools.secrets import is_sealed, secret_fields
 from webhook_worker.tools.service import ToolService
+from webhook_worker.vocabulary import Mode
 
 MODES: Final = ("embedded", "postgres-redis", "postgres")
 _START_WITHIN: Final = 60.0
@@ -86,6 +89,16 @@ class Deployment:
     def port(self) -> int:
         return urlsplit(self.api_url).port or 80
 
+    @property
+    def destinations(self) -> tuple[str, ...]:
+        """The ids of the destinations the tool delivers to: its ``forward`` (``default``)
+        when it is ``store_and_forward``, then its enabled ``destinations``."""
+        tool = self.tool
+        forward = (
+            (DEFAULT_DESTINATION,) if tool.mode == Mode.STORE_AND_FORWARD and tool.forward else ()
+        )
+        return forward + tuple(dest.id for dest in tool.destinations if dest.enabled)
+
     def describe(self) -> dict[str, Any]:
         settings = self.settings
         return {
@@ -96,6 +109,7 @@ class Deployment:
             "redis_key_prefix": settings.redis_key_prefix if settings.uses_redis else None,
             "tool_id": self.tool.id,
             "tool_mode": self.tool.mode,
+            "destinations": list(self.destinations),
             "pids": dict(self.pids),
         }
 
@@ -153,18 +167,36 @@ def child_environment(
     return env
 
 
-def tool_definition(forward_url: str | None = None) -> dict[str, Any]:
-    """The benchmark's own tool: GitHub preset, a random secret, forwarding when asked."""
+def tool_definition(sink_url: str | None = None, destinations: int = 1) -> dict[str, Any]:
+    """The benchmark's own tool: GitHub preset, a random secret, and with ``sink_url`` a
+    ``store_and_forward`` tool delivering to the sink at a path per destination (see
+    :func:`destination_ids`)."""
     definition: dict[str, Any] = {
         "id": f"bench-{secrets.token_hex(4)}",
         "provider": "github",
         "description": "created by webhook-worker bench; removed when it ends",
         "auth": {"secret": secrets.token_urlsafe(24)},
     }
-    if forward_url is not None:
-        definition["mode"] = "store_and_forward"
-        definition["forward"] = {"url": forward_url, "timeout": "10s"}
+    if sink_url is None:
+        return definition
+    definition["mode"] = "store_and_forward"
+    targets = {
+        dest: {"url": f"{sink_url}{SINK_PREFIX}{dest}", "timeout": "10s"}
+        for dest in destination_ids(destinations)
+    }
+    if destinations == 1:
+        definition["forward"] = targets[DEFAULT_DESTINATION]
+    else:
+        definition["destinations"] = [{"id": dest, **target} for dest, target in targets.items()]
     return definition
+
+
+def destination_ids(count: int) -> tuple[str, ...]:
+    """One destination is the tool's ``forward`` (the destination ``default``), so a run with
+    one destination measures what the single forward always did; several are ``d1``..``dN``."""
+    if count == 1:
+        return (DEFAULT_DESTINATION,)
+    return tuple(f"d{n}" for n in range(1, count + 1))
 
 
 def _settings(env: Mapping[str, str]) -> Settings:
@@ -182,14 +214,16 @@ async def started(
     base_env: Mapping[str, str] | None = None,
     database_url: str | None = None,
     redis_addr: str | None = None,
-    forward_url: str | None = None,
+    sink_url: str | None = None,
+    destinations: int = 1,
     keep: bool = False,
 ) -> AsyncIterator[Deployment]:
-    """Start a deployment of ``mode`` (one of :data:`MODES`) for the ``async with`` block."""
+    """Start a deployment of ``mode`` (one of :data:`MODES`) for the ``async with`` block;
+    with ``sink_url``, its tool delivers to ``destinations`` destinations there."""
     env = child_environment(
         mode, os.environ if base_env is None else base_env, workdir, database_url, redis_addr
     )
-    if forward_url is not None:
+    if sink_url is not None:
         env["ALLOW_PRIVATE_FORWARD"] = "true"  # the sink is on loopback, which is refused else
     settings = _settings(env)
     if mode != "embedded" and settings.is_embedded:
@@ -197,7 +231,7 @@ async def started(
             f"--start {mode} needs PostgreSQL: set DATABASE_URL (or DATABASE_HOST) or pass "
             "--database-url"
         )
-    definition = tool_definition(forward_url)
+    definition = tool_definition(sink_url, destinations)
     tool = parse_tool(definition)
     async with database(settings, migrate_first=True) as db:
         await ToolService(

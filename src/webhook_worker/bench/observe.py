@@ -1,6 +1,6 @@
 """What the benchmark reads from the deployment while and after the load runs: events stored
-for its tool, events forwarded to the sink, queue depth, and the memory of the processes
-(``/proc/<pid>/status``).
+for its tool, events delivered to each destination on the sink, queue depth, and the memory and
+CPU time of the processes (``/proc/<pid>/status`` and ``stat``).
 
 Queue depth is read where the queue lives (the stream's length, or the queue table's rows:
 waiting plus in flight, as ``webhook_queue_depth`` counts), not from a process's ``/metrics``,
@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,7 +25,7 @@ from typing import Any
 import httpx
 from sqlalchemy import Select, create_engine, func, select
 
-from webhook_worker.bench.deployment import Deployment
+from webhook_worker.bench.deployment import Child, Deployment
 from webhook_worker.constants import RedisKeys
 from webhook_worker.queue import redis_connection
 from webhook_worker.storage.database import Database
@@ -40,11 +41,41 @@ class Sample:
     worker_rss_mb: float | None
 
 
+@dataclass(frozen=True, slots=True)
+class Forwarded:
+    """What the sink has received so far, per destination id."""
+
+    distinct: Mapping[str, int]
+    """Distinct events (``webhook-id``) per destination."""
+    requests: Mapping[str, int]
+    """Requests per destination, retries and repeats included."""
+    last_at: float | None
+    """Unix time the sink received its latest request, any destination."""
+
+    def since(self, baseline: Forwarded) -> Forwarded:
+        """The counts added since ``baseline``."""
+        return Forwarded(
+            {dest: n - baseline.distinct.get(dest, 0) for dest, n in self.distinct.items()},
+            {dest: n - baseline.requests.get(dest, 0) for dest, n in self.requests.items()},
+            self.last_at,
+        )
+
+    @property
+    def every_destination(self) -> int:
+        """Events that reached every destination, as far as counts tell: the sink only hears
+        from the benchmark's own tool, so a destination with N distinct ids has N of its
+        events, and the smallest count is how many reached them all."""
+        return min(self.distinct.values(), default=0)
+
+
 class Observer:
-    def __init__(self, deployment: Deployment, sink_url: str | None = None) -> None:
+    def __init__(self, deployment: Deployment, sink: Child | None = None) -> None:
         self._tool_id = deployment.tool.id
-        self._sink_url = sink_url
-        self._pids = deployment.pids
+        self._sink_url = sink.url if sink is not None else None
+        self._destinations = deployment.destinations
+        self._pids = dict(deployment.pids)
+        if sink is not None:
+            self._pids["sink"] = sink.pid
         settings = deployment.settings
         self._redis = redis_connection.connect(settings) if settings.uses_redis else None
         self._stream = RedisKeys(settings.redis_key_prefix).stream
@@ -96,12 +127,18 @@ class Observer:
         with self._sqlite.connect() as conn:
             return conn.scalar(query)
 
-    async def forwarded(self) -> tuple[int, float | None]:
-        """Distinct events the sink received, and when it received the last one."""
-        if self._sink_url is None:
-            return 0, None
-        answer = (await self._http.get(f"{self._sink_url}/count")).json()
-        return int(answer["distinct"]), answer["last_at"]
+    async def forwarded(self) -> Forwarded:
+        """What the sink received for each of the tool's destinations (zeros without a
+        sink)."""
+        answer: dict[str, dict[str, Any]] = {}
+        if self._sink_url is not None:
+            answer = (await self._http.get(f"{self._sink_url}/count")).json()
+        counts = {dest: answer.get(dest, {}) for dest in self._destinations}
+        return Forwarded(
+            {dest: int(c.get("distinct", 0)) for dest, c in counts.items()},
+            {dest: int(c.get("received", 0)) for dest, c in counts.items()},
+            max((c["last_at"] for c in counts.values() if c.get("last_at")), default=None),
+        )
 
     def rss_mb(self, role: str, field: str = "VmRSS") -> float | None:
         """Resident memory of the ``api`` or ``worker`` process (``VmHWM``: its peak)."""
@@ -109,8 +146,9 @@ class Observer:
         return None if pid is None else process_memory_mb(pid, field)
 
     def cpu_seconds(self) -> dict[str, float | None]:
-        """CPU time used so far by the ``api`` and ``worker`` processes, and by the whole
-        machine (every process, the database and Redis included)."""
+        """CPU time used so far by the ``api`` and ``worker`` processes (and the ``sink``
+        when there is one), and by the whole machine (every process, the database and Redis
+        included)."""
         used: dict[str, float | None] = {
             role: process_cpu_s(pid) for role, pid in self._pids.items() if role in ROLES
         }
@@ -126,7 +164,7 @@ class Observer:
         )
 
 
-ROLES = ("api", "worker")
+ROLES = ("api", "worker", "sink")
 _TICKS = os.sysconf("SC_CLK_TCK")
 
 

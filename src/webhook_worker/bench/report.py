@@ -81,6 +81,7 @@ def assemble(
         },
         "rss_peak_mb": measured["rss_peak_mb"],
         "cpu_us_per_event": measured["cpu_us_per_event"],
+        "cpu_us_per_delivery": measured["cpu_us_per_delivery"],
         "samples": samples,
         "client": {
             "ingest": client_cost(measured["ingest"]),
@@ -89,6 +90,21 @@ def assemble(
         "warmup": measured["warmup"],
         "profile": measured["profile"],
     }
+
+
+def undelivered(forward: dict[str, Any], drain_timeout: float) -> str:
+    """Why a forward run failed: how many events reached every destination, and what each
+    destination that fell short received."""
+    short = ", ".join(
+        f"{dest} {counts['delivered']}"
+        for dest, counts in forward["per_destination"].items()
+        if counts["delivered"] < forward["expected"]
+    )
+    return (
+        f"only {forward['forwarded']} of {forward['expected']} events reached every destination "
+        f"within --drain-timeout {drain_timeout:g}s; distinct events received by the "
+        f"destinations short of that: {short}"
+    )
 
 
 def client_cost(phase: dict[str, Any]) -> dict[str, Any]:
@@ -144,6 +160,8 @@ def table(report: dict[str, Any]) -> Table:
         seconds = f" over {part['seconds']:.1f} s" if part["seconds"] else ""
         out.add_row(f"end-to-end, {label}", f"{rate_text}{seconds}")
         out.add_row(label, f"{verdict} ({count} of {part['expected']}, warm-up included)")
+        if key == "forward":
+            _fan_out_rows(out, part)
     out.add_row("drain after load", f"{report['end_to_end']['drain_s']:.1f} s")
     depth = report["queue_depth"]
     out.add_row("queue depth", f"max {_number(depth['max'])}, last {_number(depth['last'])}")
@@ -153,12 +171,9 @@ def table(report: dict[str, Any]) -> Table:
         "peak RSS (MiB)",
         f"api {_number(rss.get('api'))}, worker {_number(rss.get('worker'))}{ceiling_rss}",
     )
-    cpu = report["cpu_us_per_event"]
-    out.add_row(
-        "CPU per event (µs)",
-        f"api {_number(cpu.get('api'))}, worker {_number(cpu.get('worker'))}, "
-        f"whole machine {_number(cpu.get('machine'))}",
-    )
+    out.add_row("CPU per event (µs)", _cpu(report["cpu_us_per_event"]))
+    if report["cpu_us_per_delivery"] is not None:
+        out.add_row("CPU per delivery (µs)", _cpu(report["cpu_us_per_delivery"]))
     out.add_section()
     client = report["client"]["ingest"]
     out.add_row(
@@ -173,6 +188,31 @@ def table(report: dict[str, Any]) -> Table:
         f"load {machine['load_average_at_start'][0]:.2f} at start",
     )
     return out
+
+
+def _fan_out_rows(out: Table, part: dict[str, Any]) -> None:
+    """Deliveries: one per event and destination; and each destination's own count."""
+    rate = f"{part['deliveries_per_s']:,.0f} deliveries/s" if part["deliveries_per_s"] else "-"
+    out.add_row(
+        "deliveries",
+        f"{rate}; {part['delivered']} of {part['deliveries_expected']} to "
+        f"{len(part['destinations'])} destination(s)",
+    )
+    shown = []
+    for dest, counts in part["per_destination"].items():
+        repeated = counts["requests"] - counts["delivered"]
+        shown.append(
+            f"{dest} {counts['delivered']}" + (f" (+{repeated} repeats)" if repeated else "")
+        )
+    out.add_row("per destination", ", ".join(shown))
+
+
+def _cpu(per_one: dict[str, float | None]) -> str:
+    sink = f", sink {_number(per_one['sink'])}" if "sink" in per_one else ""
+    return (
+        f"api {_number(per_one.get('api'))}, worker {_number(per_one.get('worker'))}{sink}, "
+        f"whole machine {_number(per_one.get('machine'))}"
+    )
 
 
 def profile_table(report: dict[str, Any], rows: int = 8) -> Table | None:

@@ -1,12 +1,14 @@
 """One benchmark, from start to report.
 
-1. Start the deployment (or attach to one), and the forward sink when asked.
+1. Start the deployment (or attach to one), and the forward sink when asked: the tool then
+   delivers every event to each of ``destinations`` destinations, at a path of its own there.
 2. The ceiling: the bare handler (servers.py) driven by the same load generator for the same
    duration, so the figures below can be read as a ratio of what this stack does on this
    machine right now.
 3. The measured run: warm-up, wait until every warm-up event is stored, then the load; queue
    depth and memory sampled every second.
-4. Drain: wait until every accepted event is stored (and forwarded), then read peak memory.
+4. Drain: wait until every accepted event is stored (and has reached every destination), then
+   read peak memory.
 """
 
 from __future__ import annotations
@@ -37,7 +39,13 @@ from webhook_worker.bench.deployment import (
     wait_ready,
 )
 from webhook_worker.bench.load import LoadPlan, Phase, Signing
-from webhook_worker.bench.observe import Observer, Sample, process_memory_mb, sample_until
+from webhook_worker.bench.observe import (
+    Forwarded,
+    Observer,
+    Sample,
+    process_memory_mb,
+    sample_until,
+)
 from webhook_worker.bench.payloads import payload
 from webhook_worker.bench.profile import Profiler
 from webhook_worker.config import Settings
@@ -65,6 +73,8 @@ class Options:
     warmup: float = 1.0
     timeout: float = 30.0
     forward: bool = False
+    destinations: int = 1
+    """With ``forward``: how many destinations the tool delivers each event to."""
     ceiling: bool = True
     pause_worker: bool = False
     """Stop the worker (SIGSTOP) while the measured load runs, resume it (SIGCONT) to drain."""
@@ -87,14 +97,14 @@ async def run(
     succeeded = False
     try:
         async with AsyncExitStack() as stack:
-            sink_url = None
+            sink = None
             if options.forward:
-                sink_url = await stack.enter_async_context(_sink(workdir))
+                sink = await stack.enter_async_context(_server("sink", workdir))
             deployment = await stack.enter_async_context(
-                _deployment(options, workdir, sink_url and f"{sink_url}/hook")
+                _deployment(options, workdir, sink.url if sink else None)
             )
             on_progress(f"deployment ready: {deployment.mode} at {deployment.api_url}")
-            observer = Observer(deployment, sink_url)
+            observer = Observer(deployment, sink)
             stack.push_async_callback(observer.close)
             plan = _plan(deployment.tool, deployment.port, options)
             ceiling = None
@@ -103,7 +113,10 @@ async def run(
                 ceiling = await _ceiling(plan, deployment.tool, workdir)
             on_progress("measuring the deployment")
             measured = await _measure(plan, deployment, observer, options, workdir)
-        succeeded = bool(measured["end_to_end"]["all_stored"])
+        forwarded = measured["forward"]
+        succeeded = measured["end_to_end"]["all_stored"] and (
+            forwarded is None or forwarded["all_forwarded"]
+        )
         return report.assemble(options_view(options), machine, deployment, plan, ceiling, measured)
     finally:
         if succeeded and not options.keep:
@@ -123,7 +136,7 @@ def options_view(options: Options) -> dict[str, Any]:
 
 @asynccontextmanager
 async def _deployment(
-    options: Options, workdir: Path, forward_url: str | None
+    options: Options, workdir: Path, sink_url: str | None
 ) -> AsyncIterator[Deployment]:
     if options.start is not None:
         async with started(
@@ -131,7 +144,8 @@ async def _deployment(
             workdir,
             database_url=options.database_url,
             redis_addr=options.redis_addr,
-            forward_url=forward_url,
+            sink_url=sink_url,
+            destinations=options.destinations,
             keep=options.keep,
         ) as deployment:
             yield deployment
@@ -158,12 +172,6 @@ async def _server(role: str, workdir: Path, stdin: bytes | None = None) -> Async
         yield child
     finally:
         await stop(child)
-
-
-@asynccontextmanager
-async def _sink(workdir: Path) -> AsyncIterator[str]:
-    async with _server("sink", workdir) as child:
-        yield child.url
 
 
 def _plan(tool: Tool, port: int, options: Options) -> LoadPlan:
@@ -266,7 +274,7 @@ async def _measure(
     workdir: Path,
 ) -> dict[str, Any]:
     baseline = await observer.stored()
-    baseline_forwarded, _ = await observer.forwarded()
+    baseline_forwarded = await observer.forwarded()
     samples: list[Sample] = []
     done = asyncio.Event()
     profiler = Profiler(options.profile, deployment.pids)
@@ -296,7 +304,7 @@ async def _measure(
             deployment, observer, baseline, baseline_forwarded, expected, options
         )
         drained = time.time()
-        cpu = _cpu_per_event(cpu_before, observer.cpu_seconds(), result.accepted)
+        cpu_after = observer.cpu_seconds()
     finally:
         done.set()
         if sampler is not None:
@@ -311,11 +319,11 @@ async def _measure(
         drain_s=round(drained - load_ended, 2),
     )
     forward = None
+    cpu_per_delivery = None
     if options.forward:
-        _, last_forwarded = await observer.forwarded()
-        complete = forwarded - baseline_forwarded >= expected
-        forward = _rate(result, "all_forwarded", complete, last_forwarded)
-        forward.update(expected=expected, forwarded=forwarded - baseline_forwarded)
+        forward = forward_part(result, expected, forwarded.since(baseline_forwarded))
+        deliveries = result.accepted * len(forward["destinations"])
+        cpu_per_delivery = _cpu_per(cpu_before, cpu_after, deliveries)
     samples.append(await observer.sample(since))
     return {
         "warmup": asdict(warmup),
@@ -324,24 +332,49 @@ async def _measure(
         "forward": forward,
         "samples": [asdict(sample) for sample in samples],
         "rss_peak_mb": {role: observer.rss_mb(role, "VmHWM") for role in ("api", "worker")},
-        "cpu_us_per_event": cpu,
+        "cpu_us_per_event": _cpu_per(cpu_before, cpu_after, result.accepted),
+        "cpu_us_per_delivery": cpu_per_delivery,
         "profile": profile,
     }
 
 
-def _cpu_per_event(
-    before: dict[str, float | None], after: dict[str, float | None], events: int
+def forward_part(result: Phase, expected: int, forwarded: Forwarded) -> dict[str, Any]:
+    """The report's ``forward``: whether each of ``expected`` events reached every destination
+    (what the sink received since the run began), events/s and deliveries/s until the last one
+    arrived, and the counts per destination."""
+    complete = forwarded.every_destination >= expected
+    part = _rate(result, "all_forwarded", complete, forwarded.last_at)
+    fan_out = len(forwarded.distinct)
+    per_s = part["events_per_s"]
+    part.update(
+        deliveries_per_s=round(per_s * fan_out, 1) if per_s is not None else None,
+        expected=expected,
+        forwarded=forwarded.every_destination,
+        destinations=list(forwarded.distinct),
+        deliveries_expected=expected * fan_out,
+        delivered=sum(forwarded.distinct.values()),
+        per_destination={
+            dest: {"delivered": delivered, "requests": forwarded.requests[dest]}
+            for dest, delivered in forwarded.distinct.items()
+        },
+    )
+    return part
+
+
+def _cpu_per(
+    before: dict[str, float | None], after: dict[str, float | None], count: int
 ) -> dict[str, float | None]:
-    """CPU microseconds per accepted event over the measured load and its drain, per process
-    and for the whole machine (load generator, database, Redis and anything else included)."""
-    per_event: dict[str, float | None] = {}
+    """CPU microseconds per accepted event (or per delivery) over the measured load and its
+    drain, per process and for the whole machine (load generator, database, Redis and anything
+    else included)."""
+    per_one: dict[str, float | None] = {}
     for key, start in before.items():
         end = after.get(key)
-        if start is None or end is None or events <= 0:
-            per_event[key] = None
+        if start is None or end is None or count <= 0:
+            per_one[key] = None
         else:
-            per_event[key] = round(1e6 * (end - start) / events, 1)
-    return per_event
+            per_one[key] = round(1e6 * (end - start) / count, 1)
+    return per_one
 
 
 def _rate(result: Phase, key: str, complete: bool, last_at: float | None) -> dict[str, Any]:
@@ -360,25 +393,25 @@ async def _settled(
     deployment: Deployment,
     observer: Observer,
     baseline: int,
-    baseline_forwarded: int,
+    baseline_forwarded: Forwarded,
     expected: int,
     options: Options,
-) -> tuple[int, int]:
-    """Poll until ``expected`` events beyond the baselines are stored (and forwarded), or the
-    drain timeout passes; the counts last seen. The queue depth is cheap to read and is polled
-    often; the events are counted once it is empty, and otherwise every few seconds (another
-    tool's traffic may keep the queue busy)."""
+) -> tuple[int, Forwarded]:
+    """Poll until ``expected`` events beyond the baselines are stored (and have reached every
+    destination), or the drain timeout passes; the counts last seen. The queue depth is cheap
+    to read and is polled often; the events are counted once it is empty, and otherwise every
+    few seconds (another tool's traffic may keep the queue busy)."""
     deadline = time.monotonic() + options.drain_timeout
     counted = time.monotonic()
     stored = await observer.stored()
     while True:
         deployment.check_alive()
-        forwarded, _ = await observer.forwarded()
+        forwarded = await observer.forwarded()
         now = time.monotonic()
         if now - counted >= _COUNT_EVERY or await observer.queue_depth() == 0:
             stored, counted = await observer.stored(), now
         done = stored - baseline >= expected and (
-            not options.forward or forwarded - baseline_forwarded >= expected
+            not options.forward or forwarded.since(baseline_forwarded).every_destination >= expected
         )
         if done or now > deadline:
             return stored, forwarded

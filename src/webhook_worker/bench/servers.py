@@ -5,9 +5,11 @@
   (Starlette on uvicorn with the API's uvicorn settings, on uvloop) that reads the body, verifies
   the signature with the tool's own verifier and answers 202. Nothing is queued or stored; what
   it sustains is as fast as an ingest on this stack can be on this machine.
-- ``python -m webhook_worker.bench.servers sink PORT``: the forward target of a forward
-  benchmark. It answers every request 200 and counts distinct ``webhook-id`` headers (the event
-  id, the same on a retry); ``GET /count`` answers ``{"received", "distinct", "last_at"}``.
+- ``python -m webhook_worker.bench.servers sink PORT``: the target of a forward benchmark's
+  destinations, each at a path of its own (``/d/<destination id>``). It answers every request
+  200 and counts, per path, the requests and the distinct ``webhook-id`` headers (the event id,
+  the same on a retry); ``GET /count`` answers ``{"<destination id>": {"received", "distinct",
+  "last_at"}, ...}``.
 """
 
 from __future__ import annotations
@@ -54,13 +56,15 @@ def ceiling_app(tool: Tool) -> Starlette:
     )
 
 
+SINK_PREFIX = "/d/"
+"""The sink's path for destination ``x`` is ``/d/x``."""
+
+
 class Sink:
     """A plain ASGI app (no framework, so the target is never the bottleneck)."""
 
     def __init__(self) -> None:
-        self.received = 0
-        self.distinct: set[bytes] = set()
-        self.last_at: float | None = None
+        self.paths: dict[str, _Counts] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -72,15 +76,35 @@ class Sink:
         while more:
             message = await receive()
             more = bool(message.get("more_body"))
-        self.received += 1
-        self.last_at = time.time()
+        path: str = scope["path"]
+        counts = self.paths.get(path)
+        if counts is None:
+            counts = self.paths[path] = _Counts()
+        counts.received += 1
+        counts.last_at = time.time()
         for name, value in scope["headers"]:
             if name == b"webhook-id":
-                self.distinct.add(value)
+                counts.distinct.add(value)
         await _answer(send, 200, b"")
 
-    def count(self) -> dict[str, Any]:
-        return {"received": self.received, "distinct": len(self.distinct), "last_at": self.last_at}
+    def count(self) -> dict[str, dict[str, Any]]:
+        return {
+            path.removeprefix(SINK_PREFIX): {
+                "received": counts.received,
+                "distinct": len(counts.distinct),
+                "last_at": counts.last_at,
+            }
+            for path, counts in self.paths.items()
+        }
+
+
+class _Counts:
+    __slots__ = ("distinct", "last_at", "received")
+
+    def __init__(self) -> None:
+        self.received = 0
+        self.distinct: set[bytes] = set()
+        self.last_at: float | None = None
 
 
 async def _answer(send: Send, status: int, body: bytes) -> None:

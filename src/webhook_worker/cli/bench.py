@@ -84,6 +84,15 @@ def bench(
             "--forward", help="store_and_forward to a local sink; report until forwarded."
         ),
     ] = False,
+    destinations: Annotated[
+        int,
+        typer.Option(
+            "--destinations",
+            help="With --forward: deliver each event to N destinations on the sink (1: the "
+            "tool's forward, destination default; more: d1..dN).",
+            min=1,
+        ),
+    ] = 1,
     ceiling: Annotated[
         bool, typer.Option("--ceiling/--no-ceiling", help="Measure the bare-handler ceiling too.")
     ] = True,
@@ -127,6 +136,8 @@ def bench(
             fail("--url drives a running deployment and --start starts one: give one of them")
         if tool is None:
             fail("--url needs --tool: the tool whose webhooks to send")
+        if forward:
+            fail("--forward delivers to a sink the benchmark starts; give --start, not --url")
         _check_loopback(url, "--url")
         settings = load_settings(quiet_logs=True)
     else:
@@ -136,6 +147,8 @@ def bench(
         if tool is not None:
             fail("--tool is for --url; a started deployment gets a tool of its own")
         load_settings(quiet_logs=True)  # the logging set-up; a bad variable stops us here
+    if destinations > 1 and not forward:
+        fail("--destinations is the fan-out of --forward: add --forward")
     if pause_worker and (start == "embedded" or (url is not None and worker_pid is None)):
         fail(
             "--pause-worker needs a separate worker process: --start postgres-redis or "
@@ -161,6 +174,7 @@ def bench(
         rate=rate,
         warmup=warmup,
         forward=forward,
+        destinations=destinations,
         ceiling=ceiling,
         pause_worker=pause_worker,
         drain_timeout=drain_timeout,
@@ -190,7 +204,7 @@ def bench(
         )
     forwarded = result["forward"]
     if forwarded is not None and not forwarded["all_forwarded"]:
-        fail(f"only {forwarded['forwarded']} of {forwarded['expected']} events were forwarded", 1)
+        fail(report.undelivered(forwarded, drain_timeout), 1)
 
 
 def _check_loopback(url: str, option: str) -> None:
