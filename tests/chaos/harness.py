@@ -6,7 +6,8 @@ Sizes (environment variables; ``make chaos`` sets the full ones):
 ================================  =====  ======  ============================================
 variable                          CI     full    what
 ================================  =====  ======  ============================================
-``CHAOS_EVENTS``                  3000   20000   events of the SIGKILL test; the others send half
+``CHAOS_EVENTS``                  3000   20000   events of the SIGKILL test; the fan-out SIGKILL
+                                                 test sends a third, the others half
 ``CHAOS_KILL_INTERVAL``           2      3       seconds between two SIGKILLs of a worker
 ``CHAOS_REDIS_OUTAGE``            3      10      seconds the private Redis stays down
 ``CHAOS_PG_OUTAGE``               8      30      seconds the private PostgreSQL stays down

@@ -12,6 +12,12 @@ recorded ``delivered`` had been answered 2xx by its target before the record; no
 received an event after its delivery there was recorded ``delivered``
 (:func:`~tests.chaos.arrivals.resent_after_recorded` says why that check is sound); the queue
 ends empty.
+
+The workers' lease (``WORKER_RECLAIM_IDLE``) is longer than elsewhere in the suite: a worker
+starved of CPU (two cores, a new worker starting after each kill) must not lose what it holds
+to another one while it is alive. That is a different fault, a documented limit of its own
+(docs/reliability.md, "Known limits"), and it does resend; the figures count it
+(``leases_taken_over``) and a failure names it.
 """
 
 from __future__ import annotations
@@ -53,6 +59,9 @@ RETRY = {
     "max_elapsed_time": "1000h",
 }
 """Quick retries, and enough of them that no delivery ends dead while its workers die."""
+LEASE = "5s"
+TAKEN_OVER = "were taken over by another worker"
+"""What a worker logs when it finds that messages it still held were reclaimed."""
 
 
 @asynccontextmanager
@@ -108,6 +117,16 @@ def _when(epoch: float | None) -> str:
     return datetime.fromtimestamp(epoch, UTC).strftime("%H:%M:%S.%f")
 
 
+def _logged(cluster: Cluster, text: str) -> list[str]:
+    """The processes' log lines that contain ``text``, each after its file's name."""
+    return [
+        f"{path.name}: {line}"
+        for path in sorted(cluster.processes.logs.glob("*.log"))
+        for line in path.read_text().splitlines()
+        if text in line
+    ]
+
+
 async def _explain(
     db: Database, cluster: Cluster, destination: str, event_id: str, arrivals: list[Arrival]
 ) -> str:
@@ -144,10 +163,7 @@ async def _explain(
             f"  delivery {delivery.status}, {delivery.attempt_count} attempts, updated "
             f"{_when(delivery.updated_at.timestamp())}"
         )
-    for path in sorted(cluster.processes.logs.glob("*.log")):
-        lines += [
-            f"  {path.name}: {line}" for line in path.read_text().splitlines() if event_id in line
-        ]
+    lines += [f"  {line}" for line in _logged(cluster, event_id)]
     return "\n".join(lines)
 
 
@@ -156,7 +172,7 @@ async def test_sigkilled_workers_deliver_every_event_to_every_destination_never_
 ) -> None:
     name, start, probe = on_queue
     count = sizes.events // 3
-    cluster = start(ALLOW_PRIVATE_FORWARD="true")
+    cluster = start(ALLOW_PRIVATE_FORWARD="true", WORKER_RECLAIM_IDLE=LEASE)
     cluster.migrate()
     started = time.monotonic()
     await cluster.start_api()
@@ -222,6 +238,7 @@ async def test_sigkilled_workers_deliver_every_event_to_every_destination_never_
         dest: recorded_not_answered(arrivals[dest], recorded.get(dest, {})) for dest in arrivals
     }
     received = {dest: {a.event_id for a in arrivals[dest]} for dest in arrivals}
+    taken_over = _logged(cluster, TAKEN_OVER)
     tally = Tally(load, stored, started)
     per_destination: dict[str, dict[str, Any]] = {
         dest: {
@@ -240,6 +257,7 @@ async def test_sigkilled_workers_deliver_every_event_to_every_destination_never_
             target_requests_open_at_kills=open_at_kills,
             retries_scheduled_at_kills=scheduled_at_kills,
             flaky_first_503=failed_first,
+            leases_taken_over=len(taken_over),
             destinations=per_destination,
             queue_after=drained,
         )
@@ -257,7 +275,9 @@ async def test_sigkilled_workers_deliver_every_event_to_every_destination_never_
         for dest, found in resent.items()
         for arrival in found[:3]
     ]
-    assert violations == [], "sent again after recorded delivered:\n" + "\n".join(violations)
+    assert violations == [], "\n".join(
+        ["sent again after recorded delivered:", *violations, "leases taken over:", *taken_over]
+    )
     for dest in arrivals:
         assert set(accepted) <= received[dest], dest
         assert set(recorded.get(dest, {})) == set(accepted), dest
