@@ -79,9 +79,6 @@ class ArrivalTarget:
             self.open -= 1
             self.arrivals.append(Arrival(event_id, at, answered_at, status))
 
-    def received(self) -> set[str]:
-        return {arrival.event_id for arrival in self.arrivals}
-
 
 def resent_after_recorded(
     arrivals: Iterable[Arrival], recorded: Mapping[str, float]
