@@ -3,16 +3,20 @@ session's figures, written to ``tests/chaos/.results/<label>.json`` and shown af
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import redis.asyncio as aioredis
 
-from tests.chaos.harness import RESULTS, RESULTS_DIR, Cluster, Sizes
+from tests.chaos.harness import RESULTS, RESULTS_DIR, Cluster, QueueProbe, Sizes
 from tests.chaos.postgres import PostgresServer
+from tests.conftest import REDIS_URL
 from tests.support import Processes, free_port
+from webhook_worker.storage.database import Database
 
 # Settings the processes must not inherit from whoever runs the tests.
 _OWN_PREFIXES = (
@@ -32,6 +36,9 @@ _OWN_PREFIXES = (
 )
 
 ClusterFactory = Callable[..., Cluster]
+
+OnQueue = tuple[str, Callable[..., Cluster], QueueProbe]
+"""``(name, start, probe)`` of :func:`on_queue`."""
 
 CHAOS_TIMEOUT = 600
 """Seconds per chaos test before it fails as hung. At CI size one takes up to ~30 s on a quiet
@@ -94,6 +101,33 @@ def start_cluster(tmp_path: Path) -> Iterator[ClusterFactory]:
     yield make
     for cluster in clusters:
         cluster.processes.stop_all()
+
+
+@pytest.fixture(params=["redis", "database-queue"])
+def on_queue(
+    request: pytest.FixtureRequest,
+    start_cluster: ClusterFactory,
+    postgres_db: Database,
+    postgres_server_url: str,
+    redis_prefix: str,
+) -> OnQueue:
+    """Each test using this runs twice: on PostgreSQL with the shared Redis (a key prefix of its
+    own) and on PostgreSQL with the database queue. ``start(**env)`` makes the cluster,
+    ``probe`` reads that queue."""
+    if request.param == "redis":
+        redis: aioredis.Redis = request.getfixturevalue("redis_client")  # cleans the prefix up
+        start = functools.partial(
+            start_cluster,
+            postgres_server_url,
+            redis_addr=REDIS_URL.split("://", 1)[1].split("/", 1)[0],
+            redis_prefix=redis_prefix,
+        )
+        return request.param, start, QueueProbe(redis=redis, prefix=redis_prefix)
+    return (
+        request.param,
+        functools.partial(start_cluster, postgres_server_url),
+        QueueProbe(db=postgres_db),
+    )
 
 
 @pytest.fixture

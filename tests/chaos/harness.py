@@ -6,7 +6,8 @@ Sizes (environment variables; ``make chaos`` sets the full ones):
 ================================  =====  ======  ============================================
 variable                          CI     full    what
 ================================  =====  ======  ============================================
-``CHAOS_EVENTS``                  3000   20000   events of the SIGKILL test; the others send half
+``CHAOS_EVENTS``                  3000   20000   events of the SIGKILL test; the fan-out SIGKILL
+                                                 test sends a third, the others half
 ``CHAOS_KILL_INTERVAL``           2      3       seconds between two SIGKILLs of a worker
 ``CHAOS_REDIS_OUTAGE``            3      10      seconds the private Redis stays down
 ``CHAOS_PG_OUTAGE``               8      30      seconds the private PostgreSQL stays down
@@ -160,6 +161,29 @@ class Cluster:
         worker.process.send_signal(signal.SIGKILL)
         worker.process.wait()
         self.workers.remove(worker)
+
+    async def kill_while(
+        self,
+        sending: asyncio.Task[None],
+        interval: float,
+        min_kills: int,
+        before_kill: Callable[[], Awaitable[None]] | None = None,
+    ) -> int:
+        """SIGKILL the oldest worker every ``interval`` seconds and start a new one at once,
+        until ``sending`` is done and at least ``min_kills`` workers died; ``before_kill`` runs
+        just before each kill (to note what was in flight). Returns how many were killed."""
+        kills = 0
+        while not sending.done() or kills < min_kills:
+            # Pacing the faults; the wait ends early when the load is sent.
+            await asyncio.wait({sending}, timeout=interval)
+            if sending.done() and kills >= min_kills:
+                break
+            if before_kill is not None:
+                await before_kill()
+            self.kill(self.workers[0])
+            kills += 1
+            await self.start_worker()
+        return kills
 
     def terminate_all(self) -> dict[str, int | str]:
         """SIGTERM every running process; their exit codes (each should be 0)."""

@@ -8,14 +8,10 @@ import asyncio
 import time
 
 import httpx
-import pytest
-import redis.asyncio as aioredis
 
-from tests.chaos.conftest import ClusterFactory
+from tests.chaos.conftest import OnQueue
 from tests.chaos.harness import (
-    Cluster,
     Load,
-    QueueProbe,
     Sizes,
     Tally,
     add_tool,
@@ -24,51 +20,16 @@ from tests.chaos.harness import (
     stored_events,
     until,
 )
-from tests.conftest import REDIS_URL
 from webhook_worker.storage.database import Database
 
 MIN_KILLS = 3
 
 
-async def _kill_workers(cluster: Cluster, interval: float, sending: asyncio.Task[None]) -> int:
-    """SIGKILL the oldest worker every ``interval`` seconds and start a new one, until the load
-    is sent and at least MIN_KILLS workers died. Returns how many were killed."""
-    kills = 0
-    while not sending.done() or kills < MIN_KILLS:
-        # Pacing the faults; the wait ends early when the load is sent.
-        await asyncio.wait({sending}, timeout=interval)
-        if sending.done() and kills >= MIN_KILLS:
-            break
-        cluster.kill(cluster.workers[0])
-        kills += 1
-        await cluster.start_worker()
-    return kills
-
-
-@pytest.fixture(params=["redis", "database-queue"])
-def backend(
-    request: pytest.FixtureRequest,
-    start_cluster: ClusterFactory,
-    postgres_db: Database,
-    postgres_server_url: str,
-    redis_prefix: str,
-) -> tuple[str, Cluster, QueueProbe]:
-    """The cluster on PostgreSQL, with the shared Redis (own key prefix) or the database queue."""
-    if request.param == "redis":
-        redis: aioredis.Redis = request.getfixturevalue("redis_client")  # cleans the prefix up
-        cluster = start_cluster(
-            postgres_server_url,
-            redis_addr=REDIS_URL.split("://", 1)[1].split("/", 1)[0],
-            redis_prefix=redis_prefix,
-        )
-        return request.param, cluster, QueueProbe(redis=redis, prefix=redis_prefix)
-    return request.param, start_cluster(postgres_server_url), QueueProbe(db=postgres_db)
-
-
 async def test_sigkilled_workers_lose_nothing_and_store_nothing_twice(
-    backend: tuple[str, Cluster, QueueProbe], postgres_db: Database, sizes: Sizes
+    on_queue: OnQueue, postgres_db: Database, sizes: Sizes
 ) -> None:
-    name, cluster, probe = backend
+    name, start, probe = on_queue
+    cluster = start()
     cluster.migrate()
     started = time.monotonic()
     await cluster.start_api()
@@ -84,7 +45,7 @@ async def test_sigkilled_workers_lose_nothing_and_store_nothing_twice(
             return await stored_count(postgres_db) > 0
 
         await until(some_stored, within=60, what="the first stored event", details=cluster.output)
-        kills = await _kill_workers(cluster, sizes.kill_interval, sending)
+        kills = await cluster.kill_while(sending, sizes.kill_interval, MIN_KILLS)
         await sending
 
     accepted = load.accepted
