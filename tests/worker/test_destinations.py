@@ -3,6 +3,7 @@ retries, attempts and dead letters), end to end on every backend with real local
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from dataclasses import replace
@@ -15,6 +16,14 @@ from prometheus_client import REGISTRY
 from tests.support import Service, Target, eventually, running_service, target_server
 from webhook_worker.auth import standard_webhooks
 from webhook_worker.config import RetryPolicy, Settings
+from webhook_worker.ids import new_id
+from webhook_worker.queue.base import Delivery, Message
+from webhook_worker.runtime import open_runtime
+from webhook_worker.storage.deadletters import DeadLetterFilter, DeadLetterStore
+from webhook_worker.vocabulary import DeliveryStatus, EventStatus
+from webhook_worker.worker.forwarder import ForwardOutcome
+from webhook_worker.worker.retry import http_failure
+from webhook_worker.worker.work import Batch
 
 FAST_RETRY = {"max_retries": 2, "initial_interval": "100ms", "max_interval": "500ms"}
 SECRET = "whsec_" + "c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0"
@@ -305,3 +314,44 @@ async def test_a_disabled_destination_gets_nothing_and_one_removed_while_waiting
     assert deliveries(event)["failing"]["status"] == "ignored"
     assert len(targets["failing"].requests) == 1
     assert targets["other"].requests == []
+
+
+async def test_a_late_failure_never_undoes_a_delivery_another_worker_recorded(
+    backend_settings: Settings,
+) -> None:
+    # Worker A's lease ran out while its attempt hung; worker B took the message over and
+    # delivered it. A's late 503 is kept as history, and nothing is sent again.
+    async with open_runtime(backend_settings, migrate_first=True) as runtime:
+        await runtime.tool_service.create(
+            {"id": "late", "destinations": [{"id": "d", "url": "http://127.0.0.1:9/hook"}]}
+        )
+        await runtime.tools.load()
+        processor = runtime.processor()
+        message = Message(
+            event_id=new_id(),
+            tool_id="late",
+            event_type=None,
+            delivery_id="late-1",
+            received_at=time.time(),
+            headers=b"{}",
+            body=b"{}",
+        )
+        [mine] = (await processor.store([Delivery(message, "1", 1)])).to_forward
+        [theirs] = (await processor.store([Delivery(message, "2", 2)])).to_forward
+        theirs.outcome = ForwardOutcome(1.0, 200, None)
+        await processor.record(Batch(to_forward=[theirs]))
+        mine.outcome = ForwardOutcome(1.0, 503, http_failure(503))
+        late = Batch(to_forward=[mine])
+        await processor.record(late)
+
+        event = await runtime.events.get(message.event_id)
+        assert [(d.destination_id, d.status) for d in event.deliveries] == [
+            ("d", DeliveryStatus.DELIVERED)
+        ]
+        assert event.status is EventStatus.PROCESSED
+        assert sorted(a.outcome for a in event.attempts) == ["failed", "forwarded"]
+        assert await DeadLetterStore(runtime.db).count(DeadLetterFilter(tool_id="late")) == 0
+        # The retry A scheduled finds the delivery done and sends nothing.
+        [(retry, _)] = late.retry
+        again = await processor.store([retry])
+        assert again.to_forward == [] and again.done == [retry]

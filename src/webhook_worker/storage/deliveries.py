@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 
-from sqlalchemy import bindparam, delete, select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from webhook_worker.storage.database import upsert
@@ -78,22 +78,30 @@ async def lock_events(conn: AsyncConnection, event_ids: Iterable[str]) -> dict[s
 async def settle_events(
     conn: AsyncConnection,
     before: Mapping[str, EventStatus],
+    recorded: Mapping[str, Mapping[str, DeliveryState]],
+    written: Sequence[DeliveryRecord],
     attempts_added: Mapping[str, int],
     now: datetime,
 ) -> dict[str, tuple[EventStatus, EventStatus]]:
     """Set the status of each event of ``attempts_added`` from its deliveries (and
     ``processed_at`` when that is final), counting ``attempts_added[event_id]`` more attempts.
-    ``before``: what :func:`lock_events` answered at the start of the transaction. Returns
+    ``before`` and ``recorded``: what :func:`lock_events` and :func:`delivery_states` answered
+    at the start of the transaction; ``written``: the deliveries it wrote since. Returns
     ``(before, after)`` by event id, so the caller can count an event once when it becomes
     final."""
     ids = sorted(event_id for event_id in attempts_added if event_id in before)
     if not ids:
         return {}
-    d = deliveries.c
-    found: dict[str, list[DeliveryStatus]] = {}
-    for row in await conn.execute(select(d.event_id, d.status).where(d.event_id.in_(ids))):
-        found.setdefault(row.event_id, []).append(DeliveryStatus(row.status))
-    after = {event_id: event_status(found.get(event_id, ())) for event_id in ids}
+    now_recorded = {event_id: dict(recorded.get(event_id, {})) for event_id in ids}
+    for record in written:
+        if record.event_id in now_recorded:
+            now_recorded[record.event_id][record.destination_id] = DeliveryState(
+                record.status, record.attempt_count
+            )
+    after = {
+        event_id: event_status(state.status for state in now_recorded[event_id].values())
+        for event_id in ids
+    }
     await conn.execute(
         update(events)
         .where(events.c.id == bindparam("event_id"))
@@ -113,20 +121,6 @@ async def settle_events(
         ],
     )
     return {event_id: (before[event_id], after[event_id]) for event_id in ids}
-
-
-async def forget_deliveries(
-    conn: AsyncConnection, event_ids: Sequence[str], destination_id: str | None = None
-) -> int:
-    """Delete the events' deliveries (of ``destination_id`` only, when given), so that the
-    next processing decides them again from the tool as it is now: a replay. Their attempts
-    stay, as history. Returns how many were deleted."""
-    if not event_ids:
-        return 0
-    statement = delete(deliveries).where(deliveries.c.event_id.in_(list(event_ids)))
-    if destination_id is not None:
-        statement = statement.where(deliveries.c.destination_id == destination_id)
-    return int((await conn.execute(statement)).rowcount or 0)
 
 
 async def deliveries_of(

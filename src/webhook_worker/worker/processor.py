@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Final, NamedTuple
@@ -45,7 +45,12 @@ from webhook_worker.storage.deadletters import (
     resolve_dead_letters,
     upsert_dead_letters,
 )
-from webhook_worker.storage.deliveries import lock_events, settle_events, upsert_deliveries
+from webhook_worker.storage.deliveries import (
+    delivery_states,
+    lock_events,
+    settle_events,
+    upsert_deliveries,
+)
 from webhook_worker.storage.events import (
     event_states,
     insert_attempts,
@@ -455,12 +460,31 @@ class Processor:
         ]
         async with self._db.begin(durable=False) as conn:
             before = await lock_events(conn, touched)
+            recorded = await delivery_states(conn, list({r.event_id for r in records}))
+            # A delivery another worker recorded as delivered meanwhile (it took this message
+            # over when its lease ran out) stays delivered: this late outcome is history only,
+            # never a reason to send it again.
+            late = {
+                (r.event_id, r.destination_id)
+                for r in records
+                if r.status != DeliveryStatus.DELIVERED
+                and _status(recorded, r.event_id, r.destination_id) == DeliveryStatus.DELIVERED
+            }
+            if late:
+                records = [r for r in records if (r.event_id, r.destination_id) not in late]
+                letters = [d for d in letters if (d.event_id, d.destination_id) not in late]
             await upsert_deliveries(conn, records)
             await update_outcomes(conn, outcomes)
             await insert_attempts(conn, attempts)
             await upsert_dead_letters(conn, letters)
             resolved = await resolve_dead_letters(conn, recovered, now)
-            changes = await settle_events(conn, before, added, now)
+            changes = await settle_events(conn, before, recorded, records, added, now)
+        if late:
+            log.warning(
+                "%d late outcomes of deliveries already recorded as delivered by another worker "
+                "(this worker's lease ran out) were kept as attempts only",
+                len(late),
+            )
         return changes, resolved
 
     def _settle(self, part: Part, now: float) -> _PartSettled:
@@ -498,13 +522,14 @@ class Processor:
                     continue
                 destination_id = work.message.destination_id
                 assert destination_id is not None
-                recorded = state.deliveries.get(destination_id)
-                attempt = recorded.attempt_count + 1 if recorded is not None else 1
+                known = state.deliveries.get(destination_id)
+                if known is not None and known.status.final:
+                    continue  # settled meanwhile: nothing to give up on
+                attempt = known.attempt_count + 1 if known is not None else 1
                 part = Part(work, destination_id, None, DeliveryStatus.DEAD, None, failure, attempt)
                 parts.append(part)
-            await upsert_deliveries(
-                conn, [delivery_record(p, DeliveryStatus.DEAD, now) for p in parts]
-            )
+            written = [delivery_record(p, DeliveryStatus.DEAD, now) for p in parts]
+            await upsert_deliveries(conn, written)
             await insert_attempts(
                 conn,
                 [attempt_record(w, EventStatus.DEAD, failure, now) for w in fresh]
@@ -515,7 +540,14 @@ class Processor:
                 [self._dead_letter(w, failure, now) for w in fresh]
                 + [self._dead_letter(p.work, failure, now, p.destination_id) for p in parts],
             )
-            await settle_events(conn, before, {p.message.event_id: 1 for p in parts}, now)
+            await settle_events(
+                conn,
+                before,
+                {event_id: state.deliveries for event_id, state in states.items()},
+                written,
+                {p.message.event_id: 1 for p in parts},
+                now,
+            )
         for work in fresh:
             _dead_lettered(work, failure)
             _settled(work)
@@ -556,6 +588,13 @@ _GONE: Final = Failure(
     ErrorClass.UNKNOWN, "the destination was removed from the tool or disabled meanwhile"
 )
 """Why a delivery planned before is ``ignored`` now (not a failure: nothing is retried)."""
+
+
+def _status(
+    recorded: Mapping[str, Mapping[str, DeliveryState]], event_id: str, destination_id: str
+) -> DeliveryStatus | None:
+    state = recorded.get(event_id, {}).get(destination_id)
+    return None if state is None else state.status
 
 
 def _finished(state: EventState, destination_id: str) -> bool:
