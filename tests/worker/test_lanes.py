@@ -67,3 +67,14 @@ def test_a_lane_is_slow_by_its_oldest_forward_in_flight() -> None:
 def test_a_lane_needs_room() -> None:
     with pytest.raises(ValueError, match="at least one"):
         ToolLanes(0)
+
+
+def test_lanes_sharing_a_limit_each_get_an_equal_part_of_it() -> None:
+    lanes: ToolLanes[int] = ToolLanes(6, slow_after=1.0, clock=Clock())
+    for lane in ("t/a", "t/b", "t/c"):
+        admitted = [lanes.admit(lane, n, share=3) for n in range(4)]
+        assert admitted == [Admission.START] * 2 + [Admission.WAIT] * 2
+    assert [lanes.in_flight(lane) for lane in ("t/a", "t/b", "t/c")] == [2, 2, 2]
+    # More lanes than the limit: each still keeps one.
+    assert lanes.admit("u/x", 0, share=10) is Admission.START
+    assert lanes.admit("u/x", 1, share=10) is Admission.WAIT

@@ -74,7 +74,8 @@ class Worker:
         dlq_auto_retry_interval: float = 300.0,
     ) -> None:
         """``concurrency``: events held at once (received, not yet settled). ``tool_concurrency``:
-        deliveries in flight per destination of a tool, at most a quarter of ``concurrency``.
+        deliveries in flight per tool, at most a quarter of ``concurrency``, shared equally by
+        its destinations (each keeps at least one).
         ``lease_renewal``:
         how often held messages are renewed in the queue (well under the reclaim idle time)."""
         self._queue = queue
@@ -195,7 +196,9 @@ class Worker:
             self._dispatch(part)
 
     def _dispatch(self, part: Part) -> None:
-        admission = self._lanes.admit(_lane(part), part)
+        # WORKER_TOOL_CONCURRENCY bounds a tool's deliveries in flight: its destinations share
+        # it, so fanning out does not multiply what one tool holds of the worker.
+        admission = self._lanes.admit(_lane(part), part, len(part.work.plan.routes))
         if admission is Admission.START:
             self._start_forward(part)
         elif admission is Admission.DEFER:

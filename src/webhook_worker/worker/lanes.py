@@ -1,6 +1,8 @@
-"""Per-tool admission of forwards, so that one slow target cannot take a whole worker.
+"""Per-destination admission of deliveries, so that one slow target cannot take a whole worker.
 
-Each tool has a lane with up to ``limit`` forwards in flight; more events wait their turn. While
+Each destination of a tool has a lane; the tool's destinations share ``limit`` equally (each
+keeps at least one), so a tool holds about ``limit`` deliveries in flight however many
+destinations it has. A lane starts up to its share; more deliveries wait their turn. While
 the tool's target keeps up, its line may grow as long as the worker has room (a burst to one
 healthy tool is simply absorbed). Once the lane is *slow*, its oldest forward in flight having
 started more than ``slow_after`` seconds ago, it keeps at most ``limit`` waiting: newer arrivals
@@ -32,6 +34,8 @@ class Admission(enum.Enum):
 
 @dataclass(slots=True)
 class _Lane(Generic[_T]):
+    limit: int
+    """In flight at once, and waiting at most once the lane is slow."""
     started: dict[int, float] = field(default_factory=dict)
     """When each forward in flight started, by the id of its item."""
     waiting: deque[_T] = field(default_factory=deque)
@@ -51,12 +55,16 @@ class ToolLanes(Generic[_T]):
         self._clock = clock
         self._lanes: dict[str, _Lane[_T]] = {}
 
-    def admit(self, tool_id: str, item: _T) -> Admission:
-        lane = self._lanes.setdefault(tool_id, _Lane())
-        if len(lane.started) < self.limit:
+    def admit(self, tool_id: str, item: _T, share: int = 1) -> Admission:
+        """``share``: how many lanes split the limit (a tool's destinations each have a lane
+        and an equal share of the tool's ``limit``, at least one)."""
+        lane = self._lanes.get(tool_id)
+        if lane is None:
+            lane = self._lanes[tool_id] = _Lane(max(1, self.limit // share))
+        if len(lane.started) < lane.limit:
             lane.started[id(item)] = self._clock()
             return Admission.START
-        if len(lane.waiting) < self.limit or not self._slow(lane):
+        if len(lane.waiting) < lane.limit or not self._slow(lane):
             lane.waiting.append(item)
             return Admission.WAIT
         return Admission.DEFER
@@ -75,10 +83,11 @@ class ToolLanes(Generic[_T]):
         return None
 
     def shed(self) -> list[_T]:
-        """The items to defer now: what slow lanes hold in line beyond ``limit`` (the newest)."""
+        """The items to defer now: what slow lanes hold in line beyond their limit (the
+        newest)."""
         shed: list[_T] = []
         for lane in self._lanes.values():
-            while len(lane.waiting) > self.limit and self._slow(lane):
+            while len(lane.waiting) > lane.limit and self._slow(lane):
                 shed.append(lane.waiting.pop())
         return shed
 

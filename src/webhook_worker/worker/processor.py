@@ -335,8 +335,8 @@ class Processor:
         outcome = part.outcome
         seconds = outcome.duration_ms / 1000
         status_class = "error" if outcome.http_status is None else f"{outcome.http_status // 100}xx"
-        metrics.FORWARD_DURATION.labels(message.tool_id, status_class).observe(seconds)
-        metrics.DELIVERY_DURATION.labels(message.tool_id, part.destination_id).observe(seconds)
+        metrics.FORWARD_DURATION_OF(message.tool_id, status_class).observe(seconds)
+        metrics.DELIVERY_DURATION_OF(message.tool_id, part.destination_id).observe(seconds)
 
     def deferred(self, part: Part, delay: float) -> None:
         """The delivery goes back to the queue untried, for ``delay`` seconds, because its
@@ -628,7 +628,7 @@ def _retrying(part: Part, retry: decide.RetryAfter) -> None:
 def _delivery_decided(part: Part, status: DeliveryStatus) -> None:
     """Count what one delivery came to (and a dead letter when it is dead)."""
     message = part.message
-    metrics.DELIVERIES.labels(message.tool_id, part.destination_id, status).inc()
+    metrics.DELIVERIES_OF(message.tool_id, part.destination_id, status).inc()
     if status == DeliveryStatus.DEAD:
         _dead_lettered(part.work, part.failure, part.destination_id)
 

@@ -59,6 +59,9 @@ class Work:
     """Deliveries to make again after a delay (retries, deferrals): one message each."""
     reported: bool = False
     """The event's final status was counted (webhook_events_processed_total)."""
+    sent: tuple[bytes, str] | None = None
+    """What its deliveries send without a transform of their own, and its content type:
+    worked out by the first of them (:func:`forward_request`)."""
 
     @property
     def message(self) -> Message:
@@ -156,11 +159,15 @@ def forward_request(part: Part) -> ForwardRequest:
     message = work.message
     if part.payload is not None:
         body, content_type = orjson.dumps(part.payload), "application/json"
-    elif work.payload is not None or work.plan.transform is not None:
-        body, content_type = orjson.dumps(work.payload), "application/json"
     else:
-        headers = orjson.loads(message.headers)
-        body, content_type = message.body, headers.get("content-type", "application/octet-stream")
+        if work.sent is None:
+            if work.payload is not None or work.plan.transform is not None:
+                work.sent = orjson.dumps(work.payload), "application/json"
+            else:
+                headers = orjson.loads(message.headers)
+                kind = headers.get("content-type", "application/octet-stream")
+                work.sent = message.body, kind
+        body, content_type = work.sent
     return ForwardRequest(
         event_id=message.event_id,
         tool_id=message.tool_id,
