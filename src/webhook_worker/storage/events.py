@@ -21,6 +21,7 @@ from webhook_worker.storage.records import (
     EventState,
     OutcomeRecord,
     as_rows,
+    columns_of,
 )
 from webhook_worker.storage.rows import AttemptRow, DeliveryRow, EventRow, Page, utc, utc_or_none
 from webhook_worker.storage.schema import attempts, events
@@ -103,9 +104,21 @@ def _json_text(value: Any) -> str | None:
 _ATTEMPT_COLUMNS = AttemptRecord._fields
 
 
+_INSERT_ATTEMPTS_UNNEST = """
+INSERT INTO event_attempts (event_id, attempt, started_at, duration_ms, outcome, error_class,
+                            error, http_status, destination_id)
+SELECT * FROM unnest($1::varchar[], $2::int[], $3::timestamptz[], $4::float8[], $5::varchar[],
+                     $6::varchar[], $7::text[], $8::int[], $9::varchar[])
+"""
+
+
 async def insert_attempts(conn: AsyncConnection, records: Sequence[AttemptRecord]) -> None:
-    """Add processing attempts."""
-    if records:
+    """Add processing attempts (on PostgreSQL one array per column, as :func:`insert_events`)."""
+    if not records:
+        return
+    if conn.dialect.name == "postgresql":
+        await conn.exec_driver_sql(_INSERT_ATTEMPTS_UNNEST, columns_of(records))
+    else:
         await conn.execute(attempts.insert(), as_rows(records, _ATTEMPT_COLUMNS))
 
 

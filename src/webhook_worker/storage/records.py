@@ -15,7 +15,7 @@ wants.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, NamedTuple
@@ -122,3 +122,9 @@ def as_rows(records: Iterable[NamedTuple], columns: tuple[str, ...]) -> list[dic
     """``records`` as executemany parameters: one dict per record, keyed by ``columns`` (the
     record type's ``_fields``)."""
     return [dict(zip(columns, record, strict=False)) for record in records]
+
+
+def columns_of(records: Sequence[tuple[Any, ...]]) -> tuple[list[Any], ...]:
+    """Records (named tuples in a statement's column order) as one list per column: the
+    parameters of a PostgreSQL ``unnest`` statement, encoded by the driver a column at a time."""
+    return tuple(list(column) for column in zip(*records, strict=True))

@@ -3,8 +3,9 @@ database was away) never repeats another's side effects:
 
 1. :meth:`Processor.store`: one transaction. New events are inserted with their outcome
    (``processed``, ``ignored``, ``dead``, or ``pending`` when they still have deliveries to
-   make) and their deliveries, one per destination (``pending``, or ``ignored``/``dead`` when
-   the destination's filter or transform decided so). An event the table already holds owes
+   make), with the deliveries its destinations' filters or transforms decided at once
+   (``ignored``, ``dead``); a delivery to send is recorded with its first outcome, in phase 3.
+   An event the table already holds owes
    only the deliveries not recorded as final: those are planned again (the tool may have
    changed), the others are never sent again. Idempotent: a redelivered message never creates
    a second row nor re-sends a delivery recorded as delivered.
@@ -231,12 +232,10 @@ class Processor:
             others = [w.message.event_id for w in works if w.message.event_id not in inserted]
             states = await event_states(conn, others)
             new = [w for w in works if w.message.event_id in inserted]
-            parts = [part for w in new for part in w.parts]
-            await upsert_deliveries(
-                conn,
-                [delivery_record(p, p.status, now, attempted=p.status.final) for p in parts],
-            )
-            decided = [p for p in parts if p.status.final]
+            # The deliveries decided at once (ignored, dead); one about to be sent is recorded
+            # with its first outcome (a redelivery finds it missing and sends it then).
+            decided = [part for w in new for part in w.parts if part.status.final]
+            await upsert_deliveries(conn, [delivery_record(p, p.status, now) for p in decided])
             own = [w for w in new if w.status in FINAL_STATUSES and not w.parts]
             await insert_attempts(
                 conn,

@@ -264,21 +264,15 @@ def part_attempt_record(
 
 
 def delivery_record(
-    part: Part,
-    status: DeliveryStatus,
-    now: datetime,
-    next_attempt_at: datetime | None = None,
-    *,
-    attempted: bool = True,
+    part: Part, status: DeliveryStatus, now: datetime, next_attempt_at: datetime | None = None
 ) -> DeliveryRecord:
-    """The delivery as this attempt leaves it (``attempted=False``: as planned, before its
-    first attempt)."""
-    return DeliveryRecord(
+    """The delivery as this attempt leaves it."""
+    return DeliveryRecord(  # positional, in field order, as in event_record
         part.work.message.event_id,
         part.destination_id,
         part.work.message.tool_id,
         status,
-        part.attempt if attempted else part.attempt - 1,
+        part.attempt,  # attempt_count
         next_attempt_at,
-        now,
+        now,  # updated_at
     )
