@@ -51,7 +51,7 @@ class Replayer:
             previous = await replays.mark_retrying(conn, target)  # locks the event first
             if not previous.events:
                 raise NotFoundError(f"no event {event_id!r}")
-            letters = await replays.dead_letters_of(conn, event_id, destination_id)
+            letters = await replays.pending_dead_letters_of(conn, [event_id], destination_id)
             claimed = await replays.claim(conn, letters, (DeadLetterStatus.PENDING,), now, None)
             messages = await replays.messages(conn, target)
         await self._send(messages, previous, claimed)

@@ -93,19 +93,7 @@ class ManagementAPI:
     async def list_events(self, request: Request) -> Response:
         query = request.query_params
         _refuse_unknown(query, (*_EVENT_FILTERS, *_PAGING))
-        status = query.get("status")
-        if status and status not in tuple(EventStatus):
-            raise BadRequestError(
-                f"status: expected one of {', '.join(tuple(EventStatus))}", "status"
-            )
-        where = EventFilter(
-            tool_id=query.get("tool_id") or None,
-            event_type=query.get("event_type") or None,
-            status=EventStatus(status) if status else None,
-            since=_time(query.get("since"), "since"),
-            until=_time(query.get("until"), "until"),
-        )
-        return await _page(self._events.list, event_view, where, query)
+        return await _page(self._events.list, event_view, _event_filter(query), query)
 
     async def get_event(self, request: Request) -> Response:
         return JSONResponse(event_view(await self._events.get(request.path_params["event_id"])))
@@ -131,27 +119,15 @@ class ManagementAPI:
         raw = await _optional_json_object(request)
         _refuse_unknown(raw, (*_EVENT_FILTERS, "destination_id", "dry_run"))
         dry_run = _flag(raw, "dry_run")
-        values = {name: _string(raw, name) for name in (*_EVENT_FILTERS, "destination_id")}
-        status = values["status"]
-        if status is not None and status not in tuple(EventStatus):
-            raise BadRequestError(
-                f"status: expected one of {', '.join(tuple(EventStatus))}", "status"
-            )
-        destination_id = values["destination_id"]
+        where = _event_filter(raw)
+        destination_id = _string(raw, "destination_id")
         if destination_id is not None:
-            if values["tool_id"] is None:
+            if where.tool_id is None:
                 raise BadRequestError(
                     "destination_id: give tool_id too (a destination belongs to one tool)",
                     "destination_id",
                 )
-            await self._tools.check_destination(values["tool_id"], destination_id)
-        where = EventFilter(
-            tool_id=values["tool_id"],
-            event_type=values["event_type"],
-            status=EventStatus(status) if status else None,
-            since=_time(values["since"], "since"),
-            until=_time(values["until"], "until"),
-        )
+            await self._tools.check_destination(where.tool_id, destination_id)
         count = await self._replayer.replay_matching(where, destination_id, dry_run=dry_run)
         return JSONResponse({"matched": count} if dry_run else {"requeued": count})
 
@@ -198,7 +174,8 @@ async def _optional_json_object(request: Request) -> dict[str, Any]:
 
 
 def _string(raw: Mapping[str, Any], name: str) -> str | None:
-    """A string field of a JSON body; absent, null and "" mean unset."""
+    """A string field of a JSON body or query string. Absent, null and "" mean unset (no
+    filter); false, 0, [] or {} are mistakes, not wildcards."""
     value = raw.get(name)
     if value is None or value == "":
         return None
@@ -279,12 +256,23 @@ def _refuse_unknown(raw: Mapping[str, Any], known: tuple[str, ...]) -> None:
         )
 
 
+def _event_filter(raw: Mapping[str, Any]) -> EventFilter:
+    """The event filter of a query string or a JSON body (see :func:`_string`)."""
+    values = {name: _string(raw, name) for name in _EVENT_FILTERS}
+    status = values["status"]
+    if status is not None and status not in tuple(EventStatus):
+        raise BadRequestError(f"status: expected one of {', '.join(tuple(EventStatus))}", "status")
+    return EventFilter(
+        tool_id=values["tool_id"],
+        event_type=values["event_type"],
+        status=EventStatus(status) if status is not None else None,
+        since=_time(values["since"], "since"),
+        until=_time(values["until"], "until"),
+    )
+
+
 def _dead_letter_filter(raw: Mapping[str, Any]) -> DeadLetterFilter:
-    # Absent, null and "" all mean no filter; false, 0, [] or {} are mistakes, not wildcards.
-    values = {name: raw.get(name) if raw.get(name) != "" else None for name in _DLQ_FILTERS}
-    for name, value in values.items():
-        if value is not None and not isinstance(value, str):
-            raise BadRequestError(f"{name}: expected a string", name)
+    values = {name: _string(raw, name) for name in _DLQ_FILTERS}
     status = values.pop("status")
     if status is not None and status not in tuple(DeadLetterStatus):
         raise BadRequestError(

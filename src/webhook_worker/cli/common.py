@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
+import typer
 import yaml
 from rich.console import Console
 from rich.table import Table
@@ -41,6 +42,14 @@ def fail(message: str, code: int = 2) -> NoReturn:
     quotes a value given on the command line, read from a file or stored."""
     errors.print(Text.assemble(("error:", "bold red"), " ", printable(message)), soft_wrap=True)
     sys.exit(code)
+
+
+def confirm(question: str, refused: str) -> None:
+    """Ask ``question`` on a terminal (no aborts); off one, fail with "not ``refused`` without
+    confirmation" (a script must say --yes)."""
+    if not sys.stdin.isatty():
+        fail(f"not {refused} without confirmation: pass --yes", 1)
+    typer.confirm(printable(question), abort=True)
 
 
 def load_settings(*, quiet_logs: bool = False) -> Settings:

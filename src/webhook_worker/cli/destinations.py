@@ -9,7 +9,6 @@ printed holds one.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Mapping
 from typing import Annotated, Any
 
@@ -17,6 +16,7 @@ import typer
 from rich.table import Table
 
 from webhook_worker.cli.common import (
+    confirm,
     console,
     fail,
     load_settings,
@@ -25,7 +25,7 @@ from webhook_worker.cli.common import (
     user_errors,
     with_store,
 )
-from webhook_worker.cli.plain import plain, printable
+from webhook_worker.cli.plain import plain
 from webhook_worker.config import Settings
 from webhook_worker.tools.model import DEFAULT_DESTINATION
 from webhook_worker.tools.service import ToolService
@@ -243,9 +243,10 @@ def remove(
     declared = _declared(view)
     del declared[_position(tool_id, dest_id, view)]
     if not yes:
-        if not sys.stdin.isatty():
-            fail(f"not removing destination {dest_id!r} without confirmation: pass --yes", 1)
-        typer.confirm(printable(f"Remove destination {dest_id!r} of tool {tool_id!r}?"), abort=True)
+        confirm(
+            f"Remove destination {dest_id!r} of tool {tool_id!r}?",
+            f"removing destination {dest_id!r}",
+        )
     _write(
         settings, tool_id, declared, f"cannot remove destination {dest_id!r} from tool {tool_id!r}"
     )

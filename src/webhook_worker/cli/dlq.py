@@ -11,7 +11,6 @@ the queue, so ``retry`` needs the queue as well as the database (Redis when REDI
 
 from __future__ import annotations
 
-import sys
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Annotated
@@ -25,6 +24,7 @@ from rich.text import Text
 from webhook_worker.api.cursor import next_cursor
 from webhook_worker.api.views import dead_letter_view, page_view
 from webhook_worker.cli.common import (
+    confirm,
     console,
     fail,
     load_settings,
@@ -38,7 +38,7 @@ from webhook_worker.cli.common import (
 )
 from webhook_worker.cli.display import describe_event, short_time
 from webhook_worker.cli.events import parse_when, pipeline_errors
-from webhook_worker.cli.plain import plain, printable
+from webhook_worker.cli.plain import plain
 from webhook_worker.clock import iso
 from webhook_worker.config import Settings
 from webhook_worker.runtime import open_runtime
@@ -291,16 +291,12 @@ def _retry_matching(settings: Settings, where: DeadLetterFilter, yes: bool) -> N
     async def go() -> int:
         nonlocal requeued, started
         async with open_runtime(settings) as runtime:
-            total = await DeadLetterStore(runtime.db).count(
-                replace(where, status=DeadLetterStatus.PENDING)
-            )
+            total = await runtime.replayer.count_matching(where)
             if total == 0:
                 return 0
             described = f"{_pending(total)} ({_summary(where)})"
             if not yes:
-                if not sys.stdin.isatty():
-                    fail(f"not retrying {described} without confirmation: pass --yes", 1)
-                typer.confirm(printable(f"Retry {described}?"), abort=True)
+                confirm(f"Retry {described}?", f"retrying {described}")
             started = True
             started_at = datetime.now(UTC)
             replayer = runtime.replayer

@@ -8,7 +8,6 @@ database (Redis when REDIS_ADDR is set); ``replay --dry-run`` only counts, from 
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
@@ -21,6 +20,7 @@ from rich.table import Table
 from webhook_worker.api.cursor import next_cursor
 from webhook_worker.api.views import event_view, page_view
 from webhook_worker.cli.common import (
+    confirm,
     console,
     fail,
     load_settings,
@@ -33,7 +33,7 @@ from webhook_worker.cli.common import (
     with_database,
 )
 from webhook_worker.cli.display import delivered_summary, describe_event, event_status, short_time
-from webhook_worker.cli.plain import plain, printable
+from webhook_worker.cli.plain import plain
 from webhook_worker.clock import parse_time
 from webhook_worker.config import Settings, parse_duration
 from webhook_worker.errors import BadRequestError, ConflictError, QueueUnavailableError
@@ -303,14 +303,10 @@ def _replay_matching(
             if matched == 0:
                 return 0
             if not yes:
-                question = f"Replay {_events(matched)} ({described})?"
-                if not sys.stdin.isatty():
-                    fail(
-                        f"not replaying {_events(matched)} ({described}) without "
-                        "confirmation: pass --yes",
-                        1,
-                    )
-                typer.confirm(printable(question), abort=True)
+                confirm(
+                    f"Replay {_events(matched)} ({described})?",
+                    f"replaying {_events(matched)} ({described})",
+                )
             return await runtime.replayer.replay_matching(where, destination)
 
     with pipeline_errors():

@@ -7,7 +7,6 @@ beside them win. Secrets are accepted but never printed: every view is the redac
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Annotated, Any, TypeVar
@@ -18,6 +17,7 @@ from rich.text import Text
 
 from webhook_worker.cli.common import (
     api_url,
+    confirm,
     console,
     fail,
     load_settings,
@@ -397,9 +397,7 @@ def remove(
             ).get(tool_id),
         )
     if not yes:
-        if not sys.stdin.isatty():
-            fail(f"not removing tool {tool_id!r} without confirmation: pass --yes", 1)
-        typer.confirm(printable(f"Remove tool {tool_id!r}? Its webhooks will get 404"), abort=True)
+        confirm(f"Remove tool {tool_id!r}? Its webhooks will get 404", f"removing tool {tool_id!r}")
     with user_errors():
         with_store(
             settings,

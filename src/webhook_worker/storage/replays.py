@@ -45,17 +45,6 @@ class Previous(NamedTuple):
     deliveries: dict[tuple[str, str], DeliveryStatus]
 
 
-async def dead_letters_of(
-    conn: AsyncConnection, event_id: str, destination_id: str | None = None
-) -> list[str]:
-    """The ids of the event's dead letters (one per failed delivery, and one for the event's
-    own failure), or of its delivery to ``destination_id`` only."""
-    query = select(dead_letters.c.id).where(dead_letters.c.event_id == event_id)
-    if destination_id is not None:
-        query = query.where(dead_letters.c.destination_id == destination_id)
-    return list((await conn.scalars(query)).all())
-
-
 async def events_matching(
     conn: AsyncConnection, where: EventFilter, limit: int, after: str | None
 ) -> list[str]:

@@ -66,7 +66,7 @@ def prepare(plan: Plan, body: bytes) -> Prepared:
     way. (A body that is not JSON when only a destination needs JSON fails that destination
     alone: see :func:`route`.)"""
     kept = TO_FORWARD if plan.forwards else STORED
-    routes_need_json = any(r.needs_json for r in plan.routes)
+    routes_need_json = plan.routes_need_json
     if not plan.needs_json and not routes_need_json:
         return kept
     if not plan.needs_json:

@@ -5,7 +5,7 @@ with its own filter, transform and retry policy; compiled once per tool version.
 from __future__ import annotations
 
 from collections.abc import Container, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 import jmespath
@@ -43,6 +43,11 @@ class Plan:
     retry: RetryPolicy
     overrides: Container[str] = ()
     """The event types the tool's ``events`` names (they keep their own metric label)."""
+    routes_need_json: bool = field(init=False)
+    """A destination has a filter or a transform (worked out once, not per event)."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "routes_need_json", any(r.needs_json for r in self.routes))
 
     @property
     def needs_json(self) -> bool:

@@ -217,9 +217,7 @@ class Processor:
             return Part(
                 work, destination_id, None, DeliveryStatus.IGNORED, None, _GONE, attempt, existing
             )
-        part = self._part(work, route, attempt)
-        part.existing = existing
-        return part
+        return self._part(work, route, attempt, existing)
 
     async def _insert(
         self, works: list[Work], now: datetime
@@ -300,9 +298,11 @@ class Processor:
         return work
 
     @staticmethod
-    def _part(work: Work, route: Route, attempt: int) -> Part:
+    def _part(work: Work, route: Route, attempt: int, existing: bool = False) -> Part:
         routed = decide.route(route, work.message.body, work.prepared)
-        return Part(work, route.id, route, routed.status, routed.payload, routed.failure, attempt)
+        return Part(
+            work, route.id, route, routed.status, routed.payload, routed.failure, attempt, existing
+        )
 
     # Phase 2 -----------------------------------------------------------------------------
 
@@ -318,7 +318,6 @@ class Processor:
             "url.full": config.redacted_url,
             "webhook.destination_id": part.destination_id,
         }
-        part.started = time.perf_counter()
         with tracing.client_span(config.method, attributes, parent=part.work.span) as span:
             try:
                 request = forward_request(part)
@@ -607,7 +606,6 @@ class _Settled(NamedTuple):
     work: Work
     status: EventStatus
     failure: Failure | None
-    retry: decide.RetryAfter | None = None
 
 
 class _PartSettled(NamedTuple):

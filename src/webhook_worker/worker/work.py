@@ -86,8 +86,6 @@ class Part:
     existing: bool = False
     """The delivery was recorded before (a retry, a redelivery, a replay)."""
     outcome: ForwardOutcome | None = None
-    started: float = 0.0
-    """When sending began (``time.perf_counter``); 0 while it has not."""
 
     @property
     def message(self) -> Message:
