@@ -18,6 +18,14 @@ REDIS_RETRY_SUFFIX: Final = "retry"
 """Sorted set of event ids by due time; ``{prefix}:retry:{event_id}`` holds each message."""
 REDIS_MALFORMED_SUFFIX: Final = "events:malformed"
 """Stream where entries of the events stream that cannot be decoded are set aside for a human."""
+REDIS_GATE_SUFFIX: Final = "gate"
+"""``{prefix}:gate:{tool_id}:{destination_id}`` (hash: the circuit breaker) and its ``:slots``
+(sorted set: deliveries in flight by lease expiry) and ``:sends`` (sorted set: the rate
+window) keys: a destination's delivery control."""
+REDIS_ORDER_SUFFIX: Final = "order"
+"""``{prefix}:order:{tool_id}:{destination_id}:{key}`` (hash: ``assigned``, the last position
+the queue gave; ``settled``, every position up to it is settled) and its ``:ahead`` sorted set
+(positions settled before an earlier one): one ordering key's state."""
 
 
 class RedisKeys:
@@ -29,7 +37,9 @@ class RedisKeys:
     __slots__ = (
         "_dedupe_prefix",
         "_replay_prefix",
+        "gate_prefix",
         "malformed",
+        "order_prefix",
         "prefix",
         "retry",
         "retry_hash_prefix",
@@ -48,6 +58,12 @@ class RedisKeys:
         """What :meth:`retry_hash` puts before the event id (the promote script needs it)."""
         self._dedupe_prefix = f"{prefix}:{REDIS_DEDUPE_SUFFIX}:"
         self._replay_prefix = f"{prefix}:{REDIS_REPLAY_SUFFIX}:"
+        self.gate_prefix = f"{prefix}:{REDIS_GATE_SUFFIX}:"
+        """What :meth:`gate` puts before ``{tool_id}:{destination_id}`` (scripts that scan
+        every destination need it)."""
+        self.order_prefix = f"{prefix}:{REDIS_ORDER_SUFFIX}:"
+        """What :meth:`order` puts before ``{tool_id}:{destination_id}:{key}`` (the enqueue
+        script composes the keys of the positions it gives)."""
 
     def retry_hash(self, member: str) -> str:
         """``{prefix}:retry:{member}``: the fields of a message waiting for a retry (``member``
@@ -61,6 +77,16 @@ class RedisKeys:
     def replay(self, tool_id: str, replay_key: str) -> str:
         """``{prefix}:replay:{tool_id}:{replay_key}``: the first event id for a replay key."""
         return f"{self._replay_prefix}{tool_id}:{replay_key}"
+
+    def gate(self, tool_id: str, destination_id: str) -> str:
+        """``{prefix}:gate:{tool_id}:{destination_id}``: a destination's circuit breaker; with
+        ``:slots`` and ``:sends`` after it, its deliveries in flight and its rate window."""
+        return f"{self.gate_prefix}{tool_id}:{destination_id}"
+
+    def order(self, tool_id: str, destination_id: str, key: str) -> str:
+        """``{prefix}:order:{tool_id}:{destination_id}:{key}``: one ordering key's positions
+        (ids hold no ``:``, so the key, last, may)."""
+        return f"{self.order_prefix}{tool_id}:{destination_id}:{key}"
 
 
 # Stream entry fields.
@@ -82,6 +108,8 @@ FIELD_TRACEPARENT: Final = b"traceparent"
 FIELD_ATTEMPT: Final = b"attempt"
 FIELD_RETRY_FROM: Final = b"retry_from"
 FIELD_DESTINATION: Final = b"destination"
+FIELD_ORDERING: Final = b"ordering"
+"""The message's ordering positions, JSON ``[[destination_id, key, position], ...]``."""
 # Extra fields on an entry of the malformed stream, beside the original entry's fields.
 FIELD_MALFORMED_SOURCE_ID: Final = b"malformed-source-id"
 """The entry id the malformed entry had in the events stream."""
@@ -96,6 +124,17 @@ TABLE_DEAD_LETTERS: Final = "dead_letters"
 TABLE_QUEUE: Final = "queue_messages"
 TABLE_DELIVERY_IDS: Final = "delivery_ids"
 TABLE_EVENT_DELIVERIES: Final = "event_deliveries"
+TABLE_DESTINATION_GATES: Final = "destination_gates"
+"""One row per controlled destination: its circuit breaker (and the row locked while its
+control is checked)."""
+TABLE_DESTINATION_SLOTS: Final = "destination_slots"
+"""Deliveries in flight to a destination, each with its lease expiry."""
+TABLE_DESTINATION_SENDS: Final = "destination_sends"
+"""When recent requests were let go to a destination (its rate window)."""
+TABLE_ORDERING_KEYS: Final = "ordering_keys"
+"""Per tool, destination and ordering key: the last position given and the last settled."""
+TABLE_ORDERING_SETTLED: Final = "ordering_settled"
+"""Positions settled before an earlier one of their key."""
 DELIVERY_REPLAY_PREFIX: Final = "replay:"
 """Before a replay key in the ``delivery_id`` column of ``delivery_ids``: the database queue
 keeps both kinds of key in one table, so one upsert records them all."""

@@ -12,6 +12,19 @@ from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol
 
 
+class Position(NamedTuple):
+    """Where an event stands in the order of one destination and ordering key."""
+
+    destination_id: str
+    key: str
+    """The value of the destination's ``ordering_key`` for the event (a JSON text when it is
+    not a string)."""
+    seq: int
+    """1, 2, 3, ... in the order the queue accepted the events of this tool, destination and
+    key; 0 until the queue has given it one (ingest leaves it 0; :meth:`Queue.enqueue` sets
+    it, in the same atomic step as the message's write)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Message:
     """An accepted webhook on its way to a worker. Built by ingest from the raw request."""
@@ -37,6 +50,10 @@ class Message:
     """None: the whole event (a new event, a redelivery or a replay: every destination it still
     owes). Set: only this destination's delivery (its retry, a deferral, a dead letter or replay
     of that delivery alone)."""
+    ordering: tuple[Position, ...] = ()
+    """The event's place in the order of each destination with an ``ordering_key`` for which
+    the key is not null. Kept through retries and deferrals, stored with the event (a replay
+    or a paused delivery sent again keeps it)."""
     replay_key: str | None = field(default=None, compare=False)
     """A second de-duplication key beside the delivery id (a hash of the body, for schemes that
     sign the body alone): the message is a duplicate when either was seen within the TTL. Used
