@@ -68,6 +68,9 @@ events = Table(
     # The stored JSON when it differs from the body (after a transform); NULL means "the body".
     Column("payload", _Json, nullable=True),
     Column("attempt_count", Integer, nullable=False, default=0),
+    # The event's ordering positions (JSON text ``[[destination_id, key, position], ...]``),
+    # NULL when no destination orders it: a replay or a paused delivery sent again keeps them.
+    Column("ordering", Text, nullable=True),
     UniqueConstraint("tool_id", "delivery_id"),
     Index(None, "received_at"),
     Index(None, "tool_id", "received_at"),
@@ -159,11 +162,70 @@ queue_messages = Table(
     Column("attempt", Integer, nullable=False, default=0, server_default="0"),
     Column("retry_from", Double, nullable=True),
     Column("destination_id", String(64), nullable=True),
+    Column("ordering", Text, nullable=True),
     Column("available_at", Double, nullable=False),
     Column("locked_by", String(255), nullable=True),
     Column("locked_until", Double, nullable=True),
     Column("deliveries", Integer, nullable=False, default=0),
     Index(None, "locked_until", "id"),
+)
+
+# Delivery control on the database queue (Redis keeps the same under {prefix}:gate and
+# {prefix}:order). Times are epoch seconds. A destination's row in destination_gates is locked
+# while its control is checked, so its slots and sends are counted under that lock.
+destination_gates = Table(
+    c.TABLE_DESTINATION_GATES,
+    metadata,
+    Column("tool_id", String(128), primary_key=True),
+    Column("destination_id", String(64), primary_key=True),
+    Column("circuit", Integer, nullable=False, default=0, server_default="0"),
+    Column("failures", Integer, nullable=False, default=0, server_default="0"),
+    Column("opened_at", Double, nullable=True),
+    Column("probe_slot", String(64), nullable=True),
+    Column("probe_expires_at", Double, nullable=True),
+)
+
+destination_slots = Table(
+    c.TABLE_DESTINATION_SLOTS,
+    metadata,
+    Column("slot", String(64), primary_key=True),
+    Column("tool_id", String(128), nullable=False),
+    Column("destination_id", String(64), nullable=False),
+    Column("expires_at", Double, nullable=False),
+    Index(None, "tool_id", "destination_id", "expires_at"),
+)
+
+destination_sends = Table(
+    c.TABLE_DESTINATION_SENDS,
+    metadata,
+    Column("id", _Serial, primary_key=True, autoincrement=True),
+    Column("tool_id", String(128), nullable=False),
+    Column("destination_id", String(64), nullable=False),
+    Column("at", Double, nullable=False),
+    Index(None, "tool_id", "destination_id", "at"),
+)
+
+ordering_keys = Table(
+    c.TABLE_ORDERING_KEYS,
+    metadata,
+    Column("tool_id", String(128), primary_key=True),
+    Column("destination_id", String(64), primary_key=True),
+    Column("key", Text, primary_key=True),
+    # The last position the queue gave an event of this key, and the last up to which every
+    # position has settled.
+    Column("assigned", BigInteger, nullable=False, default=0, server_default="0"),
+    Column("settled", BigInteger, nullable=False, default=0, server_default="0"),
+    Column("used_at", Double, nullable=False),
+    Index(None, "used_at"),
+)
+
+ordering_settled = Table(
+    c.TABLE_ORDERING_SETTLED,
+    metadata,
+    Column("tool_id", String(128), primary_key=True),
+    Column("destination_id", String(64), primary_key=True),
+    Column("key", Text, primary_key=True),
+    Column("seq", BigInteger, primary_key=True),
 )
 
 # Delivery ids seen at ingest on the database queue (Redis keeps them as keys with a TTL).
