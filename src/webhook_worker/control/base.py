@@ -25,11 +25,10 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
 from webhook_worker.queue.base import Position
-from webhook_worker.tools.model import RateLimit
+from webhook_worker.tools.model import CircuitBreaker, Control
 
 __all__ = [
     "CircuitBreaker",
@@ -45,34 +44,6 @@ __all__ = [
 ORDERING_IDLE_TTL = 30 * 24 * 3600.0
 """Seconds after its last use that a key's ordering state is forgotten (a key that is no longer
 known starts free: its next event goes at once)."""
-
-
-@dataclass(frozen=True, slots=True)
-class CircuitBreaker:
-    failure_threshold: int
-    cooldown: float
-    """Seconds the circuit stays open before the probe."""
-
-
-@dataclass(frozen=True, slots=True)
-class Control:
-    """A destination's delivery control, as configured (each part optional)."""
-
-    rate_limit: RateLimit | None = None
-    max_in_flight: int | None = None
-    circuit_breaker: CircuitBreaker | None = None
-    ordering_key: str | None = None
-    """JMESPath text evaluated (at ingest) on the event body; null: the event is unordered."""
-
-    @property
-    def gated(self) -> bool:
-        """Deliveries must ask the gate before they go (ordering is asked per event: only
-        events that carry a position for this destination are ordered)."""
-        return (
-            self.rate_limit is not None
-            or self.max_in_flight is not None
-            or self.circuit_breaker is not None
-        )
 
 
 class CircuitState(enum.IntEnum):

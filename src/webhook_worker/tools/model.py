@@ -102,6 +102,48 @@ class ForwardConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class RateLimit:
+    """At most ``requests`` webhooks per ``per`` seconds (bursts up to ``requests``)."""
+
+    requests: int
+    per: float
+
+
+@dataclass(frozen=True, slots=True)
+class CircuitBreaker:
+    failure_threshold: int
+    cooldown: float
+    """Seconds the circuit stays open before the probe."""
+
+
+@dataclass(frozen=True, slots=True)
+class Control:
+    """A destination's delivery control, as configured (each part optional)."""
+
+    rate_limit: RateLimit | None = None
+    """At most ``requests`` deliveries let go per ``per`` seconds, in any such window."""
+    max_in_flight: int | None = None
+    """Deliveries in flight at once, across every worker."""
+    circuit_breaker: CircuitBreaker | None = None
+    ordering_key: str | None = None
+    """JMESPath text evaluated (at ingest) on the event body; null: the event is unordered."""
+
+    @property
+    def gated(self) -> bool:
+        """Deliveries must ask the gate before they go (ordering is asked per event: only
+        events that carry a position for this destination are ordered)."""
+        return (
+            self.rate_limit is not None
+            or self.max_in_flight is not None
+            or self.circuit_breaker is not None
+        )
+
+
+NO_CONTROL: Final = Control()
+"""A destination without limits: nothing to ask before a delivery."""
+
+
+@dataclass(frozen=True, slots=True)
 class Destination:
     """One target of a tool's fan-out, delivered to independently of the others."""
 
@@ -114,14 +156,10 @@ class Destination:
     retry: RetryPolicy | None = None
     """This destination's own policy; None: the tool's, then the global one."""
     enabled: bool = True
-
-
-@dataclass(frozen=True, slots=True)
-class RateLimit:
-    """At most ``requests`` webhooks per ``per`` seconds (bursts up to ``requests``)."""
-
-    requests: int
-    per: float
+    control: Control = NO_CONTROL
+    """Rate limit, deliveries in flight, circuit breaker and ordering key (each optional)."""
+    paused: bool = False
+    """Deliveries wait (``paused``) until the destination is resumed."""
 
 
 @dataclass(frozen=True, slots=True)

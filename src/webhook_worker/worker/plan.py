@@ -12,7 +12,14 @@ import jmespath
 import jmespath.parser
 
 from webhook_worker.config import RetryPolicy
-from webhook_worker.tools.model import DEFAULT_DESTINATION, Destination, ForwardConfig, Tool
+from webhook_worker.tools.model import (
+    DEFAULT_DESTINATION,
+    NO_CONTROL,
+    Control,
+    Destination,
+    ForwardConfig,
+    Tool,
+)
 from webhook_worker.vocabulary import Mode
 
 
@@ -26,6 +33,8 @@ class Route:
     transform: jmespath.parser.ParsedResult | None
     retry: RetryPolicy
     """The destination's own policy, else the tool's, else the global one."""
+    control: Control = NO_CONTROL
+    paused: bool = False
 
     @property
     def needs_json(self) -> bool:
@@ -136,6 +145,8 @@ class Plans:
             _compiled(destination.filter),
             _compiled(destination.transform),
             destination.retry or tool_retry,
+            destination.control,
+            destination.paused,
         )
 
 
