@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from webhook_worker.errors import ConflictError, NotFoundError
 from webhook_worker.observability import metrics
 from webhook_worker.queue.base import Message, Queue
-from webhook_worker.storage import replays
+from webhook_worker.storage import paused, replays
 from webhook_worker.storage.database import Database
 from webhook_worker.storage.deadletters import DeadLetterFilter, DeadLetterStore, dead_letter
 from webhook_worker.storage.deliveries import lock_events
@@ -166,6 +166,49 @@ class Replayer:
         await self._send(messages, previous, claimed)
         metrics.DLQ_RETRIES.labels("requeued").inc(len(messages))
         return len(messages)
+
+    async def release_paused(
+        self, tool_id: str, destination_id: str, *, chunk: int = BULK_CHUNK
+    ) -> int:
+        """Send the deliveries that waited while the destination was paused, in the order
+        their events were received (chunk by chunk, each queued before the next is read);
+        returns how many. Each becomes ``pending`` and is queued as that destination's
+        delivery alone, keeping the event's ordering positions. A delivery another release
+        took meanwhile is not sent twice (checked under the events' lock)."""
+        released = 0
+        after: tuple[datetime, str] | None = None
+        while True:
+            async with self._db.begin() as conn:
+                found = await paused.oldest_paused(conn, tool_id, destination_id, chunk, after)
+                if not found:
+                    return released
+                after = found[-1]
+                ids = [event_id for _, event_id in found]
+                await lock_events(conn, ids)
+                still = await paused.still_paused(conn, destination_id, ids)
+                targets: list[tuple[str, str | None]] = [
+                    (event_id, destination_id) for event_id in ids if event_id in still
+                ]
+                previous = await replays.mark_retrying(conn, targets)
+                messages = await replays.messages(conn, targets)
+            await self._send(messages, previous, ())
+            released += len(messages)
+
+    async def release_unpaused(
+        self, paused_now: Callable[[str, str], bool], parked_before: datetime
+    ) -> int:
+        """Send again what waits for a destination that is not paused any more (its resume
+        ran while a worker that had not yet seen it was recording the delivery ``paused``;
+        or the destination was removed meanwhile), for deliveries recorded before
+        ``parked_before``. ``paused_now(tool_id, destination_id)``: the tools as this process
+        knows them. Returns how many were sent."""
+        async with self._db.begin() as conn:
+            found = await paused.destinations_with_paused(conn, parked_before)
+        released = 0
+        for tool_id, destination_id in found:
+            if not paused_now(tool_id, destination_id):
+                released += await self.release_paused(tool_id, destination_id)
+        return released
 
     async def _send(
         self,

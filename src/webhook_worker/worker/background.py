@@ -21,6 +21,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
 
 from webhook_worker.errors import QueueUnavailableError, UnavailableError
 from webhook_worker.observability import metrics
@@ -35,6 +36,7 @@ _HOUSEKEEPING_INTERVAL = 5.0
 _PROMOTE_INTERVAL = 0.1
 _SHED_INTERVAL = 0.25
 _STOP_TIMEOUT = 10.0
+_RELEASE_UNPAUSED_INTERVAL = 5.0
 
 Read = Callable[[int], Awaitable[list[Delivery]]]
 Take = Callable[[Read], Awaitable[int | None]]
@@ -58,9 +60,12 @@ class Background:
         lease_renewal: float,
         dlq_auto_retry_max: int,
         dlq_auto_retry_interval: float,
+        paused: Callable[[str, str], bool] = lambda tool_id, destination_id: False,
+        tools_refresh_interval: float = 2.0,
     ) -> None:
         """``take`` is how reclaimed messages join the worker; ``shed()`` defers what slow
-        tools hold beyond their share."""
+        tools hold beyond their share; ``paused(tool_id, destination_id)``: is it paused in
+        the tools as this process knows them (refreshed every ``tools_refresh_interval``)."""
         self._queue = queue
         self._holding = holding
         self._stopping = stopping
@@ -71,6 +76,8 @@ class Background:
         self._lease_renewal = lease_renewal
         self._dlq_auto_retry_max = dlq_auto_retry_max
         self._dlq_auto_retry_interval = dlq_auto_retry_interval
+        self._paused = paused
+        self._tools_refresh_interval = tools_refresh_interval
         self._loops: tuple[asyncio.Task[None], ...] = ()
         self._renewer: asyncio.Task[None] | None = None
 
@@ -82,6 +89,7 @@ class Background:
             asyncio.create_task(self._promote_forever(), name="worker-promote-retries"),
             asyncio.create_task(self._retry_dead_letters_forever(), name="worker-dlq-retry"),
             asyncio.create_task(self._shed_forever(), name="worker-shed-slow-lanes"),
+            asyncio.create_task(self._release_unpaused_forever(), name="worker-release-unpaused"),
         )
         self._renewer = asyncio.create_task(self._renew_forever(), name="worker-renew-leases")
 
@@ -165,6 +173,30 @@ class Background:
                 if not isinstance(exc, UnavailableError):
                     raise
                 log.warning("automatic dead letter retry skipped: %r", exc)
+
+    async def _release_unpaused_forever(self) -> None:
+        """Send again deliveries recorded ``paused`` for a destination that is not paused (any
+        more): a worker that had not yet seen a resume recorded them after the resume sent the
+        others, or the destination was removed meanwhile. Only those recorded a while ago, so
+        a worker that has not yet seen a pause does not send back what others just recorded."""
+        if self._replayer is None:
+            return
+        settle = max(2 * self._tools_refresh_interval, 1.0)
+        while not self._stopping.is_set():
+            await pause(self._stopping, _RELEASE_UNPAUSED_INTERVAL)
+            before = datetime.now(UTC) - timedelta(seconds=settle)
+            try:
+                released = await self._replayer.release_unpaused(self._paused, before)
+            except Exception as exc:  # the next tick tries again
+                if not isinstance(exc, UnavailableError):
+                    raise
+                log.warning("sending deliveries of resumed destinations skipped: %r", exc)
+                continue
+            if released:
+                log.info(
+                    "sent %d deliveries again that waited for a destination no longer paused",
+                    released,
+                )
 
     async def _housekeeping_forever(self) -> None:
         while not self._stopping.is_set():

@@ -25,6 +25,7 @@ import logging
 import random
 import time
 
+from webhook_worker.control.base import Gate
 from webhook_worker.errors import DatabaseUnavailableError, QueueUnavailableError
 from webhook_worker.observability import metrics
 from webhook_worker.queue.base import Delivery, Queue
@@ -32,6 +33,7 @@ from webhook_worker.replay import Replayer
 from webhook_worker.vocabulary import ErrorClass
 from webhook_worker.worker.background import Background, Read
 from webhook_worker.worker.backoff import BACKOFF_CAP, BACKOFF_START, pause, with_backoff
+from webhook_worker.worker.gatekeeper import Gatekeeper, controlled
 from webhook_worker.worker.holding import Holding
 from webhook_worker.worker.lanes import Admission, ToolLanes
 from webhook_worker.worker.processor import Processor
@@ -72,12 +74,16 @@ class Worker:
         replayer: Replayer | None = None,
         dlq_auto_retry_max: int = 3,
         dlq_auto_retry_interval: float = 300.0,
+        gate: Gate | None = None,
+        tools_refresh_interval: float = 2.0,
     ) -> None:
         """``concurrency``: events held at once (received, not yet settled). ``tool_concurrency``:
         deliveries in flight per tool, at most a quarter of ``concurrency``, shared equally by
         its destinations (each keeps at least one).
         ``lease_renewal``:
-        how often held messages are renewed in the queue (well under the reclaim idle time)."""
+        how often held messages are renewed in the queue (well under the reclaim idle time).
+        ``gate``: the delivery control shared by every worker (the runtime always gives one;
+        None only in tests of the rest)."""
         self._queue = queue
         self._processor = processor
         self._batch_size = batch_size
@@ -91,7 +97,18 @@ class Worker:
         self._block = block
         self._stopping = asyncio.Event()
         self._in_flight: set[asyncio.Task[None]] = set()
-        self._settler = Settler(processor, queue, self._holding, self._stopping, batch_size)
+        self._settler = Settler(processor, queue, self._holding, self._stopping, batch_size, gate)
+        self._gatekeeper = (
+            None
+            if gate is None
+            else Gatekeeper(
+                gate,
+                start=self._start_forward,
+                defer=self._defer_for,
+                share=lambda part: self._lanes.limit // len(part.work.plan.routes),
+                stopping=self._stopping,
+            )
+        )
         self._background = Background(
             queue,
             self._holding,
@@ -103,6 +120,8 @@ class Worker:
             lease_renewal=lease_renewal,
             dlq_auto_retry_max=dlq_auto_retry_max,
             dlq_auto_retry_interval=dlq_auto_retry_interval,
+            paused=processor.destination_paused,
+            tools_refresh_interval=tools_refresh_interval,
         )
         self.processed = 0
         """Events this worker stored for the first time (for start-up messages and tests)."""
@@ -196,6 +215,13 @@ class Worker:
             self._dispatch(part)
 
     def _dispatch(self, part: Part) -> None:
+        route = part.route
+        if route is not None and route.paused:
+            self._settler.park(part)
+            return
+        if self._gatekeeper is not None and controlled(part):
+            self._gatekeeper.admit(part)
+            return
         # WORKER_TOOL_CONCURRENCY bounds a tool's deliveries in flight: its destinations share
         # it, so fanning out does not multiply what one tool holds of the worker.
         admission = self._lanes.admit(_lane(part), part, len(part.work.plan.routes))
@@ -208,6 +234,9 @@ class Worker:
     def _defer(self, part: Part) -> None:
         timeout = part.route.forward.timeout if part.route is not None else _DEFER_MIN
         delay = min(max(timeout / 4, _DEFER_MIN), _DEFER_MAX) * random.uniform(0.8, 1.2)
+        self._defer_for(part, delay)
+
+    def _defer_for(self, part: Part, delay: float) -> None:
         self._processor.deferred(part, delay)
         self._settler.defer(part, delay)
 
@@ -223,12 +252,23 @@ class Worker:
 
     async def _forward(self, part: Part) -> None:
         # Never raises but when cancelled (a stop that ran out of time): then the delivery is
-        # not settled, so its message is redelivered later, and nothing new starts.
-        await self._processor.forward_one(part)
-        self._settler.settle(part)
-        nxt = self._lanes.finish(_lane(part), part)
-        if nxt is not None:
-            self._start_forward(nxt)
+        # not settled, so its message is redelivered later, and nothing new starts (a
+        # controlled delivery's slot is freed when its lease runs out).
+        # Paused since it was planned (workers see a pause within TOOLS_REFRESH_INTERVAL, and
+        # the pause endpoint answers only after that): not sent.
+        sent = not self._processor.paused_now(part)
+        if sent:
+            await self._processor.forward_one(part)
+        if self._gatekeeper is not None and controlled(part):
+            await self._gatekeeper.release(part, sent)
+        else:
+            nxt = self._lanes.finish(_lane(part), part)
+            if nxt is not None:
+                self._start_forward(nxt)
+        if sent:
+            self._settler.settle(part)
+        else:
+            self._settler.park(part)
 
     async def _dead_letter_poison(self, poison: list[Delivery]) -> None:
         await self._processor.dead_letter(
@@ -277,6 +317,8 @@ class Worker:
         """Let stores, forwards and outcome writes in flight finish (up to the shutdown
         timeout); what does not finish stays unacknowledged and is redelivered."""
         deadline = time.monotonic() + self._shutdown_timeout
+        if self._gatekeeper is not None:
+            self._gatekeeper.stop()
         if self._in_flight:
             log.info("finishing %d batches and forwards in flight", len(self._in_flight))
         while self._in_flight and (remaining := deadline - time.monotonic()) > 0:

@@ -91,6 +91,7 @@ from webhook_worker.worker.work import (
     outcome_record,
     part_attempt_record,
     part_fields,
+    settled_positions,
 )
 
 log = logging.getLogger(__name__)
@@ -336,6 +337,20 @@ class Processor:
         metrics.FORWARD_DURATION_OF(message.tool_id, status_class).observe(seconds)
         metrics.DELIVERY_DURATION_OF(message.tool_id, part.destination_id).observe(seconds)
 
+    def paused_now(self, part: Part) -> bool:
+        """Is the delivery's destination paused in the tools as this process knows them now
+        (it may have been paused since the delivery was planned)?"""
+        return self.destination_paused(part.message.tool_id, part.destination_id)
+
+    def destination_paused(self, tool_id: str, destination_id: str) -> bool:
+        live = self._tools.get(tool_id)
+        if live is None:
+            return False
+        for destination in live.tool.destinations:
+            if destination.id == destination_id:
+                return destination.paused
+        return False
+
     def deferred(self, part: Part, delay: float) -> None:
         """The delivery goes back to the queue untried, for ``delay`` seconds, because its
         destination has as many deliveries in flight and waiting as it may have (a slow
@@ -355,7 +370,9 @@ class Processor:
         sending; then fill ``done`` and ``retry`` with the messages now settled. Raises
         (DatabaseUnavailableError while the database is away) having changed nothing, so the
         caller may call it again with the same batch."""
-        if not (batch.to_forward or batch.to_update or batch.to_record or batch.deferred):
+        if not (
+            batch.to_forward or batch.to_update or batch.to_record or batch.deferred or batch.parked
+        ):
             return
         now = datetime.now(UTC)
         clock = now.timestamp()
@@ -363,13 +380,13 @@ class Processor:
         parts = [self._settle(part, clock) for part in batch.to_forward]
         parts += [_PartSettled(part, part.status, part.failure) for part in batch.to_record]
         works = [_Settled(work, work.status, work.failure) for work in batch.to_update]
-        if parts or works:
+        if parts or works or batch.parked:
             with tracing.client_span(
                 f"UPDATE {TABLE_EVENTS}",
                 self._db_attributes("UPDATE"),
                 links=[s.part.work.span for s in parts] + [s.work.span for s in works],
             ):
-                changes, resolved = await self._write(parts, works, now)
+                changes, resolved = await self._write(parts, works, batch.parked, now)
         else:
             changes, resolved = {}, 0
         # Committed: from here on, tell (once).
@@ -389,12 +406,21 @@ class Processor:
                     retry_from=retry.retry_from,
                 )
                 work.later.append((message, retry.delay))
+                work.kept.add(part.destination_id)
             work.unsettled -= 1
             if work.unsettled == 0:
                 finished.append(work)
         for part, delay in batch.deferred:
             work = part.work
             work.later.append((replace(work.message, destination_id=part.destination_id), delay))
+            work.kept.add(part.destination_id)
+            work.unsettled -= 1
+            if work.unsettled == 0:
+                finished.append(work)
+        for part in batch.parked:
+            _parked(part)
+            work = part.work
+            work.kept.add(part.destination_id)
             work.unsettled -= 1
             if work.unsettled == 0:
                 finished.append(work)
@@ -421,11 +447,18 @@ class Processor:
                 batch.retry += [(replace(work.delivery, message=m), d) for m, d in work.later]
             else:
                 batch.done.append(work.delivery)
+            batch.settled += settled_positions(work.message, work.kept)
 
     async def _write(
-        self, parts: list[_PartSettled], works: list[_Settled], now: datetime
+        self,
+        parts: list[_PartSettled],
+        works: list[_Settled],
+        parked: list[Part],
+        now: datetime,
     ) -> tuple[dict[str, tuple[EventStatus, EventStatus]], int]:
-        """One transaction: deliveries, attempts, dead letters, then the events' statuses."""
+        """One transaction: deliveries, attempts, dead letters, then the events' statuses.
+        ``parked``: deliveries to a paused destination, recorded ``paused`` (not an attempt:
+        nothing was tried)."""
         records: list[DeliveryRecord] = []
         attempts: list[AttemptRecord] = []
         letters: list[DeadLetterRecord] = []
@@ -441,6 +474,10 @@ class Processor:
                 letters.append(self._dead_letter(part.work, failure, now, part.destination_id))
             elif part.existing and status == DeliveryStatus.DELIVERED:
                 recovered.append((event_id, part.destination_id))
+        for part in parked:
+            record = delivery_record(part, DeliveryStatus.PAUSED, now)
+            records.append(record._replace(attempt_count=part.attempt - 1))
+            added.setdefault(part.message.event_id, 0)  # its status again, from its deliveries
         outcomes: list[OutcomeRecord] = []
         for own in works:
             event_id = own.work.message.event_id
@@ -453,9 +490,11 @@ class Processor:
                 letters.append(self._dead_letter(own.work, own.failure, now))
             elif own.work.existing:
                 recovered.append((event_id, ""))
-        touched = [s.part.message.event_id for s in parts] + [
-            s.work.message.event_id for s in works
-        ]
+        touched = (
+            [s.part.message.event_id for s in parts]
+            + [s.work.message.event_id for s in works]
+            + [part.message.event_id for part in parked]
+        )
         async with self._db.begin(durable=False) as conn:
             before = await lock_events(conn, touched)
             recorded = await delivery_states(conn, list({r.event_id for r in records}))
@@ -620,6 +659,11 @@ class _PartSettled(NamedTuple):
 def _retrying(part: Part, retry: decide.RetryAfter) -> None:
     metrics.RETRY_ATTEMPTS.labels(str(retry.attempt), retry.failure.error_class).inc()
     log.info("delivery will be retried", extra=part_fields(part))
+
+
+def _parked(part: Part) -> None:
+    if log.isEnabledFor(logging.DEBUG):
+        log.debug("delivery waits: its destination is paused", extra=part_fields(part))
 
 
 def _delivery_decided(part: Part, status: DeliveryStatus) -> None:

@@ -18,12 +18,13 @@ import logging
 from collections.abc import Sequence
 from typing import NamedTuple
 
+from webhook_worker.control.base import Gate
 from webhook_worker.groupcommit import GroupCommit
 from webhook_worker.queue.base import Delivery, Queue
 from webhook_worker.worker.backoff import with_backoff
 from webhook_worker.worker.holding import Holding
 from webhook_worker.worker.processor import Processor
-from webhook_worker.worker.work import Batch, Part, Work
+from webhook_worker.worker.work import Batch, Part, Work, settled_positions
 
 log = logging.getLogger(__name__)
 
@@ -33,9 +34,14 @@ class _Defer(NamedTuple):
     delay: float
 
 
-# What a group holds: a message to acknowledge, a delivery to send back for a while, a delivery
-# whose outcome to write, or an event whose own outcome to write.
-_Outcome = Delivery | _Defer | Part | Work
+class _Park(NamedTuple):
+    part: Part
+
+
+# What a group holds: a message to acknowledge, a delivery to send back for a while, one to
+# record as waiting for its paused destination, a delivery whose outcome to write, or an event
+# whose own outcome to write.
+_Outcome = Delivery | _Defer | _Park | Part | Work
 
 
 class Settler:
@@ -48,11 +54,15 @@ class Settler:
         holding: Holding,
         stopping: asyncio.Event,
         batch_size: int,
+        gate: Gate | None = None,
     ) -> None:
         """``stopping``: once set, a write waiting for the database or queue to come back gives
-        up (its messages are redelivered)."""
+        up (its messages are redelivered). ``gate``: told which ordering positions are
+        settled, before their messages are acknowledged (a crash between the two settles them
+        again when the message comes back: settling is idempotent)."""
         self._processor = processor
         self._queue = queue
+        self._gate = gate
         self._holding = holding
         self._stopping = stopping
         self._group: GroupCommit[_Outcome, None] = GroupCommit(
@@ -77,6 +87,11 @@ class Settler:
         """The delivery back to the queue, untried, for ``delay`` seconds."""
         self._group.add(_Defer(part, delay))
 
+    def park(self, part: Part) -> None:
+        """Record the delivery ``paused``: its destination is paused; resuming it sends the
+        delivery again."""
+        self._group.add(_Park(part))
+
     async def close(self, within: float) -> None:
         """Write what is waiting, then stop (what cannot be written in time is redelivered)."""
         if not await self._group.close(within):
@@ -92,6 +107,8 @@ class Settler:
                 acknowledge.append(item)
             elif isinstance(item, _Defer):
                 batch.deferred.append((item.part, item.delay))
+            elif isinstance(item, _Park):
+                batch.parked.append(item.part)
             elif isinstance(item, Work):
                 batch.to_update.append(item)
             elif item.outcome is not None:
@@ -110,6 +127,16 @@ class Settler:
             return  # stopping while the database is away: everything here is redelivered
         retry = batch.retry
         done = [*acknowledge, *batch.done]
+        gate = self._gate
+        if gate is not None:
+            # Messages acknowledged as they are were settled whole (stored, or dead letters).
+            positions = batch.settled + [
+                settled
+                for delivery in acknowledge
+                for settled in settled_positions(delivery.message)
+            ]
+            if positions and not await with_backoff(lambda: gate.settle(positions), self._stopping):
+                return
         if retry and not await with_backoff(lambda: self._queue.retry_later(retry), self._stopping):
             return
         if done and not await with_backoff(lambda: self._queue.ack(done), self._stopping):
@@ -120,7 +147,7 @@ class Settler:
 def _delivery(item: _Outcome) -> Delivery:
     if isinstance(item, Delivery):
         return item
-    if isinstance(item, _Defer):
+    if isinstance(item, _Defer | _Park):
         return item.part.work.delivery
     if isinstance(item, Part):
         return item.work.delivery

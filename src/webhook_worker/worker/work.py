@@ -9,6 +9,7 @@ deliveries that failed) once the last of them is settled."""
 from __future__ import annotations
 
 import time
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -17,7 +18,7 @@ import orjson
 from opentelemetry.trace import Span
 
 from webhook_worker.observability import tracing
-from webhook_worker.queue.base import Delivery, Message
+from webhook_worker.queue.base import Delivery, Message, Position
 from webhook_worker.storage.records import (
     AttemptRecord,
     DeliveryRecord,
@@ -57,6 +58,9 @@ class Work:
     """Parts not settled yet; the message's fate is known when it comes to 0."""
     later: list[tuple[Message, float]] = field(default_factory=list)
     """Deliveries to make again after a delay (retries, deferrals): one message each."""
+    kept: set[str] = field(default_factory=set)
+    """Destinations whose delivery is not over when the message is settled (to make again
+    later, or waiting for a paused destination): their ordering positions stay unsettled."""
     reported: bool = False
     """The event's final status was counted (webhook_events_processed_total)."""
     sent: tuple[bytes, str] | None = None
@@ -86,6 +90,8 @@ class Part:
     existing: bool = False
     """The delivery was recorded before (a retry, a redelivery, a replay)."""
     outcome: ForwardOutcome | None = None
+    slot: str | None = None
+    """The delivery control slot it holds while in flight (a controlled destination's)."""
 
     @property
     def message(self) -> Message:
@@ -108,9 +114,14 @@ class Batch:
     """Deliveries of existing events decided without sending (ignored, dead)."""
     deferred: list[tuple[Part, float]] = field(default_factory=list)
     """Deliveries sent back to the queue untried for a while (nothing to write)."""
+    parked: list[Part] = field(default_factory=list)
+    """Deliveries to a paused destination: recorded ``paused``, sent again on resume."""
     retry: list[tuple[Delivery, float]] = field(default_factory=list)
     """To deliver again after the delay (acknowledged by scheduling the retry); one receipt
     may come several times, once per delivery retried."""
+    settled: list[tuple[str, Position]] = field(default_factory=list)
+    """(tool id, position) of the deliveries ``record`` settled for good (delivered, dead,
+    ignored): the next event of their ordering key may go."""
     stored: int = 0
 
     def absorb(self, other: Batch) -> None:
@@ -120,8 +131,24 @@ class Batch:
         self.to_update += other.to_update
         self.to_record += other.to_record
         self.deferred += other.deferred
+        self.parked += other.parked
         self.retry += other.retry
+        self.settled += other.settled
         self.stored += other.stored
+
+
+def settled_positions(message: Message, kept: Collection[str] = ()) -> list[tuple[str, Position]]:
+    """The ordering positions a settled message lets go of: those of the destinations it
+    was about (all, or its own one), but those in ``kept``."""
+    if not message.ordering:
+        return []
+    return [
+        (message.tool_id, position)
+        for position in message.ordering
+        if position.seq > 0
+        and (message.destination_id is None or position.destination_id == message.destination_id)
+        and position.destination_id not in kept
+    ]
 
 
 def event_fields(work: Work) -> dict[str, Any]:
