@@ -140,7 +140,8 @@ class RedisStreamsQueue:
 
     async def enqueue(self, messages: Sequence[Message]) -> list[EnqueueResult]:
         """Add ``messages`` in order, in one round trip, skipping known delivery ids and replay
-        keys."""
+        keys; each message added gets the next seq of each of its ordering positions (a
+        duplicate gets none)."""
         if not messages:
             return []
         keys = [self._stream]
