@@ -68,7 +68,7 @@ async def gates(
             return RedisGate(own, keys)
 
         async def assign_redis(tool_id: str, destination_id: str, key: str, n: int) -> None:
-            await client.hset(keys.order(tool_id, destination_id, key), "assigned", n)  # type: ignore[misc]
+            await client.hset(keys.order(tool_id, destination_id, key), "assigned", n)
 
         chosen = Gates(
             "redis",
