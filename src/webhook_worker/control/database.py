@@ -21,11 +21,11 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
-from sqlalchemy import Row, delete, func, insert, select, update
+from sqlalchemy import Row, delete, func, insert, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -58,6 +58,7 @@ IN_FLIGHT_WAIT = 0.1
 which cannot be predicted (or at the earliest lease expiry, when sooner)."""
 
 _GO = Verdict(go=True)
+_NO_DISK_WAIT = text("SET LOCAL synchronous_commit TO OFF")
 _g, _s, _r = destination_gates, destination_slots, destination_sends
 _k, _a = ordering_keys, ordering_settled
 
@@ -67,7 +68,22 @@ class DatabaseGate:
 
     def __init__(self, db: Database) -> None:
         self._db = db
-        self._insert: Any = postgresql.insert if db.dialect == "postgresql" else sqlite.insert
+        self._postgres = db.dialect == "postgresql"
+        self._insert: Any = postgresql.insert if self._postgres else sqlite.insert
+
+    @asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[AsyncConnection]:
+        """One transaction whose commit does not wait for the disk.
+
+        The gate's rows are soft state: a database crash that loses its newest commits loses
+        a few slots (as if their leases had run out), rate-window entries or failure counts,
+        never an event. Waiting for the disk would double the cost of every delivery. On
+        SQLite ``durable=False`` does the same when the queue shares the file.
+        """
+        async with self._db.begin(durable=False) as conn:
+            if self._postgres:
+                await conn.execute(_NO_DISK_WAIT)
+            yield conn
 
     async def acquire(
         self,
@@ -78,7 +94,7 @@ class DatabaseGate:
         lease: float,
     ) -> Verdict:
         with _unavailable("check a destination's delivery control"):
-            async with self._db.begin(durable=False) as conn:
+            async with self._transaction() as conn:
                 if position is not None and position.seq > 0:
                     settled = await self._touch_key(conn, tool_id, position)
                     if settled is not None and position.seq > settled + 1:
@@ -100,7 +116,7 @@ class DatabaseGate:
         if slot is None and breaker is None:
             return None
         with _unavailable("release a delivery's slot"):
-            async with self._db.begin(durable=False) as conn:
+            async with self._transaction() as conn:
                 if breaker is None:
                     await conn.execute(delete(_s).where(_s.c.slot == slot))
                     return None
@@ -124,7 +140,7 @@ class DatabaseGate:
         if not items:
             return
         with _unavailable("settle ordered deliveries"):
-            async with self._db.begin(durable=False) as conn:
+            async with self._transaction() as conn:
                 now = time.time()
                 for tool_id, destination_id, key, seq in items:
                     await self._settle_one(conn, tool_id, destination_id, key, seq, now)
@@ -153,7 +169,7 @@ class DatabaseGate:
 
     async def forget(self, tool_id: str, destination_id: str) -> None:
         with _unavailable("reset a destination's delivery control"):
-            async with self._db.begin(durable=False) as conn:
+            async with self._transaction() as conn:
                 await conn.execute(delete(_g).where(*_gate_is(tool_id, destination_id)))
                 await conn.execute(delete(_s).where(*_slots_of(tool_id, destination_id)))
                 await conn.execute(delete(_r).where(*_sends_of(tool_id, destination_id)))
