@@ -93,9 +93,12 @@ class DatabaseGate:
         position: Position | None,
         lease: float,
     ) -> Verdict:
+        ordered = position is not None and position.seq > 0
+        if not ordered and not control.gated:
+            return _GO
         with _unavailable("check a destination's delivery control"):
             async with self._transaction() as conn:
-                if position is not None and position.seq > 0:
+                if position is not None and ordered:
                     settled = await self._touch_key(conn, tool_id, position)
                     if settled is not None and position.seq > settled + 1:
                         return Verdict(go=False, wait=ORDERING_WAIT, reason=WaitReason.ORDERING)

@@ -45,6 +45,7 @@ from webhook_worker.errors import QueueUnavailableError
 
 __all__ = ["RedisGate"]
 
+_GO = Verdict(go=True)
 _IDLE_TTL_MS = str(math.ceil(ORDERING_IDLE_TTL * 1000))
 
 
@@ -68,6 +69,8 @@ class RedisGate:
         position: Position | None,
         lease: float,
     ) -> Verdict:
+        if (position is None or position.seq <= 0) and not control.gated:
+            return _GO
         gate = self._keys.gate(tool_id, destination_id)
         keys = [gate, f"{gate}:slots", f"{gate}:sends", self._keys.circuits]
         seq = 0
