@@ -14,12 +14,15 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from webhook_worker.clock import iso
-from webhook_worker.errors import BadRequestError, NotFoundError, ToolConfigError
+from webhook_worker.errors import BadRequestError, ConflictError, NotFoundError, ToolConfigError
 from webhook_worker.storage.tools import ToolStore
 from webhook_worker.tools.model import DEFAULT_DESTINATION, Tool, parse_tool
 from webhook_worker.tools.secret_paths import REDACTED as REDACTED  # re-exported: the placeholder
 from webhook_worker.tools.secret_paths import secret_spots
 from webhook_worker.worker.target_guard import literal_refusal
+
+_WRITE_ATTEMPTS = 5
+"""How often :meth:`ToolService.set_paused` starts again when the tool changed under it."""
 
 
 class ToolService:
@@ -76,6 +79,55 @@ class ToolService:
                 f"(its destinations: {listed})",
                 field,
             )
+
+    async def set_paused(self, tool_id: str, destination_id: str, paused: bool) -> bool:
+        """Pause or resume one destination: its ``paused`` in the stored definition changes
+        (the tools revision moves, so every process reloads it within
+        TOOLS_REFRESH_INTERVAL). Returns whether anything changed: pausing a paused
+        destination is not an error. Raises NotFoundError for an unknown tool or destination,
+        ConflictError for the destination a tool's ``forward`` is (it has no ``paused``).
+
+        The change is made from the definition as read and written only if nobody changed the
+        tool meanwhile; otherwise it is made again from the new definition, so a concurrent
+        edit is never overwritten with what was read before it."""
+        for _ in range(_WRITE_ATTEMPTS):
+            row = await self._store.get(tool_id)
+            config = copy.deepcopy(dict(row["config"]))
+            declared: list[dict[str, Any]] = config.get("destinations") or []
+            position = next(
+                (i for i, item in enumerate(declared) if item.get("id") == destination_id), None
+            )
+            if position is None:
+                if destination_id == DEFAULT_DESTINATION and config.get("forward"):
+                    raise ConflictError(
+                        f"tool {tool_id!r} delivers with `forward`, which cannot be paused: "
+                        f"move it into `destinations` (with id {DEFAULT_DESTINATION!r}) to "
+                        "pause it"
+                    )
+                ids = [DEFAULT_DESTINATION] if config.get("forward") else []
+                known = ", ".join([*ids, *(str(item.get("id")) for item in declared)]) or "none"
+                raise NotFoundError(
+                    f"tool {tool_id!r} has no destination {destination_id!r} "
+                    f"(its destinations: {known})"
+                )
+            if declared[position].get("paused", False) is paused:
+                return False
+            if paused:
+                declared[position]["paused"] = True
+            else:
+                declared[position].pop("paused", None)  # the default, as if never paused
+            try:
+                await self._store.replace(
+                    parse_tool(config, tool_id=tool_id), unchanged_since=row["updated_at"]
+                )
+            except ConflictError:
+                continue  # changed meanwhile: again, from what is stored now
+            await self._changed()
+            return True
+        raise ConflictError(
+            f"tool {tool_id!r} kept changing while destination {destination_id!r} was being "
+            f"{'paused' if paused else 'resumed'}; try again"
+        )
 
     async def create(self, data: Mapping[str, Any]) -> dict[str, Any]:
         row = await self._store.create(self._checked(parse_tool(restore_secrets(dict(data), None))))
