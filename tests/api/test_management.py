@@ -18,7 +18,6 @@ from cryptography.fernet import Fernet
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from tests.support import eventually, serving
-from webhook_worker.api.management import PICKUP_MARGIN
 from webhook_worker.cli.send import sign_request
 from webhook_worker.config import Settings
 from webhook_worker.replay import Replayer
@@ -27,6 +26,7 @@ from webhook_worker.storage import events as stored_events
 from webhook_worker.storage.records import AttemptRecord, EventRecord
 from webhook_worker.storage.tools import ToolStore
 from webhook_worker.tools.model import parse_tool
+from webhook_worker.tools.service import PICKUP_MARGIN
 
 ADMIN_TOKEN = "adm1n-t0ken-4f9c2e81"
 SECRET = "hmac-s3cret-value"

@@ -29,15 +29,11 @@ from webhook_worker.storage.deadletters import (
 )
 from webhook_worker.storage.events import EventFilter, EventStore
 from webhook_worker.storage.rows import Page
-from webhook_worker.tools.service import ToolService
+from webhook_worker.tools.service import ToolService, picked_up_after
 from webhook_worker.vocabulary import DeadLetterStatus, EventStatus
 
 _F = TypeVar("_F", EventFilter, DeadLetterFilter)
 _R = TypeVar("_R")
-
-PICKUP_MARGIN = 0.25
-"""Seconds added to TOOLS_REFRESH_INTERVAL before a pause or resume answers: time for the
-slowest worker's reload to finish once its interval is up."""
 
 
 class ManagementAPI:
@@ -56,7 +52,7 @@ class ManagementAPI:
         self._replayer = replayer
         # Every process re-reads its tools within TOOLS_REFRESH_INTERVAL: after this long, a
         # change of `paused` is what every worker acts on.
-        self._picked_up = refresh_interval + PICKUP_MARGIN
+        self._picked_up = picked_up_after(refresh_interval)
 
     def routes(self) -> list[Route]:
         """The routes, relative to where :func:`webhook_worker.api.v1.management_app` mounts

@@ -21,6 +21,8 @@ from webhook_worker.tools.secret_paths import REDACTED as REDACTED  # re-exporte
 from webhook_worker.tools.secret_paths import secret_spots
 from webhook_worker.worker.target_guard import literal_refusal
 
+PICKUP_MARGIN = 0.25
+"""Seconds past TOOLS_REFRESH_INTERVAL for the slowest process's reload to finish."""
 _WRITE_ATTEMPTS = 5
 """How often :meth:`ToolService.set_paused` starts again when the tool changed under it."""
 
@@ -184,6 +186,14 @@ class ToolService:
                 outcomes.append((tool.id, "updated"))
         await self._changed()
         return outcomes
+
+
+def picked_up_after(refresh_interval: float) -> float:
+    """Seconds after a tool change by which every process has re-read its tools (they poll
+    the revision every ``refresh_interval``, TOOLS_REFRESH_INTERVAL): what a pause waits
+    before it may say that no new delivery starts, and a resume before it releases the
+    deliveries that waited (a worker still seeing the pause would park them again)."""
+    return refresh_interval + PICKUP_MARGIN
 
 
 def destination_ids(tool: Mapping[str, Any]) -> list[str]:
