@@ -151,3 +151,27 @@ async def test_destination_flags_cover_every_destination(
         ("shop", "crm"): DestinationFlags(paused=False, circuit_breaker=True),
         ("legacy", "default"): DestinationFlags(paused=False, circuit_breaker=False),
     }
+
+
+class _PausedFirst(ToolStore):
+    """A store on which a pause lands between a patch's first read and its write."""
+
+    paused = False
+
+    async def get(self, tool_id: str) -> dict[str, Any]:
+        row = await super().get(tool_id)
+        if not self.paused:
+            self.paused = True
+            config = {**row["config"]}
+            config["destinations"] = [{**config["destinations"][0], "paused": True}]
+            await super().replace(parse_tool(config))
+        return row
+
+
+async def test_a_patch_does_not_undo_a_pause_made_meanwhile(db: Database) -> None:
+    await ToolService(ToolStore(db)).create(shop())
+    changed = await ToolService(_PausedFirst(db)).patch("shop", {"description": "edited"})
+    assert changed["description"] == "edited"
+    assert changed["destinations"][0]["paused"] is True
+    config = (await ToolStore(db).get("shop"))["config"]
+    assert config["destinations"][0]["paused"] is True

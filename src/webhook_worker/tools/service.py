@@ -24,7 +24,8 @@ from webhook_worker.worker.target_guard import literal_refusal
 PICKUP_MARGIN = 0.25
 """Seconds past TOOLS_REFRESH_INTERVAL for the slowest process's reload to finish."""
 _WRITE_ATTEMPTS = 5
-"""How often :meth:`ToolService.set_paused` starts again when the tool changed under it."""
+"""How often a read-modify-write (a patch, a pause) starts again when the tool changed under
+it."""
 
 
 class ToolService:
@@ -145,14 +146,23 @@ class ToolService:
         return view(row)
 
     async def patch(self, tool_id: str, changes: Mapping[str, Any]) -> dict[str, Any]:
-        """PATCH: a JSON merge patch (RFC 7386) on the stored definition."""
-        stored = (await self._store.get(tool_id))["config"]
-        # On the redacted definition: a secret the patch leaves alone is a placeholder, and so is
-        # refused like one when the patch moves the URL it is sent to to another host.
-        merged = restore_secrets(merge_patch(redact(stored), changes), stored)
-        row = await self._store.replace(self._checked(parse_tool(merged, tool_id=tool_id)))
-        await self._changed()
-        return view(row)
+        """PATCH: a JSON merge patch (RFC 7386) on the stored definition. Applied to the
+        definition as stored when it is written: if the tool changed between the read and the
+        write (a pause, say), the patch is applied again to the new definition."""
+        for _ in range(_WRITE_ATTEMPTS):
+            row = await self._store.get(tool_id)
+            stored = row["config"]
+            # On the redacted definition: a secret the patch leaves alone is a placeholder, and
+            # so is refused like one when the patch moves the URL it is sent to to another host.
+            merged = restore_secrets(merge_patch(redact(stored), changes), stored)
+            tool = self._checked(parse_tool(merged, tool_id=tool_id))
+            try:
+                written = await self._store.replace(tool, unchanged_since=row["updated_at"])
+            except ConflictError:
+                continue
+            await self._changed()
+            return view(written)
+        raise ConflictError(f"tool {tool_id!r} kept changing while it was being updated; try again")
 
     async def delete(self, tool_id: str) -> None:
         await self._store.delete(tool_id)
