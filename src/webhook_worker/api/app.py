@@ -45,6 +45,7 @@ def create_app(runtime: Runtime) -> Starlette:
         runtime.events,
         DeadLetterStore(runtime.db),
         runtime.replayer,
+        refresh_interval=settings.tools_refresh_interval,
     )
     routes = [
         Route("/webhooks/{tool_id}", ingest.handle, methods=["POST"]),
