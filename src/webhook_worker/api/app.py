@@ -127,7 +127,7 @@ def health_routes(runtime: Runtime) -> list[Route]:
     """``/health``, ``/health/live``, ``/health/ready`` and ``/metrics`` (API and worker)."""
     settings = runtime.settings
     health = Health(runtime.db, runtime.queue, settings.uses_redis, settings.health)
-    gauges = Gauges(runtime.db, runtime.queue, settings.health.check_timeout)
+    gauges = Gauges(runtime.db, runtime.queue, settings.health.check_timeout, gate=runtime.gate)
     process_metrics.install_gc_hooks()
 
     async def full(request: Request) -> Response:

@@ -125,7 +125,7 @@ class ManagementAPI:
         await self._tools.set_paused(tool_id, destination_id, False)
         await asyncio.sleep(self._picked_up)
         # Replayer.release_paused comes with the worker side of delivery control.
-        requeued = await self._replayer.release_paused(tool_id, destination_id)  # type: ignore[attr-defined]
+        requeued = await self._replayer.release_paused(tool_id, destination_id)
         return JSONResponse(
             {
                 "tool_id": tool_id,

@@ -296,8 +296,7 @@ def resume(tool_id: ToolArg, dest_id: DestArg) -> None:
         async with open_runtime(settings) as runtime:
             await runtime.tool_service.set_paused(tool_id, dest_id, False)
             await asyncio.sleep(picked_up_after(settings.tools_refresh_interval))
-            # Replayer.release_paused comes with the worker side of delivery control.
-            requeued: int = await runtime.replayer.release_paused(tool_id, dest_id)  # type: ignore[attr-defined]
+            requeued: int = await runtime.replayer.release_paused(tool_id, dest_id)
             return requeued
 
     with pipeline_errors():
