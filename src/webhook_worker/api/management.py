@@ -124,7 +124,6 @@ class ManagementAPI:
         tool_id, destination_id = _destination(request)
         await self._tools.set_paused(tool_id, destination_id, False)
         await asyncio.sleep(self._picked_up)
-        # Replayer.release_paused comes with the worker side of delivery control.
         requeued = await self._replayer.release_paused(tool_id, destination_id)
         return JSONResponse(
             {
