@@ -118,6 +118,9 @@ class Gatekeeper:
 
     def admit(self, part: Part) -> None:
         """Take a controlled delivery: it goes when the gate lets it."""
+        if self._stopping.is_set():
+            self._defer(part, 0.0)  # another worker takes it up
+            return
         key = (part.message.tool_id, part.destination_id)
         line = self._lines.get(key)
         if line is None:
