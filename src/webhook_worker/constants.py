@@ -26,6 +26,9 @@ REDIS_ORDER_SUFFIX: Final = "order"
 """``{prefix}:order:{tool_id}:{destination_id}:{key}`` (hash: ``assigned``, the last position
 the queue gave; ``settled``, every position up to it is settled) and its ``:ahead`` sorted set
 (positions settled before an earlier one): one ordering key's state."""
+REDIS_CIRCUITS_SUFFIX: Final = "circuits"
+"""``{prefix}:circuits`` (hash: ``{tool_id}:{destination_id}`` -> circuit state): every
+destination whose circuit is not closed, so listing them needs no SCAN of the keyspace."""
 
 
 class RedisKeys:
@@ -37,6 +40,7 @@ class RedisKeys:
     __slots__ = (
         "_dedupe_prefix",
         "_replay_prefix",
+        "circuits",
         "gate_prefix",
         "malformed",
         "order_prefix",
@@ -64,6 +68,9 @@ class RedisKeys:
         self.order_prefix = f"{prefix}:{REDIS_ORDER_SUFFIX}:"
         """What :meth:`order` puts before ``{tool_id}:{destination_id}:{key}`` (the enqueue
         script composes the keys of the positions it gives)."""
+        self.circuits = f"{prefix}:{REDIS_CIRCUITS_SUFFIX}"
+        """``{prefix}:circuits``: hash of the destinations whose circuit is not closed
+        (``{tool_id}:{destination_id}`` -> 1 half-open, 2 open)."""
 
     def retry_hash(self, member: str) -> str:
         """``{prefix}:retry:{member}``: the fields of a message waiting for a retry (``member``

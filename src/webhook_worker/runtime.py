@@ -8,12 +8,18 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 
+import redis.asyncio as aioredis
+
 from webhook_worker.config import Settings
 from webhook_worker.constants import TABLE_QUEUE, RedisKeys
+from webhook_worker.control.base import Gate
+from webhook_worker.control.database import DatabaseGate
+from webhook_worker.control.redis import RedisGate
 from webhook_worker.errors import DatabaseUnavailableError, WebhookWorkerError
 from webhook_worker.queue.base import Queue
 from webhook_worker.queue.batcher import EnqueueBatcher
 from webhook_worker.queue.database import DatabaseQueue
+from webhook_worker.queue.redis_connection import connect
 from webhook_worker.queue.redis_streams import RedisStreamsQueue
 from webhook_worker.replay import Replayer
 from webhook_worker.storage import migrate
@@ -45,6 +51,9 @@ class Runtime:
     events: EventStore
     batcher: EnqueueBatcher
     forwarder: Forwarder
+    gate: Gate
+    """Delivery control shared by every process: in Redis with the Redis queue, else in the
+    database."""
 
     def worker(self) -> Worker:
         s = self.settings
@@ -61,6 +70,8 @@ class Runtime:
             replayer=self.replayer,
             dlq_auto_retry_max=s.dlq_auto_retry_max,
             dlq_auto_retry_interval=s.dlq_auto_retry_interval,
+            gate=self.gate,
+            tools_refresh_interval=s.tools_refresh_interval,
         )
 
     def processor(self) -> Processor:
@@ -137,6 +148,13 @@ async def open_runtime(
         # Embedded: the queue is in the SQLite file, so the worker's commits may skip the fsync.
         db.relaxed_commits = db.is_sqlite and isinstance(queue, DatabaseQueue)
         forwarder = Forwarder(guard=TargetGuard(settings.allow_private_forward))
+        gate_client: aioredis.Redis | None = None
+        gate: Gate
+        if isinstance(queue, RedisStreamsQueue):
+            gate_client = connect(settings)  # its own pool: control never waits behind a batch
+            gate = RedisGate(gate_client, queue.keys)
+        else:
+            gate = DatabaseGate(db)
         try:
             store = ToolStore(db, secrets)
             await store.reencrypt()  # after a key is set or rotated, nothing waits for an edit
@@ -155,9 +173,12 @@ async def open_runtime(
                 events=EventStore(db),
                 batcher=EnqueueBatcher(queue),
                 forwarder=forwarder,
+                gate=gate,
             )
             yield runtime
         finally:
+            if gate_client is not None:
+                await gate_client.aclose()
             await forwarder.close()
             await queue.close()
 

@@ -15,9 +15,10 @@ from sqlalchemy import select
 from tests.queue.support import NOT_YET, SOON, TTL, message
 from tests.support import eventually, free_port
 from webhook_worker.errors import QueueUnavailableError
+from webhook_worker.queue.base import Message, Position
 from webhook_worker.queue.database import DatabaseQueue
 from webhook_worker.storage.database import Database
-from webhook_worker.storage.schema import queue_messages
+from webhook_worker.storage.schema import ordering_keys, queue_messages
 
 
 def queue(db: Database, consumer: str = "c1", **options: Any) -> DatabaseQueue:
@@ -80,6 +81,41 @@ async def test_concurrent_overlapping_batches_do_not_deadlock(
         by_key_b = dict(zip(reversed(keys), results_b, strict=True))
         assert all(by_key_a[k].event_id == by_key_b[k].event_id for k in keys)
     assert await api_a.depth() == 10 * 300
+
+
+async def test_concurrent_batches_of_many_ordering_keys_take_turns(
+    db: Database, other_db: Database
+) -> None:
+    api_a, api_b = queue(db, "api-a"), queue(other_db, "api-b")
+    await asyncio.gather(api_a.ping(), api_b.ping())
+    keys = [f"k{i}" for i in range(300)]
+
+    def batch(order: list[str]) -> list[Message]:
+        return [message(ordering=(Position("billing", key, 0),)) for key in order]
+
+    for _ in range(5):
+        # Keys in opposite orders: without a fixed lock order PostgreSQL would deadlock.
+        await asyncio.gather(
+            api_a.enqueue(batch(keys + keys)), api_b.enqueue(batch(keys[::-1] + keys[::-1]))
+        )
+
+    given: dict[str, list[int]] = {}
+    for delivery in await api_a.receive(10000, 0):
+        [position] = delivery.message.ordering
+        given.setdefault(position.key, []).append(position.seq)
+    assert {key: sorted(found) for key, found in given.items()} == {
+        key: list(range(1, 21)) for key in keys
+    }
+    before = time.time()
+    await api_a.enqueue(batch(["k0"]))
+    async with db.connect() as conn:
+        rows = (
+            await conn.execute(
+                select(ordering_keys.c.key, ordering_keys.c.assigned, ordering_keys.c.used_at)
+            )
+        ).all()
+    assert {row.key: row.assigned for row in rows} == {key: 20 for key in keys} | {"k0": 21}
+    assert max(row.used_at for row in rows) >= before
 
 
 async def test_a_late_renewal_leaves_the_new_holders_lease_alone(

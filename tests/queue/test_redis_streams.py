@@ -20,10 +20,12 @@ from webhook_worker.constants import (
     FIELD_BODY,
     FIELD_MALFORMED_ERROR,
     FIELD_MALFORMED_SOURCE_ID,
+    FIELD_ORDERING,
     REDIS_GROUP,
 )
+from webhook_worker.control.base import ORDERING_IDLE_TTL
 from webhook_worker.errors import QueueUnavailableError
-from webhook_worker.queue.base import EnqueueResult
+from webhook_worker.queue.base import EnqueueResult, Position
 from webhook_worker.queue.redis_connection import connect
 from webhook_worker.queue.redis_streams import RedisStreamsQueue
 
@@ -139,6 +141,40 @@ async def test_failed_append_forgets_the_delivery_id(
         await queue.enqueue([sent])
     # Otherwise the sender's retry would be answered "duplicate" for an event never enqueued.
     assert await redis_client.exists(queue.keys.dedupe(sent.tool_id, sent.delivery_id)) == 0
+
+
+# Ordering positions.
+
+
+async def test_an_ordering_key_hash_holds_the_last_position_and_idles_out(
+    queue: RedisStreamsQueue, redis_client: aioredis.Redis
+) -> None:
+    positions = (Position("billing", "a:b", 0),)  # a key may hold ':' (it comes last)
+    await queue.enqueue([message(ordering=positions), message(ordering=positions)])
+    key = queue.keys.order("github", "billing", "a:b")
+    assert await redis_client.hgetall(key) == {b"assigned": b"2"}
+    ttl_ms = await redis_client.pttl(key)
+    assert ORDERING_IDLE_TTL * 1000 - 60_000 < ttl_ms <= ORDERING_IDLE_TTL * 1000
+    # The entry carries the text every other reader writes too.
+    entries = await stream_entries(redis_client, queue.stream_key)
+    assert [fields[FIELD_ORDERING] for _, fields in entries] == [
+        b'[["billing","a:b",1]]',
+        b'[["billing","a:b",2]]',
+    ]
+
+
+async def test_failed_append_gives_its_positions_back(
+    queue: RedisStreamsQueue, redis_client: aioredis.Redis
+) -> None:
+    positions = (Position("billing", "a", 0), Position("crm", "b", 0))
+    await queue.enqueue([message(ordering=positions)])
+    await redis_client.delete(queue.stream_key)
+    await redis_client.set(queue.stream_key, b"not a stream")
+    with pytest.raises(QueueUnavailableError):
+        await queue.enqueue([message(ordering=positions)])
+    # Otherwise the key's next event would wait for a position never sent.
+    for dest, key in (("billing", "a"), ("crm", "b")):
+        assert await redis_client.hget(queue.keys.order("github", dest, key), "assigned") == b"1"
 
 
 # Reclaiming what a dead consumer left behind.

@@ -11,6 +11,8 @@ import orjson
 import pytest
 from sqlalchemy import Table, select
 
+from webhook_worker.queue.base import Position
+from webhook_worker.queue.positions import encode_ordering
 from webhook_worker.storage.database import Database
 from webhook_worker.storage.deadletters import resolve_dead_letters, upsert_dead_letters
 from webhook_worker.storage.events import (
@@ -128,3 +130,15 @@ async def test_records_round_trip(db: Database) -> None:
     assert bytes(stored[0]["body"]) == b'{"n":1}'
     assert [(d["id"], d["error"]) for d in letters] == [(letter.id, "still no")]
     assert sorted(tried) == ["dead", "forwarded"]
+
+
+async def test_an_events_ordering_is_stored_as_given(db: Database) -> None:
+    ordered, unordered = (
+        "00000000-0000-7000-8000-000000000003",
+        "00000000-0000-7000-8000-000000000004",
+    )
+    text = encode_ordering((Position("billing", "c-7", 3), Position("crm", "é", 1)))
+    async with db.begin() as conn:
+        await insert_events(conn, [event(ordered)._replace(ordering=text), event(unordered)])
+        stored = dict((await conn.execute(select(events.c.id, events.c.ordering))).all())
+    assert stored == {ordered: text, unordered: None}

@@ -9,6 +9,8 @@ from datetime import timedelta
 import orjson
 
 from tests.storage.support import BASE_TIME, event_id, event_record, letter_id, letter_record, seed
+from webhook_worker.queue.base import Position
+from webhook_worker.queue.positions import encode_ordering
 from webhook_worker.storage import replays
 from webhook_worker.storage.database import Database
 from webhook_worker.storage.deadletters import DeadLetterFilter, DeadLetterStore
@@ -83,6 +85,21 @@ async def test_messages_are_rebuilt_from_the_stored_events(db: Database) -> None
     assert message.received_at == record["received_at"].timestamp()
     assert message.attempt == 0
     assert message.retry_from is not None and message.retry_from >= before
+
+
+async def test_rebuilt_messages_keep_the_events_ordering(db: Database) -> None:
+    positions = (Position("billing", "c-7", 4), Position("crm", "eu", 9))
+    stored = [event_record(1, ordering=encode_ordering(positions)), event_record(2, ordering=None)]
+    await seed(db, stored)
+    async with db.begin() as conn:
+        rebuilt = await replays.messages(
+            conn, [(event_id(1), None), (event_id(1), "crm"), (event_id(2), None)]
+        )
+    assert [(m.event_id, m.destination_id, m.ordering) for m in rebuilt] == [
+        (event_id(1), None, positions),
+        (event_id(1), "crm", positions),
+        (event_id(2), None, ()),
+    ]
 
 
 async def test_pending_matching_skips_what_was_retried_since_the_run_began(db: Database) -> None:

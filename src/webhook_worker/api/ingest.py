@@ -1,8 +1,9 @@
 """``POST /webhooks/{tool_id}``: verify, de-duplicate, enqueue, answer. The hot path.
 
 Plain Starlette on raw bytes: no model validation, no ORM, and the JSON body is parsed only when
-the tool reads its event type or delivery id from it. The answer is 202 only once the queue has
-the event durably; when the queue is away the answer is 503 and the sender retries.
+the tool reads its event type, delivery id or a destination's ordering key from it. The answer
+is 202 only once the queue has the event durably; when the queue is away the answer is 503 and
+the sender retries.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from webhook_worker.queue.base import EnqueueResult, Message
 from webhook_worker.queue.batcher import EnqueueBatcher
 from webhook_worker.tools.cache import ToolCache
 from webhook_worker.tools.model import FieldSource, Tool
+from webhook_worker.tools.ordering import positions
 
 log = logging.getLogger(__name__)
 
@@ -149,6 +151,9 @@ class IngestHandler:
                 metrics.INGEST_REJECTED.labels(tool_id=tool_id, reason="too_deep").inc()
                 return _too_deep()
         event_type = _extract(tool.event_type, headers, parsed)
+        # Seq 0 each: the queue gives the seqs as it writes the message. Free for a tool
+        # without ordering keys (the body is not parsed for them).
+        ordering = positions(tool, body) if parsed is _NOT_PARSED else positions(tool, body, parsed)
         delivery_id = _extract(tool.delivery_id, headers, parsed)
         replay_key = None
         if delivery_id is None:
@@ -181,6 +186,7 @@ class IngestHandler:
             # puts its PRODUCER span's context (a child of the caller's) here instead.
             traceparent=_valid_traceparent(headers.get("traceparent")),
             replay_key=replay_key,
+            ordering=ordering,
         )
         try:
             if tracing.enabled():

@@ -11,6 +11,10 @@ De-duplication uses ``delivery_ids``: the upsert that records a delivery id is t
 the same transaction as the queue insert, so of two concurrent requests with one delivery id
 exactly one is enqueued. A message's replay key (see :class:`Message`) is a second row there,
 its ``delivery_id`` the key after ``replay:``, recorded by the same upsert.
+
+Ordering positions are given in that transaction too, for the accepted messages only: an upsert
+of ``ordering_keys`` counts each key's ``assigned`` up (its row lock serialises concurrent
+enqueues of one key), and the message's row carries them in ``ordering``.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import asyncio
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
+from dataclasses import replace
 from typing import Any, TypeVar
 
 from sqlalchemy import (
@@ -36,17 +41,21 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from webhook_worker.constants import DELIVERY_REPLAY_PREFIX
 from webhook_worker.errors import DatabaseUnavailableError, QueueUnavailableError
-from webhook_worker.queue.base import Delivery, EnqueueResult, Message
+from webhook_worker.queue.base import Delivery, EnqueueResult, Message, Position
+from webhook_worker.queue.positions import decode_ordering, encode_ordering
 from webhook_worker.storage.database import Database
-from webhook_worker.storage.schema import delivery_ids, queue_messages
+from webhook_worker.storage.schema import delivery_ids, ordering_keys, queue_messages
 
 __all__ = ["DatabaseQueue"]
 
 _T = TypeVar("_T")
 _Key = tuple[str, str]
+_OrderKey = tuple[str, str, str]
+"""(tool id, destination id, ordering key): one row of ``ordering_keys``."""
 
 # PostgreSQL accepts at most 32767 bind parameters per statement; 1000 rows of four stays far
 # below that and below SQLite's limit, while still being one statement for any usual batch.
@@ -66,6 +75,7 @@ _MESSAGE_COLUMNS = (
     queue_messages.c.attempt,
     queue_messages.c.retry_from,
     queue_messages.c.destination_id,
+    queue_messages.c.ordering,
 )
 
 
@@ -98,6 +108,7 @@ class DatabaseQueue:
             postgresql.insert if db.dialect == "postgresql" else sqlite.insert
         )
         self._record_ids = self._record_ids_statement()
+        self._give_positions = self._give_positions_statement()
         self._redirect_ids = (
             update(delivery_ids)
             .where(
@@ -186,6 +197,7 @@ class DatabaseQueue:
                     if moved:
                         await conn.execute(self._redirect_ids, moved)
                 if accepted:
+                    accepted = await self._with_positions(conn, accepted, now)
                     await conn.execute(insert(queue_messages), [_row(m, now) for m in accepted])
         if accepted:
             self._enqueued.set()
@@ -291,6 +303,7 @@ class DatabaseQueue:
                 attempt=bindparam("next_attempt"),
                 retry_from=bindparam("series_start"),
                 destination_id=bindparam("destination"),
+                ordering=bindparam("positions"),
                 locked_by=None,
                 locked_until=None,
                 deliveries=0,
@@ -311,6 +324,7 @@ class DatabaseQueue:
                     "next_attempt": d.message.attempt,
                     "series_start": d.message.retry_from,
                     "destination": d.message.destination_id,
+                    "positions": encode_ordering(d.message.ordering),
                 }
             )
         with _unavailable("schedule a retry"):
@@ -411,6 +425,56 @@ class DatabaseQueue:
             where=delivery_ids.c.expires_at < statement.excluded.expires_at - ttl,
         ).returning(delivery_ids.c.tool_id, delivery_ids.c.delivery_id, delivery_ids.c.event_id)
 
+    def _give_positions_statement(self) -> Any:
+        """Count a key's ``assigned`` up by the new row's (the number of positions this batch
+        takes), RETURNING the last one given. The row lock of the upsert makes concurrent
+        enqueues of one key take turns, so no position is given twice."""
+        statement = self._upsert_insert(ordering_keys)
+        k = ordering_keys.c
+        return statement.on_conflict_do_update(
+            index_elements=[k.tool_id, k.destination_id, k.key],
+            set_={
+                "assigned": k.assigned + statement.excluded.assigned,
+                "used_at": statement.excluded.used_at,
+            },
+        ).returning(k.tool_id, k.destination_id, k.key, k.assigned)
+
+    async def _with_positions(
+        self, conn: AsyncConnection, accepted: list[Message], now: float
+    ) -> list[Message]:
+        """``accepted`` with the seqs of their positions given, in order, in the enqueue's
+        transaction (so a position is given if and only if the message is enqueued)."""
+        wanted: dict[_OrderKey, int] = {}
+        for message in accepted:
+            for p in message.ordering:
+                key = (message.tool_id, p.destination_id, p.key)
+                wanted[key] = wanted.get(key, 0) + 1
+        if not wanted:
+            return accepted
+        # Sorted, as the delivery ids are: concurrent batches lock the rows in one order.
+        rows = [
+            {"tool_id": t, "destination_id": d, "key": k, "assigned": n, "used_at": now}
+            for (t, d, k), n in sorted(wanted.items())
+        ]
+        following: dict[_OrderKey, int] = {}
+        for chunk in _chunks(rows):
+            result = await conn.execute(self._give_positions, list(chunk))
+            for tool_id, destination_id, key, assigned in result.all():
+                taken = wanted[(tool_id, destination_id, key)]
+                following[(tool_id, destination_id, key)] = int(assigned) - taken + 1
+        given: list[Message] = []
+        for message in accepted:
+            if not message.ordering:
+                given.append(message)
+                continue
+            positions = []
+            for p in message.ordering:
+                key = (message.tool_id, p.destination_id, p.key)
+                positions.append(Position(p.destination_id, p.key, following[key]))
+                following[key] += 1
+            given.append(replace(message, ordering=tuple(positions)))
+        return given
+
     async def _lease(
         self, condition: ColumnElement[bool], count: int, now: float, action: str
     ) -> list[Delivery]:
@@ -469,6 +533,7 @@ def _row(message: Message, available_at: float) -> dict[str, Any]:
         "attempt": message.attempt,
         "retry_from": message.retry_from,
         "destination_id": message.destination_id,
+        "ordering": encode_ordering(message.ordering),
         "available_at": available_at,
         "locked_by": None,
         "locked_until": None,
@@ -489,6 +554,7 @@ def _delivery(row: Row[Any]) -> Delivery:
         attempt=int(row.attempt),
         retry_from=None if row.retry_from is None else float(row.retry_from),
         destination_id=row.destination_id,
+        ordering=decode_ordering(row.ordering),
     )
     return Delivery(message=message, receipt=str(row.id), deliveries=int(row.deliveries))
 

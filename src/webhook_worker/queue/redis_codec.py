@@ -13,15 +13,19 @@ from webhook_worker.constants import (
     FIELD_EVENT_ID,
     FIELD_EVENT_TYPE,
     FIELD_HEADERS,
+    FIELD_ORDERING,
     FIELD_RECEIVED_AT,
     FIELD_RETRY_FROM,
     FIELD_TOOL_ID,
     FIELD_TRACEPARENT,
 )
 from webhook_worker.queue.base import Message
+from webhook_worker.queue.positions import decode_ordering, encode_ordering
 
 
-def encode(message: Message) -> list[bytes]:
+def encode(message: Message, *, ordering: bool = True) -> list[bytes]:
+    """The entry's fields, name and value in turn. ``ordering=False`` leaves the positions
+    out: the enqueue script writes them itself, once it has given the seqs."""
     fields = [
         FIELD_EVENT_ID,
         message.event_id.encode(),
@@ -47,6 +51,9 @@ def encode(message: Message) -> list[bytes]:
         fields += [FIELD_RETRY_FROM, repr(float(message.retry_from)).encode()]
     if message.destination_id is not None:
         fields += [FIELD_DESTINATION, message.destination_id.encode()]
+    text = encode_ordering(message.ordering) if ordering else None
+    if text is not None:
+        fields += [FIELD_ORDERING, text.encode()]
     return fields
 
 
@@ -72,4 +79,5 @@ def decode(fields: Mapping[bytes, bytes]) -> Message:
         attempt=int(fields.get(FIELD_ATTEMPT, b"0")),
         retry_from=None if retry_from is None else float(retry_from),
         destination_id=None if destination is None else destination.decode(),
+        ordering=decode_ordering(fields.get(FIELD_ORDERING)),
     )

@@ -6,21 +6,29 @@ event), so they need a single Redis instance or a primary (not Redis Cluster).
 
 from typing import Final
 
-# KEYS[1] the stream, then each message's dedupe keys in turn: its delivery id's, and its replay
-# key's when it has one. ARGV[1] the TTL in seconds, then per message: event id, number of keys,
-# number of field/value items, the items.
-# A message all of whose keys are new is added, its keys naming it. One with a known key is a
-# duplicate of the event that key names, and its other keys are recorded for that event too (a
-# replay's new delivery id then answers "duplicate" as well).
+# KEYS[1] the stream, then per message its dedupe keys (its delivery id's, and its replay key's
+# when it has one), then the ordering-key hashes of its positions.
+# ARGV[1] the dedupe TTL in seconds, ARGV[2] the ordering TTL in milliseconds, ARGV[3] the name
+# of the ordering field; then per message: event id, number of dedupe keys, number of
+# positions P, number of field/value items, the items, and (when P > 0) the P + 1 pieces of the
+# ordering text the seqs go between (see queue/positions.py: template).
+# A message all of whose dedupe keys are new is added, its keys naming it, and each of its
+# ordering keys gives it the next seq (HINCRBY of the hash's ``assigned``, whose idle expiry is
+# pushed back): a position is given if and only if the message is enqueued. One with a known
+# key is a duplicate of the event that key names, and its other keys are recorded for that
+# event too (a replay's new delivery id then answers "duplicate" as well); it gets no position.
 # Returns per message two items: 0 and the new event id, or 1 and the event id stored first.
 ENQUEUE: Final = """
 local out = {}
-local a = 2
+local a = 4
 local k = 2
 while a <= #ARGV do
   local event_id = ARGV[a]
   local last = k + tonumber(ARGV[a + 1]) - 1
-  local n = tonumber(ARGV[a + 2])
+  local p = tonumber(ARGV[a + 2])
+  local n = tonumber(ARGV[a + 3])
+  local pieces = 0
+  if p > 0 then pieces = p + 1 end
   local first = false
   local set = k - 1
   for i = k, last do
@@ -38,17 +46,33 @@ while a <= #ARGV do
     out[#out + 1] = 1
     out[#out + 1] = first
   else
-    local added = redis.pcall('XADD', KEYS[1], '*', unpack(ARGV, a + 3, a + 2 + n))
+    local fields = {unpack(ARGV, a + 4, a + 3 + n)}
+    if p > 0 then
+      local b = a + 4 + n
+      local text = {ARGV[b]}
+      for j = 1, p do
+        text[#text + 1] = redis.call('HINCRBY', KEYS[last + j], 'assigned', 1)
+        redis.call('PEXPIRE', KEYS[last + j], ARGV[2])
+        text[#text + 1] = ARGV[b + j]
+      end
+      fields[#fields + 1] = ARGV[3]
+      fields[#fields + 1] = table.concat(text)
+    end
+    local added = redis.pcall('XADD', KEYS[1], '*', unpack(fields))
     if type(added) == 'table' and added.err then
-      -- Forget the keys, or the sender's retry would be called a duplicate of nothing.
+      -- Forget the keys, or the sender's retry would be called a duplicate of nothing; give
+      -- the seqs back, or the next event of the key would wait for one never sent.
       redis.call('DEL', unpack(KEYS, k, last))
+      for j = 1, p do
+        redis.call('HINCRBY', KEYS[last + j], 'assigned', -1)
+      end
       return added
     end
     out[#out + 1] = 0
     out[#out + 1] = event_id
   end
-  k = last + 1
-  a = a + 3 + n
+  k = last + p + 1
+  a = a + 4 + n + pieces
 end
 return out
 """

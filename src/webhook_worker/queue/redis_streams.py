@@ -10,6 +10,10 @@ Layout (every key under the configured prefix):
   requests with the same delivery id exactly one is enqueued.
 - ``{prefix}:replay:{tool_id}:{replay_key}``: the same, for a message's replay key (a hash of
   a body signed without an id or timestamp), set by the same script.
+- ``{prefix}:order:{tool_id}:{destination_id}:{key}``: per ordering key, ``assigned``, the
+  last position given. The enqueue script gives a new message the next one of each of its
+  keys and writes it into the entry, so positions follow the stream's order of acceptance
+  and a duplicate uses none. Forgotten after ORDERING_IDLE_TTL without use.
 - ``{prefix}:events:malformed``: entries that could not be decoded, set aside for a human.
 - ``{prefix}:retry`` (sorted set, score = due time) and ``{prefix}:retry:{event_id}`` (hash of
   the entry's fields): messages waiting for a retry. A worker moves due ones back into the
@@ -35,17 +39,22 @@ from webhook_worker.config import Settings
 from webhook_worker.constants import (
     FIELD_MALFORMED_ERROR,
     FIELD_MALFORMED_SOURCE_ID,
+    FIELD_ORDERING,
     REDIS_GROUP,
     RedisKeys,
     retry_member,
 )
+from webhook_worker.control.base import ORDERING_IDLE_TTL
 from webhook_worker.errors import QueueUnavailableError
 from webhook_worker.queue.base import Delivery, EnqueueResult, Message
+from webhook_worker.queue.positions import template
 from webhook_worker.queue.redis_codec import decode, encode, pairs
 from webhook_worker.queue.redis_connection import connect
 from webhook_worker.queue.redis_scripts import ENQUEUE, PROMOTE_DUE, RENEW
 
 logger = logging.getLogger(__name__)
+
+_ORDERING_TTL_MS = round(ORDERING_IDLE_TTL * 1000)
 
 MALFORMED_MAXLEN = 10_000
 """Approximate cap of the malformed stream: nothing there is pending, and a producer bug must not
@@ -131,20 +140,27 @@ class RedisStreamsQueue:
 
     async def enqueue(self, messages: Sequence[Message]) -> list[EnqueueResult]:
         """Add ``messages`` in order, in one round trip, skipping known delivery ids and replay
-        keys."""
+        keys; each message added gets the next seq of each of its ordering positions (a
+        duplicate gets none)."""
         if not messages:
             return []
         keys = [self._stream]
-        args: list[bytes | str | int] = [self._ttl]
+        args: list[bytes | str | int] = [self._ttl, _ORDERING_TTL_MS, FIELD_ORDERING]
         dedupe = self._keys.dedupe
         for message in messages:
             keys.append(dedupe(message.tool_id, message.delivery_id))
-            fields = encode(message)
-            if message.replay_key is None:
-                args += [message.event_id, 1, len(fields), *fields]
-            else:
+            fields = encode(message, ordering=False)
+            dedupe_keys = 1
+            if message.replay_key is not None:
                 keys.append(self._keys.replay(message.tool_id, message.replay_key))
-                args += [message.event_id, 2, len(fields), *fields]
+                dedupe_keys = 2
+            ordering = message.ordering
+            args += [message.event_id, dedupe_keys, len(ordering), len(fields), *fields]
+            if ordering:
+                # The script gives the seqs and writes the field from these pieces.
+                order = self._keys.order
+                keys += [order(message.tool_id, p.destination_id, p.key) for p in ordering]
+                args += template(ordering)
         with self._unavailable("enqueue"):
             reply = await self._enqueue_script(keys=keys, args=args)
         return [

@@ -78,10 +78,10 @@ async def insert_events(conn: AsyncConnection, records: Sequence[EventRecord]) -
 # 500 rows has 5,500 parameters and is a new statement for every batch size).
 _INSERT_EVENTS_UNNEST = """
 INSERT INTO events (id, tool_id, event_type, delivery_id, status, received_at, processed_at,
-                    headers, body, payload, attempt_count)
+                    headers, body, payload, attempt_count, ordering)
 SELECT * FROM unnest($1::varchar[], $2::varchar[], $3::varchar[], $4::varchar[], $5::varchar[],
                      $6::timestamptz[], $7::timestamptz[], $8::jsonb[], $9::bytea[],
-                     $10::jsonb[], $11::int[])
+                     $10::jsonb[], $11::int[], $12::text[])
 ON CONFLICT DO NOTHING
 RETURNING id
 """

@@ -42,6 +42,10 @@ class EventRecord(NamedTuple):
     payload: Any
     """The stored JSON when it differs from the body (a transform ran), else None."""
     attempt_count: int
+    ordering: str | None = None
+    """The message's ordering positions as JSON text (``queue.positions.encode_ordering``),
+    None when no destination orders the event: kept so that a replay, or a paused delivery
+    sent again, keeps its place in the order."""
 
 
 class OutcomeRecord(NamedTuple):

@@ -21,6 +21,7 @@ from sqlalchemy import RowMapping, bindparam, or_, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from webhook_worker.queue.base import Message
+from webhook_worker.queue.positions import decode_ordering
 from webhook_worker.storage.deadletters import DeadLetterFilter
 from webhook_worker.storage.deliveries import lock_events
 from webhook_worker.storage.events import EventFilter
@@ -209,7 +210,8 @@ async def messages(
     conn: AsyncConnection, targets: Sequence[tuple[str, str | None]]
 ) -> list[Message]:
     """Queue messages rebuilt from the stored events, one per target (event id, destination
-    id or None for the whole event): a new retry series starting now."""
+    id or None for the whole event): a new retry series starting now, with the event's
+    ordering positions as stored (never new ones)."""
     if not targets:
         return []
     event_ids = list(dict.fromkeys(event_id for event_id, _ in targets))
@@ -234,4 +236,6 @@ def _message(row: RowMapping, now: float) -> Message:
         body=bytes(row["body"]),
         attempt=0,
         retry_from=now,
+        # The positions given when the event was accepted: sent again, it keeps its place.
+        ordering=decode_ordering(row["ordering"]),
     )

@@ -19,6 +19,7 @@ from opentelemetry.trace import Span
 
 from webhook_worker.observability import tracing
 from webhook_worker.queue.base import Delivery, Message, Position
+from webhook_worker.queue.positions import encode_ordering
 from webhook_worker.storage.records import (
     AttemptRecord,
     DeliveryRecord,
@@ -222,6 +223,7 @@ def event_record(work: Work, now: datetime) -> EventRecord:
         work.payload,
         # attempt_count: the attempts written with the event (a destination decided at once).
         sum(part.status.final for part in work.parts) if work.parts else int(final),
+        encode_ordering(message.ordering) if message.ordering else None,  # ordering
     )
 
 
