@@ -268,10 +268,14 @@ class Target:
         )
         if self.delay:
             await asyncio.sleep(self.delay)
-        status, headers = self.answers.pop(0) if self.answers else (200, {})
+        status, headers = self.answer(body)
         raw_headers = [(k.encode(), v.encode()) for k, v in headers.items()]
         await send({"type": "http.response.start", "status": status, "headers": raw_headers})
         await send({"type": "http.response.body", "body": b"target says %d" % status})
+
+    def answer(self, body: bytes) -> tuple[int, dict[str, str]]:
+        """What to answer a request with this body: the next of ``answers``, else 200."""
+        return self.answers.pop(0) if self.answers else (200, {})
 
 
 @asynccontextmanager

@@ -13,3 +13,11 @@ def test_redis_keys_are_the_documented_names() -> None:
     assert keys.retry_hash("0192-abc") == "webhook-worker:prod:retry:0192-abc"
     assert keys.retry_hash_prefix == "webhook-worker:prod:retry:"
     assert keys.dedupe("github", "d-1:x") == "webhook-worker:prod:delivery:github:d-1:x"
+    assert keys.gate("shop", "billing") == "webhook-worker:prod:gate:shop:billing"
+    assert keys.gate_prefix == "webhook-worker:prod:gate:"
+    assert keys.circuits == "webhook-worker:prod:circuits"
+    # The ordering key comes last: it may hold ':' itself.
+    assert (
+        keys.order("shop", "billing", "cus:42") == "webhook-worker:prod:order:shop:billing:cus:42"
+    )
+    assert keys.order_prefix == "webhook-worker:prod:order:"

@@ -189,7 +189,24 @@ def test_the_schema_accepts_the_definitions_the_server_accepts() -> None:
         {"id": "t", "destinations": [{"id": "a"}]},
         {"id": "t", "destinations": [{"id": "-a", "url": "https://e.com"}]},
         {"id": "t", "destinations": [{"id": "a" * 65, "url": "https://e.com"}]},
-        {"id": "t", "destinations": [{"id": "a", "url": "https://e.com", "paused": True}]},
+        {"id": "t", "destinations": [{"id": "a", "url": "https://e.com", "paused": "yes"}]},
+        {"id": "t", "destinations": [{"id": "a", "url": "https://e.com", "max_in_flight": 0}]},
+        {"id": "t", "destinations": [{"id": "a", "url": "https://e.com", "colour": "red"}]},
+        {
+            "id": "t",
+            "destinations": [{"id": "a", "url": "https://e.com", "rate_limit": {"requests": 0}}],
+        },
+        {
+            "id": "t",
+            "destinations": [
+                {"id": "a", "url": "https://e.com", "circuit_breaker": {"failure_threshold": 0}}
+            ],
+        },
+        {
+            "id": "t",
+            "mode": "store_and_forward",
+            "forward": {"url": "https://e.com", "paused": True},
+        },
         {"id": "t", "destinations": [{"id": "a", "url": "https://e.com", "enabled": "no"}]},
         {"id": "t", "destinations": [{"id": f"d{n}", "url": "https://e.com"} for n in range(33)]},
     ],

@@ -51,7 +51,7 @@ CHECKS = [
     response_headers_conformance,
     response_schema_conformance,
 ]
-# Examples per operation and kind of request; 14 operations, so about 14 * (50 + 40 + 30) requests
+# Examples per operation and kind of request; 17 operations, so about 17 * (50 + 40 + 30) requests
 # per backend.
 POSITIVE_EXAMPLES = 50
 NEGATIVE_EXAMPLES = 40
@@ -63,9 +63,15 @@ class Seeded:
     tool_ids: list[str]
     event_ids: list[str]
     dlq_ids: list[str]
+    destination_ids: list[str]
 
     def path_values(self) -> dict[str, list[str]]:
-        return {"tool_id": self.tool_ids, "event_id": self.event_ids, "dlq_id": self.dlq_ids}
+        return {
+            "tool_id": self.tool_ids,
+            "event_id": self.event_ids,
+            "dlq_id": self.dlq_ids,
+            "destination_id": self.destination_ids,
+        }
 
 
 async def seed(runtime: Runtime) -> Seeded:
@@ -77,6 +83,7 @@ async def seed(runtime: Runtime) -> Seeded:
             "provider": "github",
             "auth": {"secret": "hmac-s3cret"},
             "description": "seeded",
+            "destinations": [{"id": "billing", "url": "https://billing.example.com/in"}],
         }
     )
     now = datetime.now(UTC)
@@ -135,7 +142,7 @@ async def seed(runtime: Runtime) -> Seeded:
             ],
         )
         await upsert_dead_letters(conn, letters)
-    return Seeded(["demo"], [e.id for e in events], [d.id for d in letters])
+    return Seeded(["demo"], [e.id for e in events], [d.id for d in letters], ["billing"])
 
 
 def exercise(session: requests.Session, strategy: Any, examples: int, extra: list[Any]) -> int:
@@ -186,7 +193,7 @@ def run_schemathesis(base_url: str, seeded: Seeded) -> tuple[int, list[str]]:
     for result in schema.get_all_operations():
         assert isinstance(result, Ok), result.err()
         operations.append(result.ok())
-    assert len(operations) == 15, [op.label for op in operations]
+    assert len(operations) == 17, [op.label for op in operations]
 
     for operation in operations:
         path_names = [p.name for p in operation.path_parameters]

@@ -163,13 +163,12 @@ def test_an_invalid_destination_is_named_by_its_position(
     assert message in error.message
 
 
-@pytest.mark.parametrize(
-    "name", ["rate_limit", "max_in_flight", "circuit_breaker", "ordering_key", "paused", "colour"]
-)
-def test_fields_not_declared_yet_are_unknown(name: str) -> None:
-    error = refusal(tool({**destination(), name: 1}))
-    assert error.field == f"destinations[0].{name}"
-    assert error.message.startswith("unknown field (known: enabled, filter, headers, id, method,")
+def test_an_unknown_destination_field_is_named_with_the_known_ones() -> None:
+    error = refusal(tool({**destination(), "colour": 1}))
+    assert error.field == "destinations[0].colour"
+    assert error.message.startswith(
+        "unknown field (known: circuit_breaker, enabled, filter, headers, id, max_in_flight,"
+    )
 
 
 @pytest.mark.parametrize(

@@ -45,6 +45,7 @@ def create_app(runtime: Runtime) -> Starlette:
         runtime.events,
         DeadLetterStore(runtime.db),
         runtime.replayer,
+        refresh_interval=settings.tools_refresh_interval,
     )
     routes = [
         Route("/webhooks/{tool_id}", ingest.handle, methods=["POST"]),
@@ -126,7 +127,7 @@ def health_routes(runtime: Runtime) -> list[Route]:
     """``/health``, ``/health/live``, ``/health/ready`` and ``/metrics`` (API and worker)."""
     settings = runtime.settings
     health = Health(runtime.db, runtime.queue, settings.uses_redis, settings.health)
-    gauges = Gauges(runtime.db, runtime.queue, settings.health.check_timeout)
+    gauges = Gauges(runtime.db, runtime.queue, settings.health.check_timeout, gate=runtime.gate)
     process_metrics.install_gc_hooks()
 
     async def full(request: Request) -> Response:

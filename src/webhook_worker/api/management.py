@@ -7,6 +7,7 @@ clients are served) and turns the errors they raise into answers that name the o
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -28,7 +29,7 @@ from webhook_worker.storage.deadletters import (
 )
 from webhook_worker.storage.events import EventFilter, EventStore
 from webhook_worker.storage.rows import Page
-from webhook_worker.tools.service import ToolService
+from webhook_worker.tools.service import ToolService, picked_up_after
 from webhook_worker.vocabulary import DeadLetterStatus, EventStatus
 
 _F = TypeVar("_F", EventFilter, DeadLetterFilter)
@@ -42,11 +43,16 @@ class ManagementAPI:
         events: EventStore,
         dead_letters: DeadLetterStore,
         replayer: Replayer,
+        *,
+        refresh_interval: float,
     ) -> None:
         self._tools = tools
         self._events = events
         self._dead_letters = dead_letters
         self._replayer = replayer
+        # Every process re-reads its tools within TOOLS_REFRESH_INTERVAL: after this long, a
+        # change of `paused` is what every worker acts on.
+        self._picked_up = picked_up_after(refresh_interval)
 
     def routes(self) -> list[Route]:
         """The routes, relative to where :func:`webhook_worker.api.v1.management_app` mounts
@@ -58,6 +64,16 @@ class ManagementAPI:
             Route("/tools/{tool_id}", self.replace_tool, methods=["PUT"]),
             Route("/tools/{tool_id}", self.patch_tool, methods=["PATCH"]),
             Route("/tools/{tool_id}", self.delete_tool, methods=["DELETE"]),
+            Route(
+                "/tools/{tool_id}/destinations/{destination_id}/pause",
+                self.pause_destination,
+                methods=["POST"],
+            ),
+            Route(
+                "/tools/{tool_id}/destinations/{destination_id}/resume",
+                self.resume_destination,
+                methods=["POST"],
+            ),
             Route("/events", self.list_events, methods=["GET"]),
             Route("/events/replay", self.replay_events, methods=["POST"]),
             Route("/events/{event_id}", self.get_event, methods=["GET"]),
@@ -89,6 +105,34 @@ class ManagementAPI:
     async def delete_tool(self, request: Request) -> Response:
         await self._tools.delete(request.path_params["tool_id"])
         return Response(status_code=204)
+
+    async def pause_destination(self, request: Request) -> Response:
+        """Stop deliveries to one destination: they wait (``paused``) until it is resumed. The
+        answer comes once every worker has re-read its tools (TOOLS_REFRESH_INTERVAL), and a
+        worker checks ``paused`` right before each send: after it, no new delivery starts
+        there (one already under way finishes). Idempotent."""
+        tool_id, destination_id = _destination(request)
+        await self._tools.set_paused(tool_id, destination_id, True)
+        await asyncio.sleep(self._picked_up)
+        return JSONResponse({"tool_id": tool_id, "destination_id": destination_id, "paused": True})
+
+    async def resume_destination(self, request: Request) -> Response:
+        """Deliver to one destination again, and send what waited while it was paused, oldest
+        first. The waiting deliveries are released only once every worker has re-read its
+        tools (TOOLS_REFRESH_INTERVAL): a worker still seeing the pause would park them again.
+        Idempotent: resuming a destination that is not paused sends whatever still waits."""
+        tool_id, destination_id = _destination(request)
+        await self._tools.set_paused(tool_id, destination_id, False)
+        await asyncio.sleep(self._picked_up)
+        requeued = await self._replayer.release_paused(tool_id, destination_id)
+        return JSONResponse(
+            {
+                "tool_id": tool_id,
+                "destination_id": destination_id,
+                "paused": False,
+                "requeued": requeued,
+            }
+        )
 
     async def list_events(self, request: Request) -> Response:
         query = request.query_params
@@ -165,6 +209,10 @@ class ManagementAPI:
         while requeued := await self._replayer.retry_matching(where, before=started):
             total += requeued
         return JSONResponse({"requeued": total})
+
+
+def _destination(request: Request) -> tuple[str, str]:
+    return request.path_params["tool_id"], request.path_params["destination_id"]
 
 
 async def _optional_json_object(request: Request) -> dict[str, Any]:

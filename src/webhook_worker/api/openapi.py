@@ -338,6 +338,7 @@ def document() -> dict[str, Any]:
                     },
                 },
             },
+            **_destination_control(tool_id),
             "/api/v1/events": {
                 "get": {
                     "summary": "List events, newest first",
@@ -512,6 +513,64 @@ def document() -> dict[str, Any]:
         },
     }
     return _refusing_non_json(spec)
+
+
+_PAUSE_WAIT = (
+    "It answers once every worker has re-read its tools (after TOOLS_REFRESH_INTERVAL plus a "
+    "quarter of a second)"
+)
+
+
+def _destination_control(tool_id: dict[str, Any]) -> dict[str, Any]:
+    """Pause and resume of one destination."""
+    destination_id = _path("destination_id")
+
+    def state(paused: bool, extra: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "type": "object",
+            "required": ["tool_id", "destination_id", "paused", *extra],
+            "properties": {
+                "tool_id": {"type": "string"},
+                "destination_id": {"type": "string"},
+                "paused": {"const": paused},
+                **extra,
+            },
+        }
+
+    failures = {
+        "404": _error("unknown tool, or a destination the tool does not have"),
+        "409": _error("the destination is the tool's `forward` (declare it in destinations)"),
+        **_COMMON,
+    }
+    return {
+        "/api/v1/tools/{tool_id}/destinations/{destination_id}/pause": {
+            "parameters": [tool_id, destination_id],
+            "post": {
+                "summary": "Pause one destination: its deliveries wait until it is resumed",
+                "description": f"Deliveries to it wait with status `paused`, neither attempted "
+                f"nor dead-lettered. {_PAUSE_WAIT}; workers check `paused` right before each "
+                "send, so once it answers no new delivery starts there (one already under way "
+                "finishes). Idempotent.",
+                "responses": {"200": _json(state(True, {}), "paused"), **failures},
+            },
+        },
+        "/api/v1/tools/{tool_id}/destinations/{destination_id}/resume": {
+            "parameters": [tool_id, destination_id],
+            "post": {
+                "summary": "Resume one destination and send what waited, oldest first",
+                "description": f"{_PAUSE_WAIT}; then the deliveries that waited are sent again "
+                "in the order their events were received (`requeued` counts them). Idempotent.",
+                "responses": {
+                    "200": _json(
+                        state(False, {"requeued": {"type": "integer", "minimum": 0}}),
+                        "resumed",
+                    ),
+                    "503": _error("queue unavailable"),
+                    **failures,
+                },
+            },
+        },
+    }
 
 
 def _refusing_non_json(spec: dict[str, Any]) -> dict[str, Any]:

@@ -1,14 +1,20 @@
-"""``webhook-worker tools destinations``: list, add, update and remove a tool's destinations.
+"""``webhook-worker tools destinations``: list, add, update, remove, pause and resume a tool's
+destinations.
 
 Each command changes the tool's ``destinations`` through ToolService, as ``tools update`` does:
 the same store, the same validation, the same error lines. It starts from the tool's redacted
 view, so the secrets of the destinations it leaves alone go back as placeholders and are
 restored by their destination's id; only secrets given on the command line are new, and nothing
 printed holds one.
+
+``pause`` and ``resume`` change only the destination's ``paused`` flag (ToolService.set_paused),
+and return, like the API's, once every process has re-read its tools; ``resume`` then sends
+what waited, so it needs the queue as well as the database.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from typing import Annotated, Any
 
@@ -22,16 +28,22 @@ from webhook_worker.cli.common import (
     load_settings,
     print_json,
     print_table,
+    run_async,
     user_errors,
     with_store,
 )
+from webhook_worker.cli.display import control_summary
+from webhook_worker.cli.events import pipeline_errors
 from webhook_worker.cli.plain import plain
 from webhook_worker.config import Settings
+from webhook_worker.runtime import open_runtime
+from webhook_worker.storage.tools import ToolStore
 from webhook_worker.tools.model import DEFAULT_DESTINATION
-from webhook_worker.tools.service import ToolService
+from webhook_worker.tools.service import ToolService, picked_up_after
 
 app = typer.Typer(
-    help="List, add, change and remove a tool's destinations (each delivered independently).",
+    help="List, add, change, remove, pause and resume a tool's destinations (each delivered "
+    "independently).",
     no_args_is_help=True,
 )
 
@@ -80,7 +92,7 @@ def list_destinations(
             soft_wrap=True,
         )
         return
-    table = Table("id", "url", "method", "filter", "transform", "max retries", "enabled")
+    table = Table("id", "url", "method", "filter", "transform", "max retries", "control", "enabled")
     table.columns[0].no_wrap = True
     for item in items:
         retry = item.get("retry")
@@ -91,7 +103,8 @@ def list_destinations(
             plain(item.get("filter") or ""),
             plain(item.get("transform") or ""),
             plain(retry.get("max_retries", "") if isinstance(retry, Mapping) else ""),
-            "yes" if item.get("enabled", True) else "[red]no[/]",
+            plain(control_summary(item)),
+            _state(item),
         )
     print_table(table)
 
@@ -251,6 +264,56 @@ def remove(
         settings, tool_id, declared, f"cannot remove destination {dest_id!r} from tool {tool_id!r}"
     )
     console.print(plain(f"removed destination {dest_id!r} from tool {tool_id!r}"))
+
+
+@app.command()
+def pause(tool_id: ToolArg, dest_id: DestArg) -> None:
+    """Pause a destination: its deliveries wait (status paused), neither sent nor
+    dead-lettered, until `resume`. Returns once every worker has re-read its tools
+    (TOOLS_REFRESH_INTERVAL): from then on no new delivery starts there."""
+    settings = load_settings(quiet_logs=True)
+
+    async def go(store: ToolStore) -> None:
+        service = ToolService(store, allow_private_forward=settings.allow_private_forward)
+        await service.set_paused(tool_id, dest_id, True)
+        await asyncio.sleep(picked_up_after(settings.tools_refresh_interval))
+
+    with pipeline_errors():
+        with_store(settings, go)
+    console.print(
+        plain(f"paused {dest_id} of tool {tool_id}: no new deliveries start there"),
+        soft_wrap=True,
+    )
+
+
+@app.command()
+def resume(tool_id: ToolArg, dest_id: DestArg) -> None:
+    """Resume a paused destination and send the deliveries that waited, oldest first (once
+    every worker has re-read its tools, so that none parks them again)."""
+    settings = load_settings(quiet_logs=True)
+
+    async def go() -> int:
+        async with open_runtime(settings) as runtime:
+            await runtime.tool_service.set_paused(tool_id, dest_id, False)
+            await asyncio.sleep(picked_up_after(settings.tools_refresh_interval))
+            requeued: int = await runtime.replayer.release_paused(tool_id, dest_id)
+            return requeued
+
+    with pipeline_errors():
+        requeued = run_async(go())
+    sent = (
+        "no deliveries were waiting"
+        if requeued == 0
+        else f"{requeued} waiting {'delivery' if requeued == 1 else 'deliveries'} sent again"
+    )
+    console.print(plain(f"resumed {dest_id} of tool {tool_id}: {sent}"), soft_wrap=True)
+
+
+def _state(item: Mapping[str, Any]) -> str:
+    """The ``enabled`` cell: whether it is delivered to, and whether it is paused."""
+    if not item.get("enabled", True):
+        return "[red]no[/]"
+    return "[magenta]paused[/]" if item.get("paused") is True else "yes"
 
 
 def _tool_view(settings: Settings, tool_id: str) -> dict[str, Any]:

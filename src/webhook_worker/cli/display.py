@@ -5,6 +5,7 @@ this is its human form, every stored value plain text (see :mod:`webhook_worker.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -16,7 +17,9 @@ from rich.text import Text
 from webhook_worker.api.views import event_view
 from webhook_worker.cli.plain import plain, plain_json
 from webhook_worker.clock import iso
+from webhook_worker.config import format_duration
 from webhook_worker.storage.rows import DeliveryRow, EventRow
+from webhook_worker.tools.control_schema import DEFAULT_COOLDOWN, DEFAULT_FAILURE_THRESHOLD
 from webhook_worker.vocabulary import DeliveryStatus, EventStatus
 
 _EVENT_STYLES: dict[str, str] = {
@@ -120,3 +123,26 @@ def _body(value: Any) -> RenderableType:
 def short_time(value: datetime) -> str:
     """``2024-01-15 10:30:00Z`` (to the second, for tables)."""
     return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def control_summary(destination: Mapping[str, Any]) -> str:
+    """A destination's delivery control in one cell, from its (redacted) definition:
+    ``rate 20/1s, in flight 3, breaker 5/30s, ordered by data.id``; empty without any."""
+    parts: list[str] = []
+    rate = destination.get("rate_limit")
+    if isinstance(rate, Mapping):
+        parts.append(f"rate {rate.get('requests')}/{_duration(rate.get('per', 1.0))}")
+    if destination.get("max_in_flight") is not None:
+        parts.append(f"in flight {destination['max_in_flight']}")
+    breaker = destination.get("circuit_breaker")
+    if isinstance(breaker, Mapping):
+        threshold = breaker.get("failure_threshold", DEFAULT_FAILURE_THRESHOLD)
+        parts.append(f"breaker {threshold}/{_duration(breaker.get('cooldown', DEFAULT_COOLDOWN))}")
+    if destination.get("ordering_key"):
+        parts.append(f"ordered by {destination['ordering_key']}")
+    return ", ".join(parts)
+
+
+def _duration(value: Any) -> str:
+    """A duration as the definition spells it (``"1s"``), or a number of seconds as one."""
+    return format_duration(value) if isinstance(value, int | float) else str(value)

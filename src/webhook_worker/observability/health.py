@@ -21,13 +21,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
 from prometheus_client import Gauge
 
 from webhook_worker.config import HealthThresholds
+from webhook_worker.control.base import CircuitState, Gate
 from webhook_worker.errors import UnavailableError
 from webhook_worker.observability import metrics, runtime
 from webhook_worker.queue.base import Queue
@@ -35,6 +36,7 @@ from webhook_worker.storage import migrate
 from webhook_worker.storage.backlog import destination_backlog
 from webhook_worker.storage.database import Database
 from webhook_worker.storage.deadletters import DeadLetterStore
+from webhook_worker.storage.tools import ToolStore
 
 log = logging.getLogger(__name__)
 
@@ -179,10 +181,15 @@ class Gauges:
     last value, so a scrape during an outage still answers; it is logged once when it starts
     failing and once when it works again, not at every scrape."""
 
-    def __init__(self, db: Database, queue: Queue, timeout: float = 2.0) -> None:
+    def __init__(
+        self, db: Database, queue: Queue, timeout: float = 2.0, gate: Gate | None = None
+    ) -> None:
         self._db = db
         self._queue = queue
         self._dead_letters = DeadLetterStore(db)
+        # Only ids and flags are read from the tools: no secret is opened, none needs a key.
+        self._tools = ToolStore(db)
+        self._gate = gate
         self._timeout = timeout
         self._failing: set[str] = set()
 
@@ -197,6 +204,8 @@ class Gauges:
             "oldest message age": _into(metrics.OLDEST_MESSAGE_AGE, self._queue.oldest_age),
             "dead letter depth": _into(metrics.DLQ_DEPTH, self._dead_letters.depth),
             "destination backlog": self._destination_backlog,
+            "paused destinations": self._paused,
+            "circuit states": self._circuits,
         }
         results = await asyncio.gather(
             *(asyncio.wait_for(read(), self._timeout) for read in reads.values()),
@@ -217,6 +226,20 @@ class Gauges:
         for (tool_id, destination_id), count in counts.items():
             metrics.DESTINATION_BACKLOG.labels(tool_id, destination_id).set(count)
 
+    async def _paused(self) -> None:
+        flags = await self._tools.destination_flags()
+        _publish(metrics.DESTINATION_PAUSED, {key: float(f.paused) for key, f in flags.items()})
+
+    async def _circuits(self) -> None:
+        """Every destination with a circuit breaker reads 0 (closed) unless the gate, which
+        knows only the circuits that are not closed, says otherwise."""
+        flags = await self._tools.destination_flags()
+        open_now = await self._gate.circuits() if self._gate is not None else {}
+        states = {key: float(CircuitState.CLOSED) for key, f in flags.items() if f.circuit_breaker}
+        # A destination removed since its circuit opened is not shown: it no longer exists.
+        states.update({key: float(state) for key, state in open_now.items() if key in flags})
+        _publish(metrics.DESTINATION_CIRCUIT_STATE, states)
+
     def _note(self, name: str, result: BaseException | None) -> None:
         """Log the first failure of a read and its recovery."""
         if result is None:
@@ -235,6 +258,19 @@ class Gauges:
             str(result) or f"no answer within {self._timeout:g}s",
             exc_info=None if expected else result,
         )
+
+
+def _publish(gauge: Gauge, values: Mapping[tuple[str, str], float]) -> None:
+    """Set ``gauge`` per (tool id, destination id) to ``values``, and drop the series of
+    destinations that are gone: a removed destination must not read as paused (or open)
+    forever."""
+    for family in gauge.collect():
+        for sample in family.samples:
+            key = (sample.labels["tool_id"], sample.labels["destination_id"])
+            if key not in values:
+                gauge.remove(*key)
+    for (tool_id, destination_id), value in values.items():
+        gauge.labels(tool_id, destination_id).set(value)
 
 
 def _into(gauge: Gauge, read: Callable[[], Awaitable[float]]) -> Callable[[], Awaitable[None]]:

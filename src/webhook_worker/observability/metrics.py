@@ -104,6 +104,19 @@ DESTINATION_BACKLOG = Gauge(
     "Deliveries to a destination that are not final yet: pending, retrying or paused.",
     ["tool_id", "destination_id"],
 )
+DESTINATION_CIRCUIT_STATE = Gauge(
+    "webhook_destination_circuit_state",
+    "A destination's circuit breaker: 0 closed, 1 half-open (its probe is out), 2 open "
+    "(nothing is sent until the cooldown ends). Destinations with a circuit_breaker, and any "
+    "whose circuit is not closed.",
+    ["tool_id", "destination_id"],
+)
+DESTINATION_PAUSED = Gauge(
+    "webhook_destination_paused",
+    "1 while a destination is paused (its deliveries wait, status paused), else 0; one series "
+    "per destination of every tool.",
+    ["tool_id", "destination_id"],
+)
 FORWARDS_DEFERRED = Counter(
     "webhook_forward_deferred_total",
     "Events sent back to the queue for a moment, untried, because their tool already had as many "

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
@@ -21,13 +21,20 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from webhook_worker.config import Settings
 from webhook_worker.constants import METADATA_TOOLS_REVISION
-from webhook_worker.errors import NotFoundError, ToolConfigError
+from webhook_worker.errors import ConflictError, NotFoundError, ToolConfigError
 from webhook_worker.storage.database import Database
 from webhook_worker.storage.schema import metadata_table, tools
-from webhook_worker.tools.model import Tool
+from webhook_worker.tools.model import DEFAULT_DESTINATION, Tool
 from webhook_worker.tools.secrets import SecretsAtRest, UndecryptableSecretError
 
 log = logging.getLogger(__name__)
+
+
+class DestinationFlags(NamedTuple):
+    """What the gauges show of a destination's configuration."""
+
+    paused: bool
+    circuit_breaker: bool
 
 
 class ToolStore:
@@ -84,6 +91,25 @@ class ToolStore:
             raise NotFoundError(f"no tool {tool_id!r}")
         return self._open(dict(row))
 
+    async def destination_flags(self) -> dict[tuple[str, str], DestinationFlags]:
+        """Every destination of every tool, by ``(tool id, destination id)`` (a tool's
+        ``forward`` as ``default``): whether it is paused and has a circuit breaker. For the
+        gauges at each scrape: read as stored, nothing decrypted (neither ids nor these
+        fields are secrets), so it costs one query and logs nothing about SECRETS_KEY."""
+        async with self._db.connect() as conn:
+            rows = (await conn.execute(select(tools.c.id, tools.c.config))).all()
+        flags: dict[tuple[str, str], DestinationFlags] = {}
+        for tool_id, config in rows:
+            if config.get("forward"):
+                flags[(tool_id, DEFAULT_DESTINATION)] = DestinationFlags(False, False)
+            for item in config.get("destinations") or ():
+                if isinstance(item, Mapping) and isinstance(item.get("id"), str):
+                    flags[(tool_id, item["id"])] = DestinationFlags(
+                        paused=item.get("paused") is True,
+                        circuit_breaker=isinstance(item.get("circuit_breaker"), Mapping),
+                    )
+        return flags
+
     def check(self, tool: Tool) -> None:
         """Raise ToolConfigError if ``tool``'s secrets could not be stored (no SECRETS_KEY for a
         non-embedded database), without writing anything."""
@@ -110,13 +136,21 @@ class ToolStore:
             ) from None
         return {**row, "config": dict(tool.config)}
 
-    async def replace(self, tool: Tool) -> dict[str, Any]:
-        """Overwrite ``tool``'s definition; its secrets are encrypted with the current key."""
+    async def replace(
+        self, tool: Tool, *, unchanged_since: datetime | None = None
+    ) -> dict[str, Any]:
+        """Overwrite ``tool``'s definition; its secrets are encrypted with the current key.
+        With ``unchanged_since`` (the ``updated_at`` the change was made from), only if nobody
+        changed the tool meanwhile: else ConflictError, and the caller starts again from what
+        is stored now."""
         config = self._secrets.seal(tool.config)
+        condition = [tools.c.id == tool.id]
+        if unchanged_since is not None:
+            condition.append(tools.c.updated_at == unchanged_since)
         async with self._db.begin() as conn:
             result = await conn.execute(
                 update(tools)
-                .where(tools.c.id == tool.id)
+                .where(*condition)
                 .values(
                     provider=tool.provider,
                     enabled=tool.enabled,
@@ -125,6 +159,8 @@ class ToolStore:
                 )
             )
             if result.rowcount == 0:
+                if unchanged_since is not None and await _exists(conn, tool.id):
+                    raise ConflictError(f"tool {tool.id!r} was changed meanwhile")
                 raise NotFoundError(f"no tool {tool.id!r}")
             await _bump(conn)
         return await self.get(tool.id)
@@ -194,3 +230,7 @@ async def _bump(conn: AsyncConnection) -> None:
         .where(metadata_table.c.key == METADATA_TOOLS_REVISION)
         .values(value=metadata_table.c.value + 1)
     )
+
+
+async def _exists(conn: AsyncConnection, tool_id: str) -> bool:
+    return await conn.scalar(select(tools.c.id).where(tools.c.id == tool_id)) is not None

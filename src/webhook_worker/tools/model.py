@@ -350,9 +350,29 @@ def _destinations(
             transform=None if definition.transform is None else definition.transform.expression,
             retry=_retry(definition.retry),
             enabled=definition.enabled,
+            control=_control(definition),
+            paused=definition.paused,
         )
         for definition in definitions
     )
+
+
+def _control(definition: DestinationDefinition) -> Control:
+    """The destination's delivery control; the shared NO_CONTROL when it declares none, so
+    that an unlimited destination costs nothing to check."""
+    rate = definition.rate_limit
+    breaker = definition.circuit_breaker
+    control = Control(
+        rate_limit=None if rate is None else RateLimit(rate.requests, rate.per),
+        max_in_flight=definition.max_in_flight,
+        circuit_breaker=(
+            None if breaker is None else CircuitBreaker(breaker.failure_threshold, breaker.cooldown)
+        ),
+        ordering_key=None
+        if definition.ordering_key is None
+        else definition.ordering_key.expression,
+    )
+    return NO_CONTROL if control == NO_CONTROL else control
 
 
 def _forward(forward: ForwardDefinition | None) -> ForwardConfig | None:

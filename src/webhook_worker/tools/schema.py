@@ -17,10 +17,9 @@ use. Validation runs when a tool is created, changed or loaded, never per reques
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Annotated, Any, ClassVar, Final, Literal
+from typing import Annotated, Any, Final, Literal
 
 from pydantic import (
-    BaseModel,
     BeforeValidator,
     ConfigDict,
     Field,
@@ -35,6 +34,10 @@ from pydantic import (
 
 from webhook_worker.config import RetryPolicy
 from webhook_worker.credentials import is_credential_header
+from webhook_worker.tools.control_schema import (
+    CircuitBreakerDefinition,
+    DestinationRateLimitDefinition,
+)
 from webhook_worker.tools.fields import (
     DESTINATION_ID_RULE,
     DestinationId,
@@ -56,32 +59,12 @@ from webhook_worker.tools.fields import (
     refuse,
 )
 from webhook_worker.tools.messages import config_error
+from webhook_worker.tools.section import Section
 from webhook_worker.vocabulary import AuthType, Mode
 
 _RETRY: Final = RetryPolicy()
 MAX_DESTINATIONS: Final = 32
 """A bound on one tool's fan-out: each destination is a request per event, with its own retries."""
-
-
-class Section(BaseModel):
-    """A part of a tool definition: an object whose unknown fields are refused."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
-    shape: ClassVar[str] = "an object"
-    """What the section looks like, for the message when it is not an object."""
-    unknown_is_shape_error: ClassVar[bool] = False
-    """Refuse unknown fields by showing the shape (small sections) instead of naming them."""
-
-    @model_validator(mode="before")
-    @classmethod
-    def _an_object(cls, data: Any) -> Any:
-        if isinstance(data, cls):
-            return data
-        if not isinstance(data, Mapping) or (
-            cls.unknown_is_shape_error and set(data) - set(cls.model_fields)
-        ):
-            refuse(f"expected {cls.shape}")
-        return dict(data)
 
 
 class AuthDefinition(Section):
@@ -247,8 +230,10 @@ class _DestinationId(Section):
 
 class DestinationDefinition(ForwardDefinition, _DestinationId):
     """One target of the tool's fan-out, delivered to independently of the others: its own
-    filter, transform, retries and dead letters. The request itself (``url``, ``method``,
-    ``headers``, ``timeout``, ``signing_secret``) is declared as a forward's, secrets included."""
+    filter, transform, retries, dead letters and delivery control (rate limit, deliveries in
+    flight, circuit breaker, ordering, pause). The request itself (``url``, ``method``,
+    ``headers``, ``timeout``, ``signing_secret``) is declared as a forward's, secrets included.
+    The tool's ``forward`` has no delivery control: it is declared as a destination to get it."""
 
     shape = 'an object such as {"id": "billing", "url": "https://..."}'
 
@@ -265,6 +250,33 @@ class DestinationDefinition(ForwardDefinition, _DestinationId):
         description="This destination's retry policy; unset: the tool's `retry`, then `RETRY_*`.",
     )
     enabled: StrictBool = Field(True, description="`false`: nothing is delivered here.")
+    rate_limit: DestinationRateLimitDefinition | None = Field(
+        None,
+        description="At most `requests` deliveries per `per` here, across every worker; "
+        "unset: no limit.",
+    )
+    max_in_flight: StrictInt | None = Field(
+        None,
+        ge=1,
+        description="At most this many requests to it at once, across every worker; the "
+        "others wait in the queue. Unset: no limit.",
+    )
+    circuit_breaker: CircuitBreakerDefinition | None = Field(
+        None,
+        description="Stop sending while it keeps failing, then probe it; unset: no breaker.",
+    )
+    ordering_key: Expression | None = Field(
+        None,
+        description="A JMESPath into the event body: events with the same value are delivered "
+        "here one at a time, in the order received; other values are not held up. Null: the "
+        "event is unordered.",
+        examples=["data.customer_id"],
+    )
+    paused: StrictBool = Field(
+        False,
+        description="`true`: deliveries wait (status `paused`), neither sent nor "
+        "dead-lettered, until it is resumed; then they go in the order received.",
+    )
 
 
 class RateLimitDefinition(Section):
@@ -405,7 +417,9 @@ __all__ = [
     "MAX_DESTINATIONS",
     "SERVER_FIELDS",
     "AuthDefinition",
+    "CircuitBreakerDefinition",
     "DestinationDefinition",
+    "DestinationRateLimitDefinition",
     "EventOverride",
     "FieldSourceDefinition",
     "ForwardDefinition",

@@ -14,12 +14,18 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from webhook_worker.clock import iso
-from webhook_worker.errors import BadRequestError, NotFoundError, ToolConfigError
+from webhook_worker.errors import BadRequestError, ConflictError, NotFoundError, ToolConfigError
 from webhook_worker.storage.tools import ToolStore
 from webhook_worker.tools.model import DEFAULT_DESTINATION, Tool, parse_tool
 from webhook_worker.tools.secret_paths import REDACTED as REDACTED  # re-exported: the placeholder
 from webhook_worker.tools.secret_paths import secret_spots
 from webhook_worker.worker.target_guard import literal_refusal
+
+PICKUP_MARGIN = 0.25
+"""Seconds past TOOLS_REFRESH_INTERVAL for the slowest process's reload to finish."""
+_WRITE_ATTEMPTS = 5
+"""How often a read-modify-write (a patch, a pause) starts again when the tool changed under
+it."""
 
 
 class ToolService:
@@ -77,6 +83,55 @@ class ToolService:
                 field,
             )
 
+    async def set_paused(self, tool_id: str, destination_id: str, paused: bool) -> bool:
+        """Pause or resume one destination: its ``paused`` in the stored definition changes
+        (the tools revision moves, so every process reloads it within
+        TOOLS_REFRESH_INTERVAL). Returns whether anything changed: pausing a paused
+        destination is not an error. Raises NotFoundError for an unknown tool or destination,
+        ConflictError for the destination a tool's ``forward`` is (it has no ``paused``).
+
+        The change is made from the definition as read and written only if nobody changed the
+        tool meanwhile; otherwise it is made again from the new definition, so a concurrent
+        edit is never overwritten with what was read before it."""
+        for _ in range(_WRITE_ATTEMPTS):
+            row = await self._store.get(tool_id)
+            config = copy.deepcopy(dict(row["config"]))
+            declared: list[dict[str, Any]] = config.get("destinations") or []
+            position = next(
+                (i for i, item in enumerate(declared) if item.get("id") == destination_id), None
+            )
+            if position is None:
+                if destination_id == DEFAULT_DESTINATION and config.get("forward"):
+                    raise ConflictError(
+                        f"tool {tool_id!r} delivers with `forward`, which cannot be paused: "
+                        f"move it into `destinations` (with id {DEFAULT_DESTINATION!r}) to "
+                        "pause it"
+                    )
+                ids = [DEFAULT_DESTINATION] if config.get("forward") else []
+                known = ", ".join([*ids, *(str(item.get("id")) for item in declared)]) or "none"
+                raise NotFoundError(
+                    f"tool {tool_id!r} has no destination {destination_id!r} "
+                    f"(its destinations: {known})"
+                )
+            if declared[position].get("paused", False) is paused:
+                return False
+            if paused:
+                declared[position]["paused"] = True
+            else:
+                declared[position].pop("paused", None)  # the default, as if never paused
+            try:
+                await self._store.replace(
+                    parse_tool(config, tool_id=tool_id), unchanged_since=row["updated_at"]
+                )
+            except ConflictError:
+                continue  # changed meanwhile: again, from what is stored now
+            await self._changed()
+            return True
+        raise ConflictError(
+            f"tool {tool_id!r} kept changing while destination {destination_id!r} was being "
+            f"{'paused' if paused else 'resumed'}; try again"
+        )
+
     async def create(self, data: Mapping[str, Any]) -> dict[str, Any]:
         row = await self._store.create(self._checked(parse_tool(restore_secrets(dict(data), None))))
         await self._changed()
@@ -91,14 +146,23 @@ class ToolService:
         return view(row)
 
     async def patch(self, tool_id: str, changes: Mapping[str, Any]) -> dict[str, Any]:
-        """PATCH: a JSON merge patch (RFC 7386) on the stored definition."""
-        stored = (await self._store.get(tool_id))["config"]
-        # On the redacted definition: a secret the patch leaves alone is a placeholder, and so is
-        # refused like one when the patch moves the URL it is sent to to another host.
-        merged = restore_secrets(merge_patch(redact(stored), changes), stored)
-        row = await self._store.replace(self._checked(parse_tool(merged, tool_id=tool_id)))
-        await self._changed()
-        return view(row)
+        """PATCH: a JSON merge patch (RFC 7386) on the stored definition. Applied to the
+        definition as stored when it is written: if the tool changed between the read and the
+        write (a pause, say), the patch is applied again to the new definition."""
+        for _ in range(_WRITE_ATTEMPTS):
+            row = await self._store.get(tool_id)
+            stored = row["config"]
+            # On the redacted definition: a secret the patch leaves alone is a placeholder, and
+            # so is refused like one when the patch moves the URL it is sent to to another host.
+            merged = restore_secrets(merge_patch(redact(stored), changes), stored)
+            tool = self._checked(parse_tool(merged, tool_id=tool_id))
+            try:
+                written = await self._store.replace(tool, unchanged_since=row["updated_at"])
+            except ConflictError:
+                continue
+            await self._changed()
+            return view(written)
+        raise ConflictError(f"tool {tool_id!r} kept changing while it was being updated; try again")
 
     async def delete(self, tool_id: str) -> None:
         await self._store.delete(tool_id)
@@ -132,6 +196,14 @@ class ToolService:
                 outcomes.append((tool.id, "updated"))
         await self._changed()
         return outcomes
+
+
+def picked_up_after(refresh_interval: float) -> float:
+    """Seconds after a tool change by which every process has re-read its tools (they poll
+    the revision every ``refresh_interval``, TOOLS_REFRESH_INTERVAL): what a pause waits
+    before it may say that no new delivery starts, and a resume before it releases the
+    deliveries that waited (a worker still seeing the pause would park them again)."""
+    return refresh_interval + PICKUP_MARGIN
 
 
 def destination_ids(tool: Mapping[str, Any]) -> list[str]:

@@ -203,6 +203,13 @@ class Gatekeeper:
                     continue
                 backoff = BACKOFF_START
                 self._note_available()
+                if not line.ready or line.ready[0] is not part:
+                    # Sent back to the queue while the gate was asked (the worker is stopping).
+                    if verdict.go:
+                        part.slot = verdict.slot
+                        line.in_flight += 1
+                        await self.release(part, sent=False)
+                    continue
                 if verdict.go:
                     line.ready.popleft()
                     self._go(line, part, verdict)

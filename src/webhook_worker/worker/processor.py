@@ -396,6 +396,10 @@ class Processor:
         for part, status, failure, retry in parts:
             part.status, part.failure = status, failure
             _delivery_decided(part, status)
+            if status.final and part.message.ordering:
+                # The next event of its key may go now, not only once the event's other
+                # deliveries are settled too.
+                batch.settled += settled_positions(part.message, only=part.destination_id)
             work = part.work
             if retry is not None:
                 _retrying(part, retry)

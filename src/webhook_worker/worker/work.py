@@ -138,16 +138,19 @@ class Batch:
         self.stored += other.stored
 
 
-def settled_positions(message: Message, kept: Collection[str] = ()) -> list[tuple[str, Position]]:
+def settled_positions(
+    message: Message, kept: Collection[str] = (), only: str | None = None
+) -> list[tuple[str, Position]]:
     """The ordering positions a settled message lets go of: those of the destinations it
-    was about (all, or its own one), but those in ``kept``."""
+    was about (all, or its own one; ``only`` that one), but those in ``kept``."""
     if not message.ordering:
         return []
+    scope = only if only is not None else message.destination_id
     return [
         (message.tool_id, position)
         for position in message.ordering
         if position.seq > 0
-        and (message.destination_id is None or position.destination_id == message.destination_id)
+        and (scope is None or position.destination_id == scope)
         and position.destination_id not in kept
     ]
 
