@@ -27,9 +27,10 @@ targets that note when each request arrived (:class:`~tests.chaos.arrivals.Arriv
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -116,6 +117,20 @@ class KeyedLoad(Load):
             if answer.status == 202 and answer.event_id:
                 order.setdefault(self.key(answer.n), []).append(answer.event_id)
         return order
+
+
+@asynccontextmanager
+async def _background(work: Coroutine[Any, Any, None]) -> AsyncIterator[asyncio.Task[None]]:
+    """``work`` as a task for the ``with`` block, cancelled if still running at its end (a
+    failed check must not leave the load posting to a closed client)."""
+    task = asyncio.create_task(work)
+    try:
+        yield task
+    finally:
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
 
 @asynccontextmanager
@@ -308,14 +323,13 @@ async def test_circuit_breaker_spares_a_target_that_is_down(
                 seen_states.update(await _circuit_states(client))
                 await asyncio.sleep(0.2)  # sampling a gauge, not waiting for a condition
 
-        watching = asyncio.create_task(watch_metric())
         load = Load(client)
-        await load.run(range(count), tool=lambda n: TOOL, rate=rate)
-        # The outage lasts its 20 s whatever happens meanwhile: a scenario, not a wait.
-        await asyncio.sleep(max(0.0, down_since + outage - time.time()))
-        target.failing = False
-        back_at = time.time()
-        watching.cancel()
+        async with _background(watch_metric()):
+            await load.run(range(count), tool=lambda n: TOOL, rate=rate)
+            # The outage lasts its 20 s whatever happens meanwhile: a scenario, not a wait.
+            await asyncio.sleep(max(0.0, down_since + outage - time.time()))
+            target.failing = False
+            back_at = time.time()
         accepted = _accepted_all(load, count)
         statuses = await _all_delivered(postgres_db, cluster, count, within=90)
         arrivals = list(target.arrivals)
@@ -364,21 +378,21 @@ async def test_ordering_per_key_survives_failures_and_a_killed_worker(
     ):
         await _setup(cluster, client, target, ordering_key="key")
         load = KeyedLoad(client, keys)
-        sending = asyncio.create_task(load.run_keyed(per_key, rate=50.0))
+        async with _background(load.run_keyed(per_key, rate=50.0)) as sending:
 
-        async def midway() -> bool:
-            return len(first_successes(target.arrivals)) >= count // 3
+            async def midway() -> bool:
+                return len(first_successes(target.arrivals)) >= count // 3
 
-        await until(
-            midway, within=60, what=f"{count // 3} events delivered", details=cluster.output
-        )
-        open_at_kill = target.open
-        cluster.kill(cluster.workers[0])
-        await cluster.start_worker()
-        await sending
-        accepted = _accepted_all(load, count)
-        statuses = await _all_delivered(postgres_db, cluster, count, within=120)
-        arrivals = list(target.arrivals)
+            await until(
+                midway, within=60, what=f"{count // 3} events delivered", details=cluster.output
+            )
+            open_at_kill = target.open
+            cluster.kill(cluster.workers[0])
+            await cluster.start_worker()
+            await sending
+            accepted = _accepted_all(load, count)
+            statuses = await _all_delivered(postgres_db, cluster, count, within=120)
+            arrivals = list(target.arrivals)
 
     received = load.received()
     disorders = out_of_order(received, arrivals)
@@ -421,45 +435,55 @@ async def test_pause_holds_every_delivery_until_resume(
     ):
         await _setup(cluster, client, target, ordering_key="key")
         load = KeyedLoad(client, keys)
-        sending = asyncio.create_task(load.run_keyed(per_key, rate=rate))
+        async with _background(load.run_keyed(per_key, rate=rate)) as sending:
 
-        async def some_arrived() -> bool:
-            return len(target.arrivals) >= 10
+            async def some_arrived() -> bool:
+                return len(target.arrivals) >= 10
 
-        await until(some_arrived, within=60, what="the first deliveries", details=cluster.output)
-        route = f"/api/v1/tools/{TOOL}/destinations/{DEST}"
-        response = await client.post(f"{route}/pause")
-        paused_at, paused_mono = time.time(), time.monotonic()
-        assert response.status_code == 200, response.text
-        assert response.json()["paused"] is True, response.text
+            await until(
+                some_arrived, within=60, what="the first deliveries", details=cluster.output
+            )
+            route = f"/api/v1/tools/{TOOL}/destinations/{DEST}"
+            response = await client.post(f"{route}/pause")
+            paused_at, paused_mono = time.time(), time.monotonic()
+            assert response.status_code == 200, response.text
+            assert response.json()["paused"] is True, response.text
 
-        async def accepted_after_pause() -> str | None:
-            for answer in load.answers:
-                if answer.status == 202 and answer.event_id and answer.sent_at > paused_mono:
-                    return answer.event_id
-            return None
-
-        held = await until(accepted_after_pause, within=10, what="an event sent after pause")
-
-        async def shown_paused() -> dict[str, Any] | None:
-            event = await client.get(f"/api/v1/events/{held}")
-            if event.status_code != 200:
+            async def accepted_after_pause() -> str | None:
+                for answer in load.answers:
+                    if answer.status == 202 and answer.event_id and answer.sent_at > paused_mono:
+                        return answer.event_id
                 return None
-            found = {d["destination_id"]: d["status"] for d in event.json()["deliveries"]}
-            return event.json() if found.get(DEST) == DeliveryStatus.PAUSED else None
 
-        await until(shown_paused, within=hold - 1, what=f"event {held} to show paused")
-        # The pause lasts its 10 s under load whatever happens meanwhile: a scenario, not a wait.
-        await asyncio.sleep(max(0.0, paused_mono + hold - time.monotonic()))
-        resumed_at = time.time()
-        response = await client.post(f"{route}/resume")
-        assert response.status_code == 200, response.text
-        assert response.json()["paused"] is False, response.text
-        requeued = response.json()["requeued"]
-        await sending
-        accepted = _accepted_all(load, count)
-        statuses = await _all_delivered(postgres_db, cluster, count, within=90)
-        arrivals = list(target.arrivals)
+            held = await until(accepted_after_pause, within=10, what="an event sent after pause")
+
+            last: list[str] = [""]
+
+            async def shown_paused() -> dict[str, Any] | None:
+                event = await client.get(f"/api/v1/events/{held}")
+                last[0] = event.text
+                if event.status_code != 200:
+                    return None
+                found = {d["destination_id"]: d["status"] for d in event.json()["deliveries"]}
+                return event.json() if found.get(DEST) == DeliveryStatus.PAUSED else None
+
+            await until(
+                shown_paused,
+                within=hold - 1,
+                what=f"event {held} to show paused",
+                details=lambda: f"last seen: {last[0]}",
+            )
+            # The pause lasts its 10 s under load whatever happens: a scenario, not a wait.
+            await asyncio.sleep(max(0.0, paused_mono + hold - time.monotonic()))
+            resumed_at = time.time()
+            response = await client.post(f"{route}/resume")
+            assert response.status_code == 200, response.text
+            assert response.json()["paused"] is False, response.text
+            requeued = response.json()["requeued"]
+            await sending
+            accepted = _accepted_all(load, count)
+            statuses = await _all_delivered(postgres_db, cluster, count, within=90)
+            arrivals = list(target.arrivals)
 
     late = [a for a in arrivals if paused_at + IN_FLIGHT < a.at < resumed_at]
     just_after = [a for a in arrivals if paused_at < a.at <= paused_at + IN_FLIGHT]
