@@ -12,8 +12,9 @@ import asyncio
 import random
 import time
 import zlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from itertools import pairwise
 from typing import Any
 
 
@@ -37,17 +38,30 @@ class Arrival:
 class ArrivalTarget:
     """An ASGI forward target: answers 200 after a delay drawn from ``delay`` (seconds, low and
     high), except the first request of one event in ``fail_first_every`` (chosen by a hash of
-    the event id), which gets 503. Keeps every :class:`Arrival` and how many requests are open."""
+    the event id), which gets 503; and, when asked, any request with probability ``fail_rate``,
+    and every request while :attr:`failing` is set (an outage). Keeps every :class:`Arrival`
+    and how many requests are open (and the most that ever were)."""
 
-    def __init__(self, delay: tuple[float, float] = (0.0, 0.0), fail_first_every: int = 0) -> None:
+    def __init__(
+        self,
+        delay: tuple[float, float] = (0.0, 0.0),
+        fail_first_every: int = 0,
+        fail_rate: float = 0.0,
+    ) -> None:
         self.url = ""
         self.arrivals: list[Arrival] = []
         self.open = 0
         """Requests arrived and not answered yet."""
+        self.max_open = 0
+        """The most requests that were ever open at once."""
+        self.failing = False
+        """While set, every request is answered 503 (the target is down)."""
         self._delay = delay
         self._fail_first_every = fail_first_every
+        self._fail_rate = fail_rate
         self._seen: set[str] = set()
         self._random = random.Random(0)
+        self._failures = random.Random(1)
 
     def fails_first(self, event_id: str) -> bool:
         """Whether this event's first request here is answered 503."""
@@ -59,11 +73,15 @@ class ArrivalTarget:
             return
         at = time.time()
         self.open += 1
+        self.max_open = max(self.max_open, self.open)
         event_id = dict(scope["headers"]).get(b"webhook-id", b"").decode()
         # Decided on arrival: of two requests for one event in flight at once, the first fails.
         first = event_id not in self._seen
         self._seen.add(event_id)
-        status = 503 if first and self.fails_first(event_id) else 200
+        refused = self.failing or (first and self.fails_first(event_id))
+        if self._fail_rate > 0 and self._failures.random() < self._fail_rate:
+            refused = True
+        status = 503 if refused else 200
         answered_at = None
         try:
             while (await receive()).get("more_body"):
@@ -108,3 +126,79 @@ def recorded_not_answered(arrivals: Iterable[Arrival], recorded: Mapping[str, fl
         and a.answered_at < recorded[a.event_id]
     }
     return set(recorded) - answered
+
+
+def most_in_window(times: Iterable[float], window: float) -> int:
+    """The most of ``times`` that fall in one window of ``window`` seconds, trying the window
+    that starts at each of them (the fullest window always starts at one)."""
+    ordered = sorted(times)
+    most = 0
+    end = 0
+    for start, at in enumerate(ordered):
+        while end < len(ordered) and ordered[end] < at + window:
+            end += 1
+        most = max(most, end - start)
+    return most
+
+
+def most_concurrent(arrivals: Iterable[Arrival]) -> int:
+    """The most requests the target held at once: each from its arrival until the target
+    began to answer (the sender cannot have had the answer earlier), or for good when it never
+    answered. Of an answer and an arrival at the same instant, the answer counts first."""
+    changes: list[tuple[float, int]] = []
+    for arrival in arrivals:
+        changes.append((arrival.at, 1))
+        if arrival.answered_at is not None:
+            changes.append((arrival.answered_at, -1))
+    most = held = 0
+    for _, change in sorted(changes):
+        held += change
+        most = max(most, held)
+    return most
+
+
+def first_successes(arrivals: Iterable[Arrival]) -> dict[str, Arrival]:
+    """Event id -> the first request for it that the target answered 2xx (by arrival)."""
+    found: dict[str, Arrival] = {}
+    for arrival in sorted(arrivals, key=lambda a: a.at):
+        if arrival.ok and arrival.event_id not in found:
+            found[arrival.event_id] = arrival
+    return found
+
+
+@dataclass(frozen=True)
+class Disorder:
+    """Two events of one key, ``earlier`` received before ``later``, that the target saw the
+    wrong way round."""
+
+    key: str
+    earlier: str
+    later: str
+    what: str
+
+
+def out_of_order(
+    received: Mapping[str, Sequence[str]], arrivals: Iterable[Arrival]
+) -> list[Disorder]:
+    """Per key (``received``: key -> its event ids in the order they were received), the
+    neighbours that broke the key's order at the target: the later event's first 2xx came
+    before the earlier's (``reordered``), or a request for the later event arrived before the
+    earlier one had been answered 2xx (``overlapped``: one at a time means the next event goes
+    only once the one before it is done). Events the target never answered 2xx are skipped
+    here (whether every event arrived is a check of its own)."""
+    arrivals = list(arrivals)
+    first = first_successes(arrivals)
+    earliest: dict[str, float] = {}
+    for arrival in arrivals:
+        earliest[arrival.event_id] = min(arrival.at, earliest.get(arrival.event_id, arrival.at))
+    found = []
+    for key, events in received.items():
+        done = [event for event in events if event in first]
+        for earlier, later in pairwise(done):
+            answered = first[earlier].answered_at
+            assert answered is not None  # ok implies answered
+            if first[later].at < first[earlier].at:
+                found.append(Disorder(key, earlier, later, "reordered"))
+            elif earliest[later] < answered:
+                found.append(Disorder(key, earlier, later, "overlapped"))
+    return found

@@ -114,6 +114,10 @@ async def _serve_roles(
             server = _server(create_app(runtime), settings.api_addr, settings)
         else:
             server = _server(health_app(runtime), settings.health_endpoint, settings)
+            # The API's lifespan starts the tool refresh; without it a worker-only process
+            # would go on with the tools as they were when it started (a pause, an edited
+            # destination never seen).
+            runtime.tools.start()
 
         def stop() -> None:
             server.should_exit = True
@@ -133,6 +137,8 @@ async def _serve_roles(
             await asyncio.gather(*tasks)
         finally:
             announcer.cancel()
+            if not with_api:
+                await runtime.tools.close()
 
 
 def _on_signals(callback: Callable[[], None]) -> None:
