@@ -66,6 +66,8 @@ async def test_rate_limit_never_lets_more_go_in_any_window(gates: Gates) -> None
             verdict = await gate.acquire(T, D, control, None, LEASE)
             if verdict.go:
                 let_go.append((asked, time.monotonic()))
+                # An instant request: it counts until ``per`` after this release.
+                await gate.release(T, D, control, verdict.slot, Outcome.SUCCESS)
             else:
                 assert verdict.reason is WaitReason.RATE_LIMIT
                 assert 0 < verdict.wait <= per
@@ -84,11 +86,13 @@ async def test_rate_limit_never_lets_more_go_in_any_window(gates: Gates) -> None
 async def test_rate_limit_hint_says_when_the_oldest_request_leaves_the_window(
     gate: Gate,
 ) -> None:
+    """A request counts until ``per`` after it ended; the hint says when the oldest leaves."""
     per = 0.5
     control = Control(rate_limit=RateLimit(requests=2, per=per))
     first = time.monotonic()
-    await go(gate, control)
-    await go(gate, control)
+    for _ in range(2):
+        slot = (await go(gate, control)).slot
+        await gate.release(T, D, control, slot, Outcome.SUCCESS)
     verdict = await waits(gate, control, WaitReason.RATE_LIMIT)
     elapsed = time.monotonic() - first
     assert per - elapsed - 0.05 <= verdict.wait <= per
@@ -100,7 +104,8 @@ async def test_rate_limit_hint_says_when_the_oldest_request_leaves_the_window(
 
 async def test_a_wait_takes_nothing(gate: Gate) -> None:
     control = Control(rate_limit=RateLimit(requests=1, per=1.0), max_in_flight=2)
-    await go(gate, control)
+    slot = (await go(gate, control)).slot
+    await gate.release(T, D, control, slot, Outcome.SUCCESS)
     # Had a refusal taken a slot, the next would wait for MAX_IN_FLIGHT instead.
     for _ in range(5):
         await waits(gate, control, WaitReason.RATE_LIMIT)
@@ -236,3 +241,23 @@ async def test_an_unreachable_backend_is_a_queue_outage(gates: Gates) -> None:
 
 async def _goes(gate: Gate, control: Control) -> bool:
     return (await gate.acquire(T, D, control, None, LEASE)).go
+
+
+async def test_a_request_in_flight_counts_in_the_window_until_per_after_it_ends(
+    gate: Gate,
+) -> None:
+    """It may reach the target at any moment until it ends: the window holds it until ``per``
+    after its release, however long it took (a slow target never sees a burst)."""
+    per = 0.3
+    control = Control(rate_limit=RateLimit(requests=1, per=per))
+    slot = (await go(gate, control)).slot
+    # Longer than ``per`` in flight: still counted.
+    await asyncio.sleep(per + 0.1)
+    in_flight = await waits(gate, control, WaitReason.RATE_LIMIT)
+    assert in_flight.wait <= per  # nothing to go by but the window itself
+    await gate.release(T, D, control, slot, Outcome.SUCCESS)
+    released = time.monotonic()
+    # Counted from its end: not let go again before ``per`` has passed since.
+    await waits(gate, control, WaitReason.RATE_LIMIT)
+    await eventually(lambda: _goes(gate, control), within=5, what="the request to leave")
+    assert time.monotonic() - released >= per - 0.02

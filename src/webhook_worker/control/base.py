@@ -10,8 +10,10 @@ never leaves a destination short of capacity for longer than the forward timeout
 The state is never per process: it lives in Redis beside the Redis Streams queue, or in the
 database beside the database queue.
 
-- rate limit: a sliding window (a log of when each request was let go): in any window of
-  ``per`` seconds at most ``requests`` are let go.
+- rate limit: a sliding window over the requests themselves: a request counts from when it
+  is let go until ``per`` seconds after it ended (it reaches the target somewhere in between),
+  so in any window of ``per`` seconds the target sees at most ``requests``. A slow target
+  therefore gets at most ``requests`` per ``per`` plus its answer time.
 - max in flight: at most this many slots are held at once.
 - circuit breaker: ``failure_threshold`` consecutive retryable failures open it for
   ``cooldown`` seconds (nothing is let go); then it is half-open: one delivery (the probe)

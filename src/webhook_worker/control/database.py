@@ -120,6 +120,12 @@ class DatabaseGate:
             return None
         with _unavailable("release a delivery's slot"):
             async with self._transaction() as conn:
+                if slot is not None and control.rate_limit is not None:
+                    await conn.execute(
+                        update(_r)
+                        .where(*_sends_of(tool_id, destination_id), _r.c.slot == slot)
+                        .values(at=time.time())
+                    )
                 if breaker is None:
                     await conn.execute(delete(_s).where(_s.c.slot == slot))
                     return None
@@ -229,6 +235,7 @@ class DatabaseGate:
                     return _wait(min(left, 1.0), WaitReason.PROBE)
                 probe = True
         holds = control.max_in_flight is not None or breaker is not None
+        slot = uuid.uuid4().hex
         if holds:
             slots = _slots_of(tool_id, destination_id)
             await conn.execute(delete(_s).where(*slots, _s.c.expires_at <= now))
@@ -248,13 +255,19 @@ class DatabaseGate:
                 await conn.execute(select(func.count(), func.min(_r.c.at)).where(*sends))
             ).one()
             if count >= rate.requests:
-                return _wait(oldest + rate.per - now, WaitReason.RATE_LIMIT)
+                # All still in flight: none leaves before ``per`` after it ends (not known yet).
+                left = rate.per if oldest > now else oldest + rate.per - now
+                return _wait(left, WaitReason.RATE_LIMIT)
+            # Counted from now until `per` after it ends (``at`` is its lease expiry while in
+            # flight, its end once released): it reaches the target in between, so no window
+            # at the target holds more than ``requests``.
             await conn.execute(
-                insert(_r).values(tool_id=tool_id, destination_id=destination_id, at=now)
+                insert(_r).values(
+                    tool_id=tool_id, destination_id=destination_id, at=now + lease, slot=slot
+                )
             )
         if not holds:
-            return _GO
-        slot = uuid.uuid4().hex
+            return _GO if rate is None else Verdict(go=True, slot=slot)
         await conn.execute(
             insert(_s).values(
                 slot=slot, tool_id=tool_id, destination_id=destination_id, expires_at=now + lease

@@ -116,10 +116,11 @@ class RedisGate:
             "1" if breaker else "0",
             breaker.failure_threshold if breaker else 0,
             _field(tool_id, destination_id),
+            "1" if control.rate_limit else "0",
         ]
         with self._unavailable("release a delivery's slot"):
             change = await self._release(
-                keys=[gate, f"{gate}:slots", self._keys.circuits], args=args
+                keys=[gate, f"{gate}:slots", self._keys.circuits, f"{gate}:sends"], args=args
             )
         if not change:
             return None

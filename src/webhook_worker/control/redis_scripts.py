@@ -65,8 +65,9 @@ end
 
 local lease = tonumber(ARGV[2])
 local max = tonumber(ARGV[5])
-local holds = max > 0 or breaker
-if holds then
+local requests = tonumber(ARGV[3])
+local in_flight = max > 0 or breaker
+if in_flight then
   redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', num(now))
   if max > 0 and redis.call('ZCARD', KEYS[2]) >= max then
     -- A slot frees when a delivery ends, which cannot be predicted, or at the earliest lease
@@ -78,21 +79,27 @@ if holds then
   end
 end
 
-local requests = tonumber(ARGV[3])
 if requests > 0 then
+  -- A request counts in the window from when it is let go until `per` after it ended (its
+  -- score is its lease expiry while in flight, its end once released): it reaches the target
+  -- somewhere in between, so no window at the target can hold more than `requests`.
   local per = tonumber(ARGV[4])
   redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', num(now - per))
   if redis.call('ZCARD', KEYS[3]) >= requests then
-    local oldest = redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')
-    return wait(tonumber(oldest[2]) + per - now, 'rate_limit')
+    local oldest = tonumber(redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')[2])
+    -- All still in flight: none leaves before `per` after it ends, which is not known yet.
+    if oldest > now then return wait(per, 'rate_limit') end
+    return wait(oldest + per - now, 'rate_limit')
   end
-  redis.call('ZADD', KEYS[3], num(now), ARGV[1])
-  extend(KEYS[3], math.ceil(per * 1000) + 1000)
+  redis.call('ZADD', KEYS[3], num(now + lease), ARGV[1])
+  extend(KEYS[3], math.ceil((lease + per) * 1000) + 1000)
 end
 
-if not holds then return {1, '', '0', '', 0} end
-redis.call('ZADD', KEYS[2], num(now + lease), ARGV[1])
-extend(KEYS[2], math.ceil(lease * 1000) + 1000)
+if not (in_flight or requests > 0) then return {1, '', '0', '', 0} end
+if in_flight then
+  redis.call('ZADD', KEYS[2], num(now + lease), ARGV[1])
+  extend(KEYS[2], math.ceil(lease * 1000) + 1000)
+end
 if probe == 1 then
   redis.call('HSET', KEYS[1], 'state', 1, 'probe', ARGV[1], 'probe_expires', num(now + lease))
   redis.call('HSET', KEYS[4], ARGV[10], 1)
@@ -100,13 +107,21 @@ end
 return {1, ARGV[1], '0', '', probe}
 """
 
-# KEYS[1] the gate hash, KEYS[2] its slots, KEYS[3] the index of circuits not closed.
-# ARGV: 1 the slot ('' for none), 2 the outcome (success, failure, unsent), 3 '1' with a circuit
-# breaker, 4 its failure threshold, 5 the index field.
+# KEYS[1] the gate hash, KEYS[2] its slots, KEYS[3] the index of circuits not closed, KEYS[4]
+# its sends. ARGV: 1 the slot ('' for none), 2 the outcome (success, failure, unsent), 3 '1' with
+# a circuit breaker, 4 its failure threshold, 5 the index field, 6 '1' with a rate limit.
 # Returns {before, after} when the circuit changed state, else nil.
 RELEASE: Final = """
 local slot = ARGV[1]
-if slot ~= '' then redis.call('ZREM', KEYS[2], slot) end
+if slot ~= '' then
+  redis.call('ZREM', KEYS[2], slot)
+  if ARGV[6] == '1' then
+    -- From now on the request counts in the rate window until `per` after this moment.
+    local t = redis.call('TIME')
+    local ended = string.format('%d.%06d', tonumber(t[1]), tonumber(t[2]))
+    redis.call('ZADD', KEYS[4], 'XX', ended, slot)
+  end
+end
 if ARGV[3] ~= '1' then return false end
 local g = redis.call('HMGET', KEYS[1], 'state', 'failures', 'probe')
 local state = tonumber(g[1] or '0')

@@ -201,7 +201,9 @@ destination_sends = Table(
     Column("id", _Serial, primary_key=True, autoincrement=True),
     Column("tool_id", String(128), nullable=False),
     Column("destination_id", String(64), nullable=False),
+    # Its lease expiry while the request is in flight, its end once released.
     Column("at", Double, nullable=False),
+    Column("slot", String(64), nullable=True),
     Index(None, "tool_id", "destination_id", "at"),
 )
 

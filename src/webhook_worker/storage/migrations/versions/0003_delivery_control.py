@@ -54,6 +54,7 @@ def upgrade() -> None:
         sa.Column("tool_id", sa.String(length=128), nullable=False),
         sa.Column("destination_id", sa.String(length=64), nullable=False),
         sa.Column("at", sa.Double(), nullable=False),
+        sa.Column("slot", sa.String(length=64), nullable=True),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_destination_sends")),
     )
     op.create_index(
