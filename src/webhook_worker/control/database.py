@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import AbstractContextManager, asynccontextmanager
 from typing import Any
 
 from sqlalchemy import Row, delete, func, insert, select, text, update
@@ -38,7 +38,7 @@ from webhook_worker.control.base import (
     Verdict,
     WaitReason,
 )
-from webhook_worker.errors import DatabaseUnavailableError, QueueUnavailableError
+from webhook_worker.queue.unavailable import database_unavailable
 from webhook_worker.storage.database import Database
 from webhook_worker.storage.schema import (
     destination_gates,
@@ -372,13 +372,5 @@ def _key_is(tool_id: str, destination_id: str, key: str) -> list[Any]:
     return [_k.c.tool_id == tool_id, _k.c.destination_id == destination_id, _k.c.key == key]
 
 
-@contextmanager
-def _unavailable(action: str) -> Iterator[None]:
-    """Turn "the database cannot be reached" into QueueUnavailableError; let real bugs through."""
-    try:
-        yield
-    except DatabaseUnavailableError as exc:
-        raise QueueUnavailableError(
-            f"delivery control: cannot {action}, the database did not answer "
-            f"({exc.__cause__ or exc}); check that it is running and DATABASE_URL points at it"
-        ) from exc
+def _unavailable(action: str) -> AbstractContextManager[None]:
+    return database_unavailable("delivery control", action)

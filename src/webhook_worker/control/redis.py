@@ -22,12 +22,11 @@ from __future__ import annotations
 
 import math
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
 
 from webhook_worker.constants import RedisKeys
 from webhook_worker.control.base import (
@@ -41,7 +40,7 @@ from webhook_worker.control.base import (
     WaitReason,
 )
 from webhook_worker.control.redis_scripts import ACQUIRE, RELEASE, SETTLE
-from webhook_worker.errors import QueueUnavailableError
+from webhook_worker.queue.unavailable import redis_address, redis_unavailable
 
 __all__ = ["RedisGate"]
 
@@ -55,8 +54,7 @@ class RedisGate:
     def __init__(self, client: aioredis.Redis, keys: RedisKeys) -> None:
         self._client = client
         self._keys = keys
-        kwargs: Mapping[str, Any] = client.connection_pool.connection_kwargs
-        self._where = f"{kwargs.get('host', '?')}:{kwargs.get('port', '?')}"
+        self._where = redis_address(client)
         self._acquire = client.register_script(ACQUIRE)
         self._release = client.register_script(RELEASE)
         self._settle = client.register_script(SETTLE)
@@ -174,15 +172,8 @@ class RedisGate:
                 pipe.hdel(self._keys.circuits, _field(tool_id, destination_id))
                 await pipe.execute()
 
-    @contextmanager
-    def _unavailable(self, action: str) -> Iterator[None]:
-        try:
-            yield
-        except RedisError as exc:
-            raise QueueUnavailableError(
-                f"Redis at {self._where} could not {action} ({type(exc).__name__}: {exc}); "
-                "check that Redis is running and REDIS_ADDR and its credentials are right"
-            ) from exc
+    def _unavailable(self, action: str) -> AbstractContextManager[None]:
+        return redis_unavailable(self._where, action)
 
 
 def _field(tool_id: str, destination_id: str) -> str:

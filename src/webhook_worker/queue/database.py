@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import AbstractContextManager, suppress
 from dataclasses import replace
 from typing import Any, TypeVar
 
@@ -44,9 +44,9 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from webhook_worker.constants import DELIVERY_REPLAY_PREFIX
-from webhook_worker.errors import DatabaseUnavailableError, QueueUnavailableError
 from webhook_worker.queue.base import Delivery, EnqueueResult, Message, Position
 from webhook_worker.queue.positions import decode_ordering, encode_ordering
+from webhook_worker.queue.unavailable import database_unavailable
 from webhook_worker.storage.database import Database
 from webhook_worker.storage.schema import delivery_ids, ordering_keys, queue_messages
 
@@ -574,14 +574,5 @@ def _chunks(items: Sequence[_T]) -> Iterator[Sequence[_T]]:
         yield items[start : start + _CHUNK_ROWS]
 
 
-@contextmanager
-def _unavailable(action: str) -> Iterator[None]:
-    """Turn "the database cannot be reached" into QueueUnavailableError; let real bugs through."""
-    try:
-        yield
-    except DatabaseUnavailableError as exc:
-        raise QueueUnavailableError(
-            f"database queue: cannot {action}, the database did not answer "
-            f"({exc.__cause__ or exc}); "
-            "check that it is running and DATABASE_URL points at it"
-        ) from exc
+def _unavailable(action: str) -> AbstractContextManager[None]:
+    return database_unavailable("database queue", action)

@@ -27,12 +27,12 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import ResponseError
 from redis.typing import EncodableT, FieldT
 
 from webhook_worker.config import Settings
@@ -45,12 +45,12 @@ from webhook_worker.constants import (
     retry_member,
 )
 from webhook_worker.control.base import ORDERING_IDLE_TTL
-from webhook_worker.errors import QueueUnavailableError
 from webhook_worker.queue.base import Delivery, EnqueueResult, Message
 from webhook_worker.queue.positions import template
 from webhook_worker.queue.redis_codec import decode, encode, pairs
 from webhook_worker.queue.redis_connection import connect
 from webhook_worker.queue.redis_scripts import ENQUEUE, PROMOTE_DUE, RENEW
+from webhook_worker.queue.unavailable import redis_address, redis_unavailable
 
 logger = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ class RedisStreamsQueue:
         self._stream = self._keys.stream
         self._malformed = self._keys.malformed
         self._retry = self._keys.retry
-        self._where = f"{kwargs.get('host', '?')}:{kwargs.get('port', '?')}"
+        self._where = redis_address(client)
         socket_timeout = kwargs.get("socket_timeout")
         # A BLOCK as long as the socket timeout would end in a timeout error on an idle stream.
         self._max_block = (
@@ -412,15 +412,8 @@ class RedisStreamsQueue:
                 pipe.xdel(self._stream, entry_id)
                 await pipe.execute()
 
-    @contextmanager
-    def _unavailable(self, action: str) -> Iterator[None]:
-        try:
-            yield
-        except RedisError as exc:
-            raise QueueUnavailableError(
-                f"Redis at {self._where} could not {action} ({type(exc).__name__}: {exc}); "
-                "check that Redis is running and REDIS_ADDR and its credentials are right"
-            ) from exc
+    def _unavailable(self, action: str) -> AbstractContextManager[None]:
+        return redis_unavailable(self._where, action)
 
 
 def _is_nogroup(exc: ResponseError) -> bool:
