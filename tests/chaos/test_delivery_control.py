@@ -2,6 +2,9 @@
 API and two worker processes, on Redis Streams and on the database queue, against loopback
 targets that note when each request arrived (:class:`~tests.chaos.arrivals.ArrivalTarget`).
 
+The numbers are the issue's at full size (`make chaos`); at CI size (:func:`_full`) the rate
+test sends 200 events, the outage lasts 10 s and the pause 5 s.
+
 - rate limit: 400 events accepted, then two workers started, to a destination limited to
   20 per second: no 1 s window (one starting at each arrival) holds more than 20 arrivals,
   plus one for the window's edges; every event arrives, none is dead.
@@ -78,6 +81,15 @@ starting does not lose what it holds to the other (a fault of its own, see test_
 ORDERING_LATENCY = (0.01, 0.05)
 """The ordering test's target answers after this long, so that the kill lands with deliveries in
 flight (their events must be sent again before the next of their key)."""
+
+
+def _full(sizes: Sizes) -> bool:
+    """`make chaos` (CHAOS_EVENTS=20000): the issue's own numbers. At CI size the rate test sends
+    200 events, the outage lasts 10 s (50 events) and the pause 5 s, to keep `make test` short;
+    the checks are the same."""
+    return sizes.events >= 20000
+
+
 IN_FLIGHT = 0.5
 """Seconds after pause answered that a request already sent may still reach the target (it
 answers at once, so a request lasts a few milliseconds on loopback)."""
@@ -235,9 +247,11 @@ def _explain(disorders: list[Disorder], arrivals: list[Arrival]) -> str:
 # The tests ---------------------------------------------------------------------------------------
 
 
-async def test_rate_limit_holds_across_workers(on_queue: OnQueue, postgres_db: Database) -> None:
+async def test_rate_limit_holds_across_workers(
+    on_queue: OnQueue, postgres_db: Database, sizes: Sizes
+) -> None:
     name, start, _ = on_queue
-    count, limit = 400, 20
+    count, limit = (400 if _full(sizes) else 200), 20
     cluster = start(ALLOW_PRIVATE_FORWARD="true")
     started = time.monotonic()
     async with (
@@ -321,10 +335,12 @@ async def test_max_in_flight_holds_against_a_slow_target(
 
 
 async def test_circuit_breaker_spares_a_target_that_is_down(
-    on_queue: OnQueue, postgres_db: Database
+    on_queue: OnQueue, postgres_db: Database, sizes: Sizes
 ) -> None:
     name, start, _ = on_queue
     count, rate, outage, threshold, cooldown = 100, 10.0, 20.0, 5, 2.0
+    if not _full(sizes):
+        count, outage = 50, 10.0
     cluster = start(ALLOW_PRIVATE_FORWARD="true")
     started = time.monotonic()
     target = ArrivalTarget()
@@ -446,10 +462,10 @@ async def test_ordering_per_key_survives_failures_and_a_killed_worker(
 
 
 async def test_pause_holds_every_delivery_until_resume(
-    on_queue: OnQueue, postgres_db: Database
+    on_queue: OnQueue, postgres_db: Database, sizes: Sizes
 ) -> None:
     name, start, _ = on_queue
-    keys, per_key, rate, hold = 5, 24, 10.0, 10.0
+    keys, per_key, rate, hold = 5, 24, 10.0, (10.0 if _full(sizes) else 5.0)
     count = keys * per_key
     cluster = start(ALLOW_PRIVATE_FORWARD="true")
     started = time.monotonic()
