@@ -130,6 +130,15 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     server.stop()
 
 
+@pytest.fixture(params=["redis", "sqlite", "postgresql"])
+def live_backend(request: pytest.FixtureRequest) -> tuple[str, object]:
+    """Every store a queue or a gate keeps its state in (their contract tests run on each):
+    its name, and the Redis client (which deletes the test's keys afterwards) or the migrated,
+    empty database."""
+    names = {"redis": "redis_client", "sqlite": "sqlite_db", "postgresql": "postgres_db"}
+    return request.param, request.getfixturevalue(names[request.param])
+
+
 @pytest.fixture(params=["sqlite", "postgresql", "postgresql+redis"])
 def backend_settings(request: pytest.FixtureRequest, tmp_path: Path, redis_prefix: str) -> Settings:
     """Settings for each deployment shape: embedded SQLite (database queue), PostgreSQL with

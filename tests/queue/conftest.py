@@ -60,14 +60,6 @@ class Backend:
         return queue
 
 
-@pytest.fixture(params=["redis", "sqlite", "postgresql"])
-def live_backend(request: pytest.FixtureRequest) -> tuple[str, object]:
-    """The backend's name, and the Redis client (which deletes the test's keys afterwards) or
-    the migrated, empty database."""
-    names = {"redis": "redis_client", "sqlite": "sqlite_db", "postgresql": "postgres_db"}
-    return request.param, request.getfixturevalue(names[request.param])
-
-
 @pytest.fixture
 async def backend(
     live_backend: tuple[str, object], redis_prefix: str, tmp_path: Path
