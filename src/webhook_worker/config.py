@@ -21,8 +21,8 @@ from cryptography.fernet import Fernet
 from webhook_worker.constants import EMBEDDED_DB_FILENAME
 from webhook_worker.errors import ConfigError
 
-_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
-_UNIT_SECONDS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h|d)")
+_UNIT_SECONDS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _SIZE = re.compile(r"^\s*(\d+)\s*(b|kb|kib|mb|mib|gb|gib)?\s*$", re.IGNORECASE)
 _SIZE_UNITS = {
     "b": 1,
@@ -88,7 +88,7 @@ def parse_duration(text: str) -> float:
         total += float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
         position = match.end()
     if position != len(text):
-        raise ValueError(f"{text!r} is not a duration such as 500ms, 30s, 5m or 24h")
+        raise ValueError(f"{text!r} is not a duration such as 500ms, 30s, 5m, 24h or 30d")
     return total
 
 
@@ -257,6 +257,10 @@ class Settings:
     """Multiplies every retry delay; for tests (RETRY_TIME_SCALE=0.001), never production."""
     dlq_auto_retry_interval: float = 300.0
     dlq_auto_retry_max: int = 3
+    events_retention: float = 720 * 3600.0
+    """How long events are kept (a tool's ``retention`` overrides it); 0 keeps them forever."""
+    retention_interval: float = 600.0
+    """How often the retention sweep runs (one process at a time across the deployment)."""
 
     health: HealthThresholds = HealthThresholds()
 
@@ -390,6 +394,10 @@ class Settings:
             ),
             dlq_auto_retry_max=env.integer(
                 "DLQ_AUTO_RETRY_MAX", defaults.dlq_auto_retry_max, low=0
+            ),
+            events_retention=env.duration("EVENTS_RETENTION", defaults.events_retention),
+            retention_interval=env.duration(
+                "RETENTION_INTERVAL", defaults.retention_interval, minimum=0.1
             ),
             health=HealthThresholds(
                 check_timeout=env.duration("HEALTH_CHECK_TIMEOUT", health.check_timeout, 0.01),

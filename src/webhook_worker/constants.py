@@ -131,6 +131,7 @@ TABLE_DEAD_LETTERS: Final = "dead_letters"
 TABLE_QUEUE: Final = "queue_messages"
 TABLE_DELIVERY_IDS: Final = "delivery_ids"
 TABLE_EVENT_DELIVERIES: Final = "event_deliveries"
+TABLE_EVENT_KEYS: Final = "event_keys"
 TABLE_DESTINATION_GATES: Final = "destination_gates"
 """One row per controlled destination: its circuit breaker (and the row locked while its
 control is checked)."""

@@ -6,7 +6,7 @@ from alembic.migration import MigrationContext
 from sqlalchemy import text
 
 from webhook_worker.errors import SchemaOutOfDateError
-from webhook_worker.storage import migrate
+from webhook_worker.storage import migrate, partitions
 from webhook_worker.storage.database import Database
 from webhook_worker.storage.schema import metadata
 
@@ -51,11 +51,31 @@ async def test_a_schema_newer_than_this_release_is_accepted(db: Database) -> Non
 
 async def test_the_migrations_build_the_schema_the_code_declares(db: Database) -> None:
     # A column, index or constraint added to storage/schema.py without a migration (or the
-    # other way round) shows here, on both databases.
+    # other way round) shows here, on both databases. On PostgreSQL the event tables are
+    # partitioned (storage/partitions.py): their partitions are not declared, and what a
+    # partitioned table cannot have (the unique delivery id, foreign keys to events) is
+    # PostgreSQL's only difference, asserted exactly.
+    def include(item: Any, name: str | None, kind: str, reflected: bool, _other: Any) -> bool:
+        if kind == "table" and not reflected:
+            return db.dialect in item.info.get("dialects", (db.dialect,))
+        if kind == "table" and reflected and name is not None:
+            return not any(name.startswith(f"{table}_") for table, _ in partitions.PARTITIONED)
+        return True
+
     def differences(sync_conn: Any) -> list[Any]:
-        context = MigrationContext.configure(sync_conn, opts={"compare_type": True})
+        context = MigrationContext.configure(
+            sync_conn, opts={"compare_type": True, "include_object": include}
+        )
         return list(compare_metadata(context, metadata))
 
     async with db.connect() as conn:
         found = await conn.run_sync(differences)
-    assert found == []
+    if db.dialect == "postgresql":
+        removed = sorted((kind, str(item.name)) for kind, item in found)
+        assert removed == [
+            ("add_constraint", "uq_events_tool_id_delivery_id"),
+            ("add_fk", "fk_event_attempts_event_id_events"),
+            ("add_fk", "fk_event_deliveries_event_id_events"),
+        ]
+    else:
+        assert found == []

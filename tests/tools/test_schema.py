@@ -145,7 +145,7 @@ def test_a_declared_field_is_validated_documented_and_in_the_json_schema() -> No
     error = config_error(caught.value, WithRetention)
     assert (error.field, error.message) == (
         "retention",
-        "'a while' is not a duration such as 500ms, 30s, 5m or 24h",
+        "'a while' is not a duration such as 500ms, 30s, 5m, 24h or 30d",
     )
 
 

@@ -37,6 +37,9 @@ class EventFilter:
     status: EventStatus | None = None
     since: datetime | None = None
     until: datetime | None = None
+    delivery_id: str | None = None
+    search: str | None = None
+    """Text the body contains (a substring, case-sensitive)."""
 
     def apply(self, query: Select[Any]) -> Select[Any]:
         """``query`` narrowed to the events this filter matches (an unset field matches all)."""
@@ -45,6 +48,7 @@ class EventFilter:
             (e.tool_id, self.tool_id),
             (e.event_type, self.event_type),
             (e.status, self.status),
+            (e.delivery_id, self.delivery_id),
         ):
             if value:
                 query = query.where(column == value)
@@ -76,12 +80,27 @@ async def insert_events(conn: AsyncConnection, records: Sequence[EventRecord]) -
 # One array per column: the same prepared statement for every batch size, and the rows are
 # encoded by the driver in C rather than bound one parameter at a time (a multi-row VALUES of
 # 500 rows has 5,500 parameters and is a new statement for every batch size).
+#
+# An event is inserted only when its (tool_id, delivery_id) is new in event_keys (the unique
+# delivery id, which the partitioned events table cannot hold itself: storage/partitions.py), in
+# the same statement: a redelivered message (same event id, same key) and a repeated delivery id
+# (a new event id, a key already there) both insert nothing.
 _INSERT_EVENTS_UNNEST = """
+WITH new AS (
+    SELECT * FROM unnest($1::varchar[], $2::varchar[], $3::varchar[], $4::varchar[],
+                         $5::varchar[], $6::timestamptz[], $7::timestamptz[], $8::jsonb[],
+                         $9::bytea[], $10::jsonb[], $11::int[], $12::text[])
+        AS new (id, tool_id, event_type, delivery_id, status, received_at, processed_at,
+                headers, body, payload, attempt_count, ordering)
+), keyed AS (
+    INSERT INTO event_keys (tool_id, delivery_id, event_id)
+    SELECT tool_id, delivery_id, id FROM new
+    ON CONFLICT DO NOTHING
+    RETURNING event_id
+)
 INSERT INTO events (id, tool_id, event_type, delivery_id, status, received_at, processed_at,
                     headers, body, payload, attempt_count, ordering)
-SELECT * FROM unnest($1::varchar[], $2::varchar[], $3::varchar[], $4::varchar[], $5::varchar[],
-                     $6::timestamptz[], $7::timestamptz[], $8::jsonb[], $9::bytea[],
-                     $10::jsonb[], $11::int[], $12::text[])
+SELECT new.* FROM new JOIN keyed ON keyed.event_id = new.id
 ON CONFLICT DO NOTHING
 RETURNING id
 """

@@ -230,6 +230,20 @@ ordering_settled = Table(
     Column("seq", BigInteger, primary_key=True),
 )
 
+# On PostgreSQL, the unique delivery id of each tool's events: ``events`` is partitioned there
+# (storage/partitions.py) and a partitioned table's unique constraints must include its partition
+# key. The worker inserts an event only when its key is new (storage/events.py); deleting an event
+# deletes its key. SQLite keeps the unique constraint on ``events`` instead and has no such table.
+event_keys = Table(
+    c.TABLE_EVENT_KEYS,
+    metadata,
+    Column("tool_id", String(128), primary_key=True),
+    Column("delivery_id", String(255), primary_key=True),
+    Column("event_id", String(36), nullable=False),
+    Index(None, "event_id"),
+    info={"dialects": ("postgresql",)},
+)
+
 # Delivery ids seen at ingest on the database queue (Redis keeps them as keys with a TTL).
 delivery_ids = Table(
     c.TABLE_DELIVERY_IDS,

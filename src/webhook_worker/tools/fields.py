@@ -50,7 +50,7 @@ _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 _NO_CONTROL_PATTERN: Final = r"^[^\u0000-\u0008\u000a-\u001f\u007f]*$"
 """The same rule for the JSON Schema (ECMA-262 escapes)."""
 _URL_UNSAFE = re.compile(r"[\x00-\x20\x7f]")
-_DURATION_HINT = "expected a duration such as 500ms, 30s or 5m"
+_DURATION_HINT = "expected a duration such as 500ms, 30s, 5m or 30d"
 _WHSEC_HOWTO = (
     "expected a Standard Webhooks secret: whsec_ followed by base64 "
     '(make one with: python -c "import base64, os; '

@@ -182,6 +182,8 @@ class Tool:
     destinations: tuple[Destination, ...] = ()
     """The declared destinations, in the order given. ``forward`` is not among them: it is the
     destination ``default`` (DEFAULT_DESTINATION), kept where it always was."""
+    retention: float | None = None
+    """Seconds this tool's events are kept; 0 forever; None: EVENTS_RETENTION."""
 
     @property
     def secret_headers(self) -> frozenset[str]:
@@ -229,6 +231,7 @@ def parse_tool(data: Mapping[str, Any], tool_id: str | None = None) -> Tool:
         description=definition.description,
         rate_limit=_rate_limit(definition.rate_limit),
         destinations=destinations,
+        retention=definition.retention,
     )
 
 

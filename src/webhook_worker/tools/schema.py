@@ -369,6 +369,13 @@ class ToolDefinition(Section):
     rate_limit: RateLimitDefinition | None = Field(
         None, description="Requests above it are answered 429; unset: no limit."
     )
+    retention: Duration | None = Field(
+        None,
+        description="How long this tool's events are kept (e.g. `30d`, `72h`); `0` keeps "
+        "them forever; unset: `EVENTS_RETENTION`. Events still retrying, paused or with a "
+        "pending dead letter are kept until they settle.",
+        examples=["30d"],
+    )
     created_at: ServerTime = Field(
         None,
         description="Set by the server; ignored when sent back.",
