@@ -8,13 +8,29 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Insert, RowMapping, Select, Table, bindparam, func, select, update
+from sqlalchemy import (
+    Insert,
+    Integer,
+    LargeBinary,
+    RowMapping,
+    Select,
+    Table,
+    bindparam,
+    func,
+    literal,
+    select,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.functions import FunctionElement
 
 from webhook_worker.errors import NotFoundError
 from webhook_worker.storage.database import Database, json_text
 from webhook_worker.storage.deliveries import deliveries_of, delivery_states
+from webhook_worker.storage.partitions import id_bound
 from webhook_worker.storage.records import (
     AttemptRecord,
     EventRecord,
@@ -28,6 +44,8 @@ from webhook_worker.storage.schema import attempts, events
 from webhook_worker.vocabulary import EventStatus
 
 MAX_PAGE = 500
+MAX_SEARCH = 256
+"""The longest ``search`` text (characters) a filter takes."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,10 +57,17 @@ class EventFilter:
     until: datetime | None = None
     delivery_id: str | None = None
     search: str | None = None
-    """Text the body contains (a substring, case-sensitive)."""
+    """Text the body contains: a substring of its bytes (the text's UTF-8 encoding),
+    case-sensitive, every character literal."""
 
     def apply(self, query: Select[Any]) -> Select[Any]:
-        """``query`` narrowed to the events this filter matches (an unset field matches all)."""
+        """``query`` narrowed to the events this filter matches (an unset field matches all).
+
+        ``since``/``until`` also bound the event id: ids are UUIDv7 made at ingest together
+        with ``received_at`` (api/ingest.py), so the id range holds every match, and on
+        PostgreSQL, whose event tables are partitioned by id (storage/partitions.py), the
+        partitions outside it are not read at all. :data:`ID_MARGIN` widens it, and the
+        ``received_at`` condition keeps the result exact."""
         e = events.c
         for column, value in (
             (e.tool_id, self.tool_id),
@@ -53,10 +78,54 @@ class EventFilter:
             if value:
                 query = query.where(column == value)
         if self.since:
-            query = query.where(e.received_at >= self.since)
+            query = query.where(
+                e.received_at >= self.since,
+                e.id >= _id_at(self.since.timestamp() - ID_MARGIN),
+            )
         if self.until:
-            query = query.where(e.received_at < self.until)
+            query = query.where(
+                e.received_at < self.until,
+                e.id < _id_at(self.until.timestamp() + ID_MARGIN),
+            )
+        if self.search:
+            needle = literal(self.search.encode(), LargeBinary)
+            query = query.where(_Position(e.body, needle) > 0)
         return query
+
+
+ID_MARGIN = 60.0
+"""Seconds the event id range of a time filter reaches beyond it: an event's id and its
+``received_at`` are read from the same clock microseconds apart, so this covers a clock step
+between the two, at the cost of reading a few more seconds of events."""
+
+_LATEST_ID_TIME = (2**48 - 1) / 1000  # the 48 bits of milliseconds a UUIDv7 id has
+
+
+def _id_at(at: float) -> str:
+    """:func:`partitions.id_bound` for any time a filter may name (before 1970 is 0)."""
+    return id_bound(min(max(at, 0.0), _LATEST_ID_TIME))
+
+
+class _Position(FunctionElement[int]):
+    """Where ``needle`` (bytes) first occurs in ``haystack`` (bytes), counting from 1; 0 when
+    it does not. Byte-wise: no collation, no pattern characters, and a body that is not valid
+    UTF-8 is searched like any other."""
+
+    type = Integer()
+    name = "position"
+    inherit_cache = True
+
+
+@compiles(_Position, "postgresql")
+def _position_postgresql(element: _Position, compiler: SQLCompiler, **kw: Any) -> str:
+    haystack, needle = (compiler.process(clause, **kw) for clause in element.clauses)
+    return f"position({needle} IN {haystack})"
+
+
+@compiles(_Position)
+def _position_sqlite(element: _Position, compiler: SQLCompiler, **kw: Any) -> str:
+    # instr() compares BLOBs byte by byte (text would be compared as characters).
+    return f"instr({compiler.process(element.clauses, **kw)})"
 
 
 def insert_ignoring_conflicts(dialect: str, table: Table) -> Insert:
