@@ -18,6 +18,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from webhook_worker.api.cursor import decode_cursor
+from webhook_worker.api.export import export_response
 from webhook_worker.api.responses import JSONResponse
 from webhook_worker.api.views import dead_letter_view, event_view, page_view
 from webhook_worker.clock import parse_time
@@ -27,7 +28,7 @@ from webhook_worker.storage.deadletters import (
     DeadLetterFilter,
     DeadLetterStore,
 )
-from webhook_worker.storage.events import EventFilter, EventStore
+from webhook_worker.storage.events import MAX_SEARCH, EventFilter, EventStore
 from webhook_worker.storage.rows import Page
 from webhook_worker.tools.service import ToolService, picked_up_after
 from webhook_worker.vocabulary import DeadLetterStatus, EventStatus
@@ -76,6 +77,7 @@ class ManagementAPI:
             ),
             Route("/events", self.list_events, methods=["GET"]),
             Route("/events/replay", self.replay_events, methods=["POST"]),
+            Route("/events/export", self.export_events, methods=["GET"]),
             Route("/events/{event_id}", self.get_event, methods=["GET"]),
             Route("/events/{event_id}/replay", self.replay_event, methods=["POST"]),
             Route("/dlq", self.list_dead_letters, methods=["GET"]),
@@ -138,6 +140,13 @@ class ManagementAPI:
         query = request.query_params
         _refuse_unknown(query, (*_EVENT_FILTERS, *_PAGING))
         return await _page(self._events.list, event_view, _event_filter(query), query)
+
+    async def export_events(self, request: Request) -> Response:
+        """Every event matching the list's filters, oldest first, as NDJSON (api/export.py)."""
+        query = request.query_params
+        _refuse_unknown(query, _EVENT_FILTERS)
+        where = _event_filter(query).ending_by(datetime.now(UTC))
+        return await export_response(self._events, where)
 
     async def get_event(self, request: Request) -> Response:
         return JSONResponse(event_view(await self._events.get(request.path_params["event_id"])))
@@ -263,7 +272,7 @@ async def _json_object(request: Request) -> dict[str, Any]:
     return data
 
 
-_EVENT_FILTERS = ("tool_id", "event_type", "status", "since", "until")
+_EVENT_FILTERS = ("tool_id", "event_type", "status", "since", "until", "delivery_id", "search")
 _DLQ_FILTERS = (
     "tool_id",
     "event_type",
@@ -310,12 +319,21 @@ def _event_filter(raw: Mapping[str, Any]) -> EventFilter:
     status = values["status"]
     if status is not None and status not in tuple(EventStatus):
         raise BadRequestError(f"status: expected one of {', '.join(tuple(EventStatus))}", "status")
+    search = values["search"]
+    if search is not None and len(search) > MAX_SEARCH:
+        raise BadRequestError(
+            f"search: at most {MAX_SEARCH} characters (got {len(search)}); search for a "
+            "distinctive part of the body",
+            "search",
+        )
     return EventFilter(
         tool_id=values["tool_id"],
         event_type=values["event_type"],
         status=EventStatus(status) if status is not None else None,
         since=_time(values["since"], "since"),
         until=_time(values["until"], "until"),
+        delivery_id=values["delivery_id"],
+        search=search,
     )
 
 

@@ -3,8 +3,8 @@ behind ``/api/v1/events`` and ``webhook-worker events``."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncGenerator, Sequence
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -59,6 +59,11 @@ class EventFilter:
     search: str | None = None
     """Text the body contains: a substring of its bytes (the text's UTF-8 encoding),
     case-sensitive, every character literal."""
+
+    def ending_by(self, now: datetime) -> EventFilter:
+        """This filter, ending at ``now`` at the latest: what a long read (an export, a bulk
+        replay) works through, leaving out events received while it runs."""
+        return self if self.until is not None and self.until <= now else replace(self, until=now)
 
     def apply(self, query: Select[Any]) -> Select[Any]:
         """``query`` narrowed to the events this filter matches (an unset field matches all).
@@ -251,13 +256,20 @@ class EventStore:
         self._db = db
 
     async def list(
-        self, where: EventFilter, limit: int = 50, after: str | None = None
+        self,
+        where: EventFilter,
+        limit: int = 50,
+        after: str | None = None,
+        *,
+        oldest_first: bool = False,
     ) -> Page[EventRow]:
-        """A page of events, newest first, starting after the event id ``after``."""
+        """A page of events, newest first (or oldest first), starting after the event id
+        ``after``."""
         limit = max(1, min(limit, MAX_PAGE))
-        query = where.apply(select(events)).order_by(events.c.id.desc()).limit(limit + 1)
+        order = events.c.id.asc() if oldest_first else events.c.id.desc()
+        query = where.apply(select(events)).order_by(order).limit(limit + 1)
         if after:
-            query = query.where(events.c.id < after)
+            query = query.where(events.c.id > after if oldest_first else events.c.id < after)
         async with self._db.connect() as conn:
             rows = list((await conn.execute(query)).mappings())
             more = len(rows) > limit
@@ -269,6 +281,21 @@ class EventStore:
             _event_row(row, by_event.get(row["id"], ()), sent.get(row["id"], ())) for row in rows
         ]
         return Page(items, items[-1].id if more else None)
+
+    async def batches(
+        self, where: EventFilter, size: int = MAX_PAGE
+    ) -> AsyncGenerator[Sequence[EventRow], None]:
+        """Every event matching ``where``, oldest first, ``size`` at a time (an export): only
+        one batch is in memory, and each is read in a short transaction of its own, so a long
+        export holds no lock between batches that would keep the retention sweep waiting."""
+        after: str | None = None
+        while True:
+            page = await self.list(where, size, after, oldest_first=True)
+            if page.items:
+                yield page.items
+            if page.after is None:
+                return
+            after = page.after
 
     async def get(self, event_id: str) -> EventRow:
         """The event with its attempts; NotFoundError when there is none."""
