@@ -8,6 +8,7 @@ from typing import Any
 from pydantic.json_schema import models_json_schema
 
 from webhook_worker import __version__
+from webhook_worker.storage.events import MAX_SEARCH
 from webhook_worker.tools.schema import ToolDefinition, ToolView
 from webhook_worker.vocabulary import DeadLetterStatus, DeliveryStatus, EventStatus
 
@@ -99,6 +100,24 @@ _PAGING = [
     _query("until", "ISO 8601 time, exclusive", _TIME_FILTER),
     _query("tool_id", "only this tool"),
     _query("event_type", "only this event type"),
+]
+_FILTERS = _PAGING[2:]  # since, until, tool_id, event_type: a list's filters without paging
+_SEARCH = {"type": "string", "maxLength": MAX_SEARCH}
+# The filters events have beyond those (the list, the export; the bulk replay's body).
+_EVENT_ONLY_FILTERS = [
+    _query(
+        "status",
+        "pending, processed, ignored, retrying or dead",
+        _status_filter(tuple(EventStatus)),
+    ),
+    _query("delivery_id", "only the event with this delivery id (of its tool)"),
+    _query(
+        "search",
+        "only events whose body contains this text: a substring of the body's bytes (the "
+        "text's UTF-8 encoding), case-sensitive, every character literal; it reads the body "
+        "of every event the other filters leave, so bound it with since/until",
+        _SEARCH,
+    ),
 ]
 _COMMON = {
     "401": _error("missing or wrong ADMIN_TOKEN"),
@@ -257,6 +276,11 @@ def document() -> dict[str, Any]:
                         "status": {"enum": [*EventStatus, "", None]},
                         "since": {"anyOf": [_TIME_FILTER, {"type": "null"}]},
                         "until": {"anyOf": [_TIME_FILTER, {"type": "null"}]},
+                        "delivery_id": {"type": ["string", "null"]},
+                        "search": {
+                            "anyOf": [_SEARCH, {"type": "null"}],
+                            "description": "text the body contains (as in the list)",
+                        },
                         "destination_id": {
                             "type": ["string", "null"],
                             "description": "replay to this destination only (needs tool_id)",
@@ -342,16 +366,33 @@ def document() -> dict[str, Any]:
             "/api/v1/events": {
                 "get": {
                     "summary": "List events, newest first",
-                    "parameters": [
-                        *_PAGING,
-                        _query(
-                            "status",
-                            "pending, processed, ignored, retrying or dead",
-                            _status_filter(tuple(EventStatus)),
-                        ),
-                    ],
+                    "parameters": [*_PAGING, *_EVENT_ONLY_FILTERS],
                     "responses": {
                         "200": _json(_page("Event"), "events"),
+                        "400": _error("bad filter"),
+                        **_COMMON,
+                    },
+                }
+            },
+            "/api/v1/events/export": {
+                "get": {
+                    "summary": "Every event matching the list's filters, oldest first, as NDJSON",
+                    "description": "One event per line, as GET /api/v1/events/{event_id} shows "
+                    "it, streamed in batches; events received after the export started are "
+                    "left out.",
+                    "parameters": [*_FILTERS, *_EVENT_ONLY_FILTERS],
+                    "responses": {
+                        "200": {
+                            "description": "one JSON event per line",
+                            "content": {
+                                "application/x-ndjson": {
+                                    "schema": {
+                                        "type": "string",
+                                        "description": "lines, each an Event",
+                                    }
+                                }
+                            },
+                        },
                         "400": _error("bad filter"),
                         **_COMMON,
                     },
