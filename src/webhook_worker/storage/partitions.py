@@ -69,9 +69,10 @@ class Partition:
 
 
 def id_bound(at: float) -> str:
-    """The smallest UUIDv7 string made at or after ``at`` (epoch seconds): every id made
-    earlier sorts below it, every id made then or later at or above it."""
-    digits = f"{int(math.floor(at * 1000)):012x}"
+    """The smallest UUIDv7 string made in the millisecond ``at`` (epoch seconds) falls in, or
+    later: every id made earlier sorts below it, every id made then or later at or above it.
+    ``at`` is rounded to the millisecond, so that ``id_bound(bound_time(b)) == b``."""
+    digits = f"{round(at * 1000):012x}"
     return f"{digits[:8]}-{digits[8:]}-0000-0000-000000000000"
 
 
@@ -99,7 +100,7 @@ async def is_partitioned(conn: AsyncConnection) -> bool:
     if conn.dialect.name != "postgresql":
         return False
     kind = await conn.scalar(
-        text("SELECT relkind FROM pg_class WHERE oid = to_regclass(:table)"),
+        text("SELECT relkind::text FROM pg_class WHERE oid = to_regclass(:table)"),
         {"table": c.TABLE_EVENTS},
     )
     return kind == "p"
@@ -139,10 +140,17 @@ async def ensure(
     until = now + ahead
     if existing and existing[-1].high is None:
         return []  # covered up to MAXVALUE
-    start = existing[-1].high if existing else math.floor(now / width) * width
+    current = math.floor(now / width) * width
+    start = existing[-1].high if existing else current
     assert start is not None
     created: list[Partition] = []
     await conn.execute(text(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'"))
+    if start < current:
+        # No partition since `start` (no sweep ran for a while): one fills the gap (its rows,
+        # if any, are in the DEFAULT partition and move into it).
+        await create(conn, start, current)
+        created.append(Partition(partition_name(c.TABLE_EVENTS, start), start, current))
+        start = current
     while start < until:
         end = (math.floor(start / width) + 1) * width
         await create(conn, start, end)
