@@ -103,7 +103,7 @@ async def is_partitioned(conn: AsyncConnection) -> bool:
         text("SELECT relkind::text FROM pg_class WHERE oid = to_regclass(:table)"),
         {"table": c.TABLE_EVENTS},
     )
-    return kind == "p"
+    return bool(kind == "p")
 
 
 async def list_partitions(conn: AsyncConnection, table: str = c.TABLE_EVENTS) -> list[Partition]:
@@ -130,9 +130,7 @@ async def list_partitions(conn: AsyncConnection, table: str = c.TABLE_EVENTS) ->
     return sorted(found, key=lambda p: (p.default, -math.inf if p.low is None else p.low))
 
 
-async def ensure(
-    conn: AsyncConnection, now: float, width: int, ahead: float
-) -> list[Partition]:
+async def ensure(conn: AsyncConnection, now: float, width: int, ahead: float) -> list[Partition]:
     """Create the partitions that cover ``[.., now + ahead)`` with no gap, each ``width``
     seconds wide on a multiple of it (a first one from the end of the newest to the next
     multiple fills any gap). Run it in its own transaction. Returns what it created."""
@@ -169,8 +167,9 @@ async def create(conn: AsyncConnection, low: float, high: float) -> None:
         name = partition_name(table, low)
         default = f"{table}_default"
         await conn.execute(text(f"CREATE TABLE {name} (LIKE {table} INCLUDING DEFAULTS)"))
+        # The code's own table names; the bounds are parameters.
         moved = (
-            f"WITH moved AS (DELETE FROM {default} WHERE {column} >= :lower "
+            f"WITH moved AS (DELETE FROM {default} WHERE {column} >= :lower "  # noqa: S608
             f"AND {column} < :upper RETURNING *) INSERT INTO {name} SELECT * FROM moved"
         )
         await conn.execute(text(moved), {"lower": lower, "upper": upper})
@@ -203,7 +202,9 @@ def id_range(partition: Partition) -> tuple[str | None, str | None]:
 
 async def sizes(conn: AsyncConnection, partitions: Sequence[Partition]) -> int:
     """Bytes on disk of these partitions of the three tables, with their indexes and TOAST."""
-    names = [p.name.replace(c.TABLE_EVENTS, table, 1) for p in partitions for table, _ in PARTITIONED]
+    names = [
+        p.name.replace(c.TABLE_EVENTS, table, 1) for p in partitions for table, _ in PARTITIONED
+    ]
     if not names:
         return 0
     total = await conn.scalar(
