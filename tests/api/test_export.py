@@ -13,14 +13,16 @@ from urllib.parse import urlencode
 
 import httpx
 import pytest
+from sqlalchemy import text
 from starlette.applications import Starlette
 from starlette.types import Message
 
-from tests.api.support import started_app
+from tests.api.support import started_app, uvicorn_serving
 from tests.storage.support import BASE_TIME, event_id, event_record, seed
 from tests.support import serving
 from webhook_worker.config import Settings
 from webhook_worker.runtime import Runtime, open_runtime
+from webhook_worker.storage.database import Database
 from webhook_worker.storage.events import MAX_SEARCH, EventFilter, EventStore
 
 NDJSON = "application/x-ndjson"
@@ -261,3 +263,33 @@ async def test_export_memory_stays_flat_as_the_export_grows(runtime: Runtime) ->
     # Proportional growth would be 4x (and 30 MB more); one batch of 500 is ~1-3 MB.
     assert large < small * 1.5 + 2_000_000, (small, large)
     assert large < 20_000_000, large
+
+
+async def test_an_export_that_fails_half_way_is_cut_short_not_ended(
+    postgres_db: Database, postgres_server_url: str
+) -> None:
+    """A failure after the answer started cannot change its status: the server cuts the
+    connection, and a client sees an incomplete answer rather than a shorter export."""
+    body = json.dumps({"data": "x" * 20_000}).encode()  # enough to fill the socket buffers
+    for first in range(0, 3000, 500):
+        await seed(postgres_db, [event_record(i, body=body) for i in range(first, first + 500)])
+    settings = Settings(database_url=postgres_server_url)
+    async with (
+        open_runtime(settings) as opened,
+        uvicorn_serving(opened) as base_url,
+        httpx.AsyncClient(base_url=base_url, timeout=30) as client,
+    ):
+        received = 0
+        try:
+            with pytest.raises(httpx.RemoteProtocolError):
+                async with client.stream("GET", "/api/v1/events/export") as response:
+                    assert response.status_code == 200
+                    async for chunk in response.aiter_bytes():
+                        if received == 0:
+                            async with postgres_db.begin() as conn:
+                                await conn.execute(text("ALTER TABLE events RENAME TO hidden"))
+                        received += len(chunk)
+        finally:
+            async with postgres_db.begin() as conn:
+                await conn.execute(text("ALTER TABLE IF EXISTS hidden RENAME TO events"))
+        assert 0 < received < 3000 * len(body)
