@@ -101,7 +101,8 @@ class EventFilter:
 ID_MARGIN = 60.0
 """Seconds the event id range of a time filter reaches beyond it: an event's id and its
 ``received_at`` are read from the same clock microseconds apart, so this covers a clock step
-between the two, at the cost of reading a few more seconds of events."""
+between the two, at the cost of reading a minute more of events at each end (from their
+``received_at`` index)."""
 
 _LATEST_ID_TIME = (2**48 - 1) / 1000  # the 48 bits of milliseconds a UUIDv7 id has
 
