@@ -12,7 +12,7 @@ from sqlalchemy import func, select
 
 from tests.support import Service, Target, eventually, running_service, target_server
 from webhook_worker.config import Settings
-from webhook_worker.storage.schema import attempts
+from webhook_worker.storage.schema import attempts, deliveries
 
 
 @pytest.fixture
@@ -149,3 +149,43 @@ async def test_a_retry_still_queued_for_a_purged_event_is_dropped(
     assert left == 0  # nothing was written about the purged event
     # The worker is still working.
     await accepted(service, "after-the-purge")
+
+
+async def test_an_event_purged_while_its_forward_is_under_way_stays_purged(
+    service: Service, target: Target
+) -> None:
+    target.delay = 1.0
+    await service.runtime.tool_service.create(
+        {
+            "id": "slow",
+            "auth": {"type": "none"},
+            "delivery_id": {"header": "X-Delivery"},
+            "mode": "store_and_forward",
+            "forward": {"url": target.url, "timeout": "5s"},
+        }
+    )
+    await service.runtime.tools.load()
+    response = await send(service, "in-flight", tool_id="slow")
+    assert response.status_code == 202
+    event_id = response.json()["event_id"]
+
+    async def forwarding() -> bool:
+        return len(target.requests) == 1
+
+    await eventually(forwarding, what="the forward to start")
+    assert await purge(service, tool_id="slow") == {"deleted": 1}
+    queue = service.runtime.queue
+
+    async def drained() -> bool:
+        return await queue.depth() == 0 and await queue.scheduled_count() == 0
+
+    await eventually(drained, within=15, what="the forward's outcome to be settled")
+    await accepted(service, "after-the-forward")  # the worker has moved on
+    assert len(target.requests) == 1  # not sent again
+    assert (await service.client.get(f"/api/v1/events/{event_id}")).status_code == 404
+    async with service.runtime.db.connect() as conn:
+        for table in (attempts, deliveries):
+            left = await conn.scalar(
+                select(func.count()).select_from(table).where(table.c.event_id == event_id)
+            )
+            assert left == 0, table.name  # nothing was written about the purged event
