@@ -4,12 +4,15 @@ in chunks; the dry-run count is what the real run deletes; events arriving meanw
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+import pytest
 from sqlalchemy import func, select
 
 from tests.storage.support import BASE_TIME, event_id, letter_record
+from webhook_worker.errors import BadRequestError
 from webhook_worker.storage import purge
 from webhook_worker.storage.database import Database
 from webhook_worker.storage.erase import CHUNK, Deleted
@@ -172,3 +175,33 @@ async def test_time_and_type_filters_bound_the_purge(db: Database) -> None:
     assert await purge.count(db, where) == 3  # 3, 5 and 7
     assert (await purge.purge(db, where)).events == 3
     assert await remaining_ids(db) == {event_id(i) for i in (0, 1, 2, 4, 6, 8, 9)}
+
+
+async def test_a_filter_that_is_not_applied_is_refused_not_ignored(db: Database) -> None:
+    @dataclass(frozen=True, slots=True)
+    class Wider(EventFilter):
+        colour: str | None = None  # a field apply() knows nothing of
+
+    await store(db, [record(i) for i in range(3)])
+    for where in (Wider(tool_id="demo", colour="red"), Wider(colour="red")):
+        with pytest.raises(BadRequestError, match="colour: this filter cannot be used"):
+            await purge.count(db, where)
+        with pytest.raises(BadRequestError, match="colour: this filter cannot be used"):
+            await purge.purge(db, where)
+    assert len(await remaining_ids(db)) == 3
+
+
+async def test_a_purge_by_body_text_deletes_only_what_contains_it(db: Database) -> None:
+    await store(db, [record(i, body=b'{"customer": "cus_%d"}' % (i % 2)) for i in range(6)])
+    where = EventFilter(search='"cus_1"')
+    try:
+        counted = await purge.count(db, where)
+    except BadRequestError:
+        # Until EventFilter.apply implements search, a purge by it is refused, deleting nothing.
+        with pytest.raises(BadRequestError, match="search"):
+            await purge.purge(db, where)
+        assert len(await remaining_ids(db)) == 6
+        return
+    assert counted == 3
+    assert (await purge.purge(db, where)).events == 3
+    assert await remaining_ids(db) == {event_id(i) for i in (0, 2, 4)}

@@ -15,9 +15,11 @@ chunk's :class:`~webhook_worker.storage.erase.Deleted`, keys included, once it i
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from dataclasses import fields, replace
 
 from sqlalchemy import func, select
 
+from webhook_worker.errors import BadRequestError
 from webhook_worker.storage.database import Database
 from webhook_worker.storage.erase import CHUNK, Deleted, delete_events
 from webhook_worker.storage.events import EventFilter
@@ -29,6 +31,7 @@ Progress = Callable[[Deleted], Awaitable[None]]
 
 async def count(db: Database, where: EventFilter) -> int:
     """How many events :func:`purge` would delete now."""
+    _check_narrows(where)
     query = where.apply(select(func.count()).select_from(events))
     async with db.connect() as conn:
         return int(await conn.scalar(query) or 0)
@@ -38,6 +41,7 @@ async def purge(db: Database, where: EventFilter, progress: Progress | None = No
     """Delete the events matching ``where`` (up to the newest one matching now), chunk by
     chunk. Returns how many events and bytes went; the keys of the deleted events are given
     to ``progress`` chunk by chunk and not kept (a purge of millions keeps its memory flat)."""
+    _check_narrows(where)
     async with db.connect() as conn:
         newest = await conn.scalar(where.apply(select(func.max(events.c.id))))
     total = Deleted()
@@ -69,3 +73,16 @@ async def purge(db: Database, where: EventFilter, progress: Progress | None = No
             await progress(chunk)
         if len(ids) < CHUNK:
             return total
+
+
+def _check_narrows(where: EventFilter) -> None:
+    """Refuse a filter field that :meth:`EventFilter.apply` does not apply: a deletion must never
+    match more than was asked for (a field given but ignored would silently widen it)."""
+    applied = str(where.apply(select(events.c.id)))
+    for field in fields(where):
+        if getattr(where, field.name) and applied == str(
+            replace(where, **{field.name: None}).apply(select(events.c.id))
+        ):
+            raise BadRequestError(
+                f"{field.name}: this filter cannot be used to delete events (yet)", field.name
+            )
