@@ -10,7 +10,7 @@ import orjson
 import pytest
 from sqlalchemy import func, select
 
-from tests.support import Service, Target, eventually, running_service, target_server
+from tests.support import SECRET, Service, Target, eventually, running_service, target_server
 from webhook_worker.config import Settings
 from webhook_worker.storage.schema import attempts, deliveries
 
@@ -66,6 +66,30 @@ async def test_an_erased_delivery_id_is_accepted_as_new(service: Service) -> Non
     assert [item["id"] for item in stored["items"]] == [again]
     # The other delivery id is still known: the purge forgot only what it deleted.
     assert (await send(service, "gdpr-2")).json() == {"event_id": kept, "status": "duplicate"}
+
+
+async def test_an_erased_github_delivery_is_accepted_when_sent_again_unchanged(
+    service: Service,
+) -> None:
+    # GitHub signs the body alone, so ingest also remembers the signature (a replay key): a
+    # redelivery from GitHub's settings page is the same body, signature and delivery id.
+    await service.runtime.tool_service.create(
+        {"id": "gh", "provider": "github", "auth": {"secret": SECRET}}
+    )
+    body = orjson.dumps({"zen": "erase me", "hook_id": 1})
+    headers = {"X-GitHub-Delivery": "gh-erased", "X-GitHub-Event": "push"}
+    first = await service.post(body, tool_id="gh", headers=headers)
+    assert first.status_code == 202, first.text
+    await service.settled(first.json()["event_id"], "processed")
+    # Under another delivery id, the same signed body is a replay.
+    replayed = await service.post(body, tool_id="gh", headers={**headers, "X-GitHub-Delivery": "x"})
+    assert replayed.json()["status"] == "duplicate"
+
+    assert await purge(service, tool_id="gh", delivery_id="gh-erased") == {"deleted": 1}
+    again = await service.post(body, tool_id="gh", headers=headers)
+    assert (again.status_code, again.json()["status"]) == (202, "accepted"), again.text
+    assert again.json()["event_id"] != first.json()["event_id"]
+    await service.settled(again.json()["event_id"], "processed")
 
 
 async def test_dry_run_counts_what_the_real_run_deletes(service: Service) -> None:

@@ -48,6 +48,7 @@ def create_app(runtime: Runtime) -> Starlette:
         refresh_interval=settings.tools_refresh_interval,
         db=runtime.db,
         queue=runtime.queue,
+        replay_keys=runtime.tools.replay_keys,
     )
     routes = [
         Route("/webhooks/{tool_id}", ingest.handle, methods=["POST"]),

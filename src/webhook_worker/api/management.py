@@ -30,7 +30,7 @@ from webhook_worker.storage.deadletters import (
     DeadLetterFilter,
     DeadLetterStore,
 )
-from webhook_worker.storage.erase import Deleted
+from webhook_worker.storage.erase import Deleted, ReplayKeys
 from webhook_worker.storage.events import EventFilter, EventStore
 from webhook_worker.storage.rows import Page
 from webhook_worker.tools.service import ToolService, picked_up_after
@@ -51,13 +51,17 @@ class ManagementAPI:
         refresh_interval: float,
         db: Database,
         queue: Queue,
+        replay_keys: ReplayKeys | None = None,
     ) -> None:
+        """``replay_keys`` tells the replay keys ingest may keep for an event's body (the tool
+        cache's), so that a purge forgets them too."""
         self._tools = tools
         self._events = events
         self._dead_letters = dead_letters
         self._replayer = replayer
         self._db = db
         self._queue = queue
+        self._replay_keys = replay_keys
         # Every process re-reads its tools within TOOLS_REFRESH_INTERVAL: after this long, a
         # change of `paused` is what every worker acts on.
         self._picked_up = picked_up_after(refresh_interval)
@@ -165,9 +169,9 @@ class ManagementAPI:
             return JSONResponse({"matched": await purge.count(self._db, where)})
 
         async def forget(chunk: Deleted) -> None:
-            await self._queue.forget_delivery_ids(chunk.keys)
+            await self._queue.forget_delivery_ids(chunk.keys, chunk.replay_keys)
 
-        deleted = await purge.purge(self._db, where, forget)
+        deleted = await purge.purge(self._db, where, forget, self._replay_keys)
         return JSONResponse({"deleted": deleted.events})
 
     async def get_event(self, request: Request) -> Response:

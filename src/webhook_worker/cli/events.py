@@ -432,11 +432,12 @@ def _purge_matching(settings: Settings, where: EventFilter, described: str, yes:
 
                 async def chunk_done(chunk: Deleted) -> None:
                     nonlocal deleted
-                    await runtime.queue.forget_delivery_ids(chunk.keys)
+                    await runtime.queue.forget_delivery_ids(chunk.keys, chunk.replay_keys)
                     deleted += chunk.events
                     progress.update(task, completed=deleted)
 
-                await purging.purge(runtime.db, where, chunk_done)
+                await runtime.tools.load()  # whose bodies ingest keeps replay keys of
+                await purging.purge(runtime.db, where, chunk_done, runtime.tools.replay_keys)
             return total
 
     try:

@@ -378,8 +378,12 @@ class DatabaseQueue:
         """Forget delivery ids past WORKER_IDEMPOTENCY_TTL (Redis expires its keys itself)."""
         await self.purge_expired_delivery_ids()
 
-    async def forget_delivery_ids(self, keys: Sequence[tuple[str, str]]) -> None:
-        """Delete their ``delivery_ids`` rows, a thousand per statement, in one transaction."""
+    async def forget_delivery_ids(
+        self, keys: Sequence[tuple[str, str]], replay_keys: Sequence[tuple[str, str]] = ()
+    ) -> None:
+        """Delete their ``delivery_ids`` rows (a replay key's is its prefixed key), a thousand
+        per statement, in one transaction."""
+        keys = [*keys, *((tool, DELIVERY_REPLAY_PREFIX + key) for tool, key in replay_keys)]
         if not keys:
             return
         d = delivery_ids

@@ -324,9 +324,12 @@ class RedisStreamsQueue:
     async def housekeeping(self) -> None:
         """Nothing to do: delivery-id keys expire by TTL and acknowledged entries are deleted."""
 
-    async def forget_delivery_ids(self, keys: Sequence[tuple[str, str]]) -> None:
-        """UNLINK the delivery-id keys, a thousand per command."""
+    async def forget_delivery_ids(
+        self, keys: Sequence[tuple[str, str]], replay_keys: Sequence[tuple[str, str]] = ()
+    ) -> None:
+        """UNLINK the delivery-id and replay keys, a thousand per command."""
         names = [self._keys.dedupe(tool_id, delivery_id) for tool_id, delivery_id in keys]
+        names += [self._keys.replay(tool_id, key) for tool_id, key in replay_keys]
         with self._unavailable("forget delivery ids"):
             for start in range(0, len(names), _FORGET_CHUNK):
                 await self._client.unlink(*names[start : start + _FORGET_CHUNK])

@@ -21,7 +21,7 @@ from sqlalchemy import func, select
 
 from webhook_worker.errors import BadRequestError
 from webhook_worker.storage.database import Database
-from webhook_worker.storage.erase import CHUNK, Deleted, delete_events
+from webhook_worker.storage.erase import CHUNK, Deleted, ReplayKeys, delete_events
 from webhook_worker.storage.events import EventFilter
 from webhook_worker.storage.schema import events
 
@@ -37,10 +37,16 @@ async def count(db: Database, where: EventFilter) -> int:
         return int(await conn.scalar(query) or 0)
 
 
-async def purge(db: Database, where: EventFilter, progress: Progress | None = None) -> Deleted:
+async def purge(
+    db: Database,
+    where: EventFilter,
+    progress: Progress | None = None,
+    replay_keys: ReplayKeys | None = None,
+) -> Deleted:
     """Delete the events matching ``where`` (up to the newest one matching now), chunk by
-    chunk. Returns how many events and bytes went; the keys of the deleted events are given
-    to ``progress`` chunk by chunk and not kept (a purge of millions keeps its memory flat)."""
+    chunk. Returns how many events and bytes went; the keys of the deleted events (with their
+    replay keys, given ``replay_keys``) are given to ``progress`` chunk by chunk and not kept
+    (a purge of millions keeps its memory flat)."""
     _check_narrows(where)
     async with db.connect() as conn:
         newest = await conn.scalar(where.apply(select(func.max(events.c.id))))
@@ -63,7 +69,7 @@ async def purge(db: Database, where: EventFilter, progress: Progress | None = No
             query = query.where(events.c.id > after)
         async with db.begin() as conn:
             ids = list(await conn.scalars(query))
-            chunk = await delete_events(conn, ids)
+            chunk = await delete_events(conn, ids, replay_keys)
         if not ids:
             return total
         after = ids[-1]
