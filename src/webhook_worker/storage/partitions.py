@@ -99,10 +99,10 @@ async def is_partitioned(conn: AsyncConnection) -> bool:
     if conn.dialect.name != "postgresql":
         return False
     kind = await conn.scalar(
-        text("SELECT relkind FROM pg_class WHERE oid = to_regclass(:table)"),
+        text("SELECT relkind::text FROM pg_class WHERE oid = to_regclass(:table)"),
         {"table": c.TABLE_EVENTS},
     )
-    return kind == "p"
+    return bool(kind == "p")
 
 
 async def list_partitions(conn: AsyncConnection, table: str = c.TABLE_EVENTS) -> list[Partition]:
