@@ -286,8 +286,11 @@ class Retention:
             for p in found
             if longest > 0 and not p.default and p.high is not None and p.high <= now - longest
         ]
-        for partition in expired:
-            await self._retire(partition, result)
+        for number, partition in enumerate(expired):
+            if not await self._retire(partition, result):
+                # Its lock was busy: the next ones' would be too. The next sweep tries again.
+                result.partitions_kept += [p.name for p in expired[number + 1 :]]
+                break
         # Outside the regular partitions (the DEFAULT one, the migration's legacy one), the
         # longest retention too goes row by row: they are not dropped in its time.
         irregular = [p for p in found if (p.default or p.low is None) and p not in expired]
@@ -319,9 +322,9 @@ class Retention:
             )
         return len(created)
 
-    async def _retire(self, partition: Partition, result: SweepResult) -> None:
+    async def _retire(self, partition: Partition, result: SweepResult) -> bool:
         """Drop an expired partition, or, when something in it waits, delete what has settled
-        (it is dropped by a later sweep, once nothing waits)."""
+        (it is dropped by a later sweep, once nothing waits). False when its lock was busy."""
         low, high = partitions.id_range(partition)
         letters = _id_range(dead_letters.c.event_id, low, high)
         keys = _id_range(event_keys.c.event_id, low, high)
@@ -345,19 +348,20 @@ class Retention:
                     exc,
                 )
                 result.partitions_kept.append(partition.name)
-                return
+                return False
             if not waiting:
                 result.partitions_dropped += 1
                 result.events += rows
                 result.bytes += size
                 log.info("dropped partition %s (%d bytes)", partition.name, size)
-                return
+                return True
         result.partitions_kept.append(partition.name)
         log.info(
             "partition %s has expired, but some of its events still wait: deleting the others",
             partition.name,
         )
         await self._delete_rows(None, math.inf, result, partition)
+        return True
 
     async def _drop(
         self, partition: Partition, letters: ColumnElement[bool], keys: ColumnElement[bool]
