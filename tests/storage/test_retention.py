@@ -21,10 +21,12 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select, text
 
+from tests.support import eventually
 from webhook_worker.observability import metrics
 from webhook_worker.storage import migrate
 from webhook_worker.storage.database import Database, upsert
 from webhook_worker.storage.events import insert_events
+from webhook_worker.storage.lease import Lease, LeaseLost
 from webhook_worker.storage.records import EventRecord
 from webhook_worker.storage.retention import Policy, Retention
 from webhook_worker.storage.schema import (
@@ -226,12 +228,14 @@ async def test_one_process_sweeps_at_a_time(db: Database) -> None:
     await store(db, [record("short", now - 10)])
     tools = [tool("short", "3s")]
     holder, other = Retention(db, DEFAULT, 600), Retention(db, DEFAULT, 600)
+    sweeping = Lease(db, "retention_lease", 60)
 
-    assert await holder._acquire()
+    assert await sweeping.acquire()
+    assert not await Lease(db, "retention_lease", 60).acquire()
     skipped = await other.sweep(tools, now)
     assert not skipped.swept
     assert await count(db, events) == 1  # nothing deleted
-    await holder._release(0)
+    await sweeping.release()
 
     assert (await other.sweep(tools, now, rest=600)).swept
     assert await count(db, events) == 0
@@ -242,6 +246,22 @@ async def test_one_process_sweeps_at_a_time(db: Database) -> None:
             select(metadata_table.c.value).where(metadata_table.c.key == "retention_lease")
         )
     assert lease is not None and lease / 1000 >= time.time() + 500
+
+
+async def test_a_lease_is_renewed_and_lost_to_another_process(db: Database) -> None:
+    first = Lease(db, "retention_lease", 0.2)
+    assert await first.acquire()
+    await first.keep()  # most of it left: nothing to do
+    taken = Lease(db, "retention_lease", 60)
+
+    async def taken_over() -> bool:
+        return await taken.acquire()
+
+    await eventually(taken_over, within=5, what="the lease to run out")
+    with pytest.raises(LeaseLost):
+        await first.keep()
+    await first.release()  # not its own any more: leaves it alone
+    assert not await Lease(db, "retention_lease", 60).acquire()
 
 
 async def test_a_lease_left_by_a_dead_process_runs_out(db: Database) -> None:
@@ -317,7 +337,7 @@ async def test_an_older_sqlite_file_reuses_its_pages_and_says_how_to_shrink_it(
         await migrate.upgrade(db)
         async with db.connect() as conn:
             assert await conn.scalar(text("PRAGMA auto_vacuum")) == 0
-        with caplog.at_level(logging.WARNING, logger="webhook_worker.storage.retention"):
+        with caplog.at_level(logging.WARNING, logger="webhook_worker.storage.vacuum"):
             sizes = await _steady_ingest(db, 30)
     finally:
         await db.close()

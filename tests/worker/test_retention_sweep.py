@@ -97,7 +97,7 @@ async def test_a_short_retention_expires_settled_events_and_keeps_waiting_ones(
         swept = metrics.RETENTION_LAST_SWEEP._value.get()
 
         async def swept_again() -> bool:
-            return metrics.RETENTION_LAST_SWEEP._value.get() > swept
+            return bool(metrics.RETENTION_LAST_SWEEP._value.get() > swept)
 
         # A sweep every second, each taking milliseconds: the next one ends well within the
         # new event's 3 s.

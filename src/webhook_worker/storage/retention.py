@@ -29,7 +29,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import os
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -49,7 +48,6 @@ from sqlalchemy import (
     table,
     text,
     true,
-    update,
 )
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -58,12 +56,12 @@ from webhook_worker import constants as c
 from webhook_worker.config import Settings
 from webhook_worker.errors import DatabaseUnavailableError
 from webhook_worker.observability import metrics
-from webhook_worker.storage import erase, partitions
+from webhook_worker.storage import erase, footprint, partitions
 from webhook_worker.storage.database import Database
-from webhook_worker.storage.events import insert_ignoring_conflicts
+from webhook_worker.storage.lease import Lease
 from webhook_worker.storage.partitions import Partition
-from webhook_worker.storage.rows import utc
-from webhook_worker.storage.schema import dead_letters, event_keys, events, metadata_table
+from webhook_worker.storage.schema import dead_letters, event_keys, events
+from webhook_worker.storage.vacuum import Vacuum
 from webhook_worker.tools.model import Tool
 from webhook_worker.vocabulary import DeadLetterStatus, EventStatus
 
@@ -75,8 +73,6 @@ so that the worker's next batch waits milliseconds behind a sweep, not seconds."
 LEASE: Final = 60.0
 """How long the lease is held before it must be renewed (a process that dies while sweeping
 holds up the next sweep at most this long)."""
-VACUUM_PAGES: Final = 2_000
-"""Free pages given back to the file system per transaction (SQLite, auto_vacuum)."""
 ID_SLACK: Final = 3_600.0
 """An event's id is made at ingest, the moment of its ``received_at``; ids up to this much newer
 than the cutoff are still looked at (a clock step between the two), the rest are pruned."""
@@ -84,10 +80,6 @@ than the cutoff are still looked at (a clock step between the two), the rest are
 WAITING_EVENTS: Final = (EventStatus.PENDING, EventStatus.RETRYING)
 WAITING_LETTERS: Final = (DeadLetterStatus.PENDING, DeadLetterStatus.RETRYING)
 SETTLED_LETTERS: Final = (DeadLetterStatus.RESOLVED, DeadLetterStatus.DISCARDED)
-
-
-class LeaseLost(Exception):
-    """Another process took the sweep over (this one held it past its lease)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,70 +159,13 @@ class Retention:
         self._db = db
         self._events_retention = events_retention
         self._interval = interval
-        self._held: int | None = None
-        self._told_no_auto_vacuum = False
+        self._lease = Lease(db, c.METADATA_RETENTION_LEASE, LEASE)
+        self._vacuum = Vacuum(db)
 
     @property
     def interval(self) -> float:
         """RETENTION_INTERVAL: how often the worker's loop sweeps."""
         return self._interval
-
-    # -- the lease ---------------------------------------------------------------------------
-
-    async def _acquire(self) -> bool:
-        now_ms = int(time.time() * 1000)
-        until = now_ms + int(LEASE * 1000)
-        key = metadata_table.c.key == c.METADATA_RETENTION_LEASE
-        async with self._db.begin() as conn:
-            await conn.execute(
-                insert_ignoring_conflicts(self._db.dialect, metadata_table),
-                {"key": c.METADATA_RETENTION_LEASE, "value": 0},
-            )
-            taken = await conn.execute(
-                update(metadata_table)
-                .where(key, metadata_table.c.value < now_ms)
-                .values(value=until)
-            )
-        self._held = until if taken.rowcount == 1 else None
-        return self._held is not None
-
-    async def _keep_lease(self) -> None:
-        """Renew the lease once half of it has gone; LeaseLost when another process has it."""
-        held = self._held
-        if held is None:
-            raise LeaseLost
-        now_ms = int(time.time() * 1000)
-        if held - now_ms > LEASE * 500:
-            return
-        until = now_ms + int(LEASE * 1000)
-        async with self._db.begin() as conn:
-            renewed = await conn.execute(
-                update(metadata_table)
-                .where(
-                    metadata_table.c.key == c.METADATA_RETENTION_LEASE,
-                    metadata_table.c.value == held,
-                )
-                .values(value=until)
-            )
-        if renewed.rowcount != 1:
-            self._held = None
-            raise LeaseLost
-        self._held = until
-
-    async def _release(self, rest_until: float) -> None:
-        """Give the lease up; no process sweeps again before ``rest_until`` (epoch seconds)."""
-        held, self._held = self._held, None
-        if held is None:
-            return
-        async with self._db.begin() as conn:
-            await conn.execute(
-                update(metadata_table)
-                .where(
-                    metadata_table.c.key == c.METADATA_RETENTION_LEASE,
-                    metadata_table.c.value == held,
-                )
-                .values(value=int(rest_until * 1000))
-            )
 
     # -- the sweep ---------------------------------------------------------------------------
 
@@ -252,7 +187,7 @@ class Retention:
         started = time.monotonic()
         wall = time.time()
         now = wall if now is None else now
-        if not await self._acquire():
+        if not await self._lease.acquire():
             return SweepResult()
         result = SweepResult(swept=True)
         policy = Policy.of(tools, self._events_retention)
@@ -265,11 +200,11 @@ class Retention:
             else:
                 for group in policy.groups():
                     await self._delete_rows(group, now - group.retention, result, None)
-                await self._reclaim_sqlite()
+                await self._vacuum.reclaim(self._lease.keep)
             done = True
         finally:
             try:
-                await self._release(wall + rest if done else 0.0)
+                await self._lease.release(wall + rest if done else 0.0)
             except DatabaseUnavailableError as exc:  # it runs out by itself
                 log.warning("could not release the retention lease: %s", exc)
         result.duration = time.monotonic() - started
@@ -386,7 +321,7 @@ class Retention:
         self, table: Table, key: ColumnElement[str], where: ColumnElement[bool]
     ) -> None:
         while True:
-            await self._keep_lease()
+            await self._lease.keep()
             async with self._db.begin(durable=False) as conn:
                 chosen = select(key).where(where).limit(erase.CHUNK).scalar_subquery()
                 deleted = await conn.execute(delete(table).where(key.in_(chosen)))
@@ -420,7 +355,7 @@ class Retention:
                 conditions.append(e.id < partitions.id_bound(cutoff + ID_SLACK))
         query = select(e.id).where(*conditions).limit(chunk)
         while True:
-            await self._keep_lease()
+            await self._lease.keep()
             async with self._db.begin(durable=False) as conn:
                 ids = list((await conn.execute(query)).scalars())
                 deleted = await erase.delete_events(conn, ids)
@@ -430,63 +365,13 @@ class Retention:
                 return
             await asyncio.sleep(0)  # let the worker's writes in between
 
-    async def _reclaim_sqlite(self) -> None:
-        """Give freed pages back to the file system (auto_vacuum=INCREMENTAL), a bounded number
-        per transaction, and checkpoint the WAL, so that it starts over from its beginning
-        rather than growing up to the next automatic checkpoint. In a file without auto_vacuum
-        the freed pages are reused, which is enough to stop its growth."""
-        async with self._db.connect() as conn:
-            mode = int(await conn.scalar(text("PRAGMA auto_vacuum")) or 0)
-            free = int(await conn.scalar(text("PRAGMA freelist_count")) or 0)
-        if mode != 2:
-            self._tell_no_auto_vacuum()
-            free = 0
-        while free > 0:
-            await self._keep_lease()
-            async with self._db.begin(durable=False) as conn:
-                await _driver_script(conn, f"PRAGMA incremental_vacuum({VACUUM_PAGES});")
-                left = int(await conn.scalar(text("PRAGMA freelist_count")) or 0)
-            if left >= free:
-                break
-            free = left
-            await asyncio.sleep(0)
-        async with self._db.connect() as conn:
-            # Outside a transaction (a checkpoint cannot run inside one). PASSIVE: it never
-            # waits for a reader or holds up a writer; what it cannot copy waits for the next.
-            await _driver_script(conn, "PRAGMA wal_checkpoint(PASSIVE);")
-
-    def _tell_no_auto_vacuum(self) -> None:
-        if self._told_no_auto_vacuum:
-            return
-        self._told_no_auto_vacuum = True
-        path = self._db.engine.url.database
-        log.warning(
-            "the SQLite file %s was created without auto_vacuum: the space of deleted events is "
-            "reused, so the file stops growing, but it does not shrink. To shrink it, and have "
-            "it shrink from then on, stop webhook-worker and run: sqlite3 %s "
-            "'PRAGMA auto_vacuum=INCREMENTAL; VACUUM;'",
-            path,
-            path,
-        )
-
     # -- what the metrics show ---------------------------------------------------------------
 
     async def observe(self, now: float | None = None) -> tuple[float, int]:
-        """Set the age of the oldest stored event and the database's size; returns them.
-        Cheap: every worker runs it each interval, whether it swept or not."""
-        now = time.time() if now is None else now
-        async with self._db.connect() as conn:
-            if self._db.is_sqlite:
-                oldest = await conn.scalar(select(func.min(events.c.received_at)))
-                age = 0.0 if oldest is None else now - utc(oldest).timestamp()
-                size = _sqlite_size(self._db)
-            else:
-                first = await conn.scalar(select(func.min(events.c.id)))
-                age = 0.0 if first is None else now - partitions.bound_time(first)
-                size = int(
-                    await conn.scalar(text("SELECT pg_database_size(current_database())")) or 0
-                )
-        age = max(age, 0.0)
+        """Set the age of the oldest stored event and the database's size (storage/footprint.py);
+        returns them. Cheap: every worker runs it each interval, whether it swept or not."""
+        age = await footprint.oldest_event_age(self._db, now)
+        size = await footprint.database_size(self._db)
         metrics.OLDEST_EVENT_AGE.set(age)
         metrics.DATABASE_SIZE.set(size)
         return age, size
@@ -557,28 +442,6 @@ def _lock_busy(exc: BaseException) -> bool:
             return True
         seen = seen.__cause__ or seen.__context__
     return False
-
-
-async def _driver_script(conn: AsyncConnection, script: str) -> None:
-    """Run ``script`` through the SQLite driver's executescript, which steps each statement to
-    its end (an ordinary execute steps ``incremental_vacuum`` once, which frees one page) and
-    begins no transaction of its own."""
-    driver = (await conn.get_raw_connection()).driver_connection
-    assert driver is not None
-    await driver.executescript(script)
-
-
-def _sqlite_size(db: Database) -> int:
-    path = db.engine.url.database
-    if not path or path == ":memory:":
-        return 0
-    total = 0
-    for suffix in ("", "-wal"):
-        try:
-            total += os.stat(path + suffix).st_size
-        except FileNotFoundError:
-            continue
-    return total
 
 
 def _record(result: SweepResult, longest: float, finished: float) -> None:
