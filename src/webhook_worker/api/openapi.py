@@ -100,6 +100,16 @@ _PAGING = [
     _query("tool_id", "only this tool"),
     _query("event_type", "only this event type"),
 ]
+# The filters of the event list without its paging.
+_EVENT_FILTER_PARAMETERS = [
+    *(p for p in _PAGING if p["name"] not in ("limit", "cursor")),
+    _query(
+        "status",
+        "pending, processed, ignored, retrying or dead",
+        _status_filter(tuple(EventStatus)),
+    ),
+    _query("delivery_id", "only the event with this delivery id"),
+]
 _COMMON = {
     "401": _error("missing or wrong ADMIN_TOKEN"),
     "403": _error(
@@ -257,6 +267,7 @@ def document() -> dict[str, Any]:
                         "status": {"enum": [*EventStatus, "", None]},
                         "since": {"anyOf": [_TIME_FILTER, {"type": "null"}]},
                         "until": {"anyOf": [_TIME_FILTER, {"type": "null"}]},
+                        "delivery_id": {"type": ["string", "null"]},
                         "destination_id": {
                             "type": ["string", "null"],
                             "description": "replay to this destination only (needs tool_id)",
@@ -267,6 +278,16 @@ def document() -> dict[str, Any]:
                         },
                     },
                     "additionalProperties": False,
+                },
+                "Purged": {
+                    "type": "object",
+                    "description": "deleted, or with dry_run, matched",
+                    "properties": {
+                        "deleted": {"type": "integer"},
+                        "matched": {"type": "integer"},
+                    },
+                    "minProperties": 1,
+                    "maxProperties": 1,
                 },
                 "Counted": {
                     "type": "object",
@@ -349,13 +370,37 @@ def document() -> dict[str, Any]:
                             "pending, processed, ignored, retrying or dead",
                             _status_filter(tuple(EventStatus)),
                         ),
+                        _query("delivery_id", "only the event with this delivery id"),
                     ],
                     "responses": {
                         "200": _json(_page("Event"), "events"),
                         "400": _error("bad filter"),
                         **_COMMON,
                     },
-                }
+                },
+                "delete": {
+                    "summary": "Delete every event matching the filters (at least one)",
+                    "description": "Erases each matching event with its attempts, deliveries, "
+                    "dead letters and de-duplication key (so its delivery id is accepted as new "
+                    "when sent again), in chunks of 500 events, one transaction each. Events "
+                    "received after the request began are left alone. `dry_run=true` counts "
+                    "the events instead; on the same data the count equals what is deleted. "
+                    "See docs/operations.md, Data lifecycle, for what remains elsewhere.",
+                    "parameters": [
+                        *_EVENT_FILTER_PARAMETERS,
+                        _query(
+                            "dry_run",
+                            "true: count the matching events, delete nothing",
+                            {"type": "string", "enum": ["", "true", "false"]},
+                        ),
+                    ],
+                    "responses": {
+                        "200": _json(_ref("Purged"), "how many were deleted, or matched"),
+                        "400": _error("no filter, or a bad one"),
+                        "503": _error("database or queue unavailable"),
+                        **_COMMON,
+                    },
+                },
             },
             "/api/v1/events/{event_id}": {
                 "get": {
