@@ -90,6 +90,10 @@ class ToolCache:
                 await self.load()
         return self._tools.get(tool_id)
 
+    def all(self) -> list[Tool]:
+        """Every tool served (the retention sweep reads each one's ``retention``)."""
+        return [live.tool for live in self._tools.values()]
+
     def __len__(self) -> int:
         return len(self._tools)
 
