@@ -101,9 +101,8 @@ _PAGING = [
     _query("tool_id", "only this tool"),
     _query("event_type", "only this event type"),
 ]
-_FILTERS = _PAGING[2:]  # since, until, tool_id, event_type: a list's filters without paging
 _SEARCH = {"type": "string", "maxLength": MAX_SEARCH}
-# The filters events have beyond those (the list, the export; the bulk replay's body).
+# The filters events have beyond those of every list (since, until, tool_id, event_type).
 _EVENT_ONLY_FILTERS = [
     _query(
         "status",
@@ -118,6 +117,11 @@ _EVENT_ONLY_FILTERS = [
         "of every event the other filters leave, so bound it with since/until",
         _SEARCH,
     ),
+]
+# The filters of the event list without its paging (the export, the purge).
+_EVENT_FILTER_PARAMETERS = [
+    *(p for p in _PAGING if p["name"] not in ("limit", "cursor")),
+    *_EVENT_ONLY_FILTERS,
 ]
 _COMMON = {
     "401": _error("missing or wrong ADMIN_TOKEN"),
@@ -292,6 +296,16 @@ def document() -> dict[str, Any]:
                     },
                     "additionalProperties": False,
                 },
+                "Purged": {
+                    "type": "object",
+                    "description": "deleted, or with dry_run, matched",
+                    "properties": {
+                        "deleted": {"type": "integer"},
+                        "matched": {"type": "integer"},
+                    },
+                    "minProperties": 1,
+                    "maxProperties": 1,
+                },
                 "Counted": {
                     "type": "object",
                     "description": "requeued, or with dry_run, matched",
@@ -372,7 +386,30 @@ def document() -> dict[str, Any]:
                         "400": _error("bad filter"),
                         **_COMMON,
                     },
-                }
+                },
+                "delete": {
+                    "summary": "Delete every event matching the filters (at least one)",
+                    "description": "Erases each matching event with its attempts, deliveries, "
+                    "dead letters and de-duplication key (so its delivery id is accepted as new "
+                    "when sent again), in chunks of 500 events, one transaction each. Events "
+                    "received after the request began are left alone. `dry_run=true` counts "
+                    "the events instead; on the same data the count equals what is deleted. "
+                    "See docs/operations.md, Data lifecycle, for what remains elsewhere.",
+                    "parameters": [
+                        *_EVENT_FILTER_PARAMETERS,
+                        _query(
+                            "dry_run",
+                            "true: count the matching events, delete nothing",
+                            {"type": "string", "enum": ["", "true", "false"]},
+                        ),
+                    ],
+                    "responses": {
+                        "200": _json(_ref("Purged"), "how many were deleted, or matched"),
+                        "400": _error("no filter, or a bad one"),
+                        "503": _error("database or queue unavailable"),
+                        **_COMMON,
+                    },
+                },
             },
             "/api/v1/events/export": {
                 "get": {
@@ -380,7 +417,7 @@ def document() -> dict[str, Any]:
                     "description": "One event per line, as GET /api/v1/events/{event_id} shows "
                     "it, streamed in batches; events received after the export started are "
                     "left out.",
-                    "parameters": [*_FILTERS, *_EVENT_ONLY_FILTERS],
+                    "parameters": _EVENT_FILTER_PARAMETERS,
                     "responses": {
                         "200": {
                             "description": "one JSON event per line",
