@@ -23,7 +23,7 @@ from webhook_worker.vocabulary import EventStatus
 
 
 def record(index: int, tool_id: str = "demo", **fields: Any) -> EventRecord:
-    received = BASE_TIME + timedelta(seconds=index)
+    received = BASE_TIME + timedelta(minutes=index)  # when event_id(index) was made
     values: dict[str, Any] = {
         "id": event_id(index),
         "tool_id": tool_id,
@@ -125,7 +125,7 @@ async def test_dry_run_count_equals_the_real_run_across_chunks(db: Database) -> 
     await store(db, [record(i, status=EventStatus.PROCESSED) for i in range(total)])
     await store(db, [record(total + i, status=EventStatus.DEAD) for i in range(5)])
     where = EventFilter(
-        tool_id="demo", status=EventStatus.PROCESSED, until=BASE_TIME + timedelta(seconds=total)
+        tool_id="demo", status=EventStatus.PROCESSED, until=BASE_TIME + timedelta(minutes=total)
     )
     counted = await purge.count(db, where)
     sizes: list[int] = []
@@ -169,8 +169,8 @@ async def test_time_and_type_filters_bound_the_purge(db: Database) -> None:
     await store(db, [record(i, event_type="push" if i % 2 else "ping") for i in range(10)])
     where = EventFilter(
         event_type="push",
-        since=BASE_TIME + timedelta(seconds=2),
-        until=BASE_TIME + timedelta(seconds=8),
+        since=BASE_TIME + timedelta(minutes=2),
+        until=BASE_TIME + timedelta(minutes=8),
     )
     assert await purge.count(db, where) == 3  # 3, 5 and 7
     assert (await purge.purge(db, where)).events == 3

@@ -420,12 +420,8 @@ def purge(
     status: StatusOpt = None,
     since: SinceOpt = None,
     until: UntilOpt = None,
-    delivery_id: Annotated[
-        str | None, typer.Option("--delivery-id", help="Only the event with this delivery id.")
-    ] = None,
-    search: Annotated[
-        str | None, typer.Option("--search", help="Only events whose body contains this text.")
-    ] = None,
+    delivery_id: DeliveryOpt = None,
+    search: SearchOpt = None,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Count the events a purge would delete.")
     ] = False,
@@ -440,10 +436,8 @@ def purge(
     Example (erase one delivery): webhook-worker events purge --tool github --delivery-id
     72d3162e-cc78-11e3-81ab-4c9367dc0958 --yes
     """
-    where = replace(
-        event_filter(tool, event_type, status, since, until),
-        delivery_id=delivery_id or None,
-        search=search or None,
+    where = event_filter(
+        tool, event_type, status, since, until, delivery_id=delivery_id, search=search
     )
     if where == EventFilter():
         fail(
