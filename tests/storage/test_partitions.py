@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import os
 import random
+import time
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -63,9 +64,12 @@ def test_the_width_follows_the_longest_retention_and_the_sweep_interval() -> Non
 
 @pytest.fixture
 async def partitioned(postgres_db: Database) -> AsyncIterator[Database]:
-    """The migrated database, with the partitions a test adds dropped again afterwards."""
+    """The migrated database with daily partitions up to two days ahead, as a worker makes
+    them; what a test adds is dropped again afterwards."""
     async with postgres_db.connect() as conn:
         before = {p.name for p in await partitions.list_partitions(conn)}
+    async with postgres_db.begin() as conn:
+        await partitions.ensure(conn, now=time.time(), width=DAY, ahead=2 * DAY)
     yield postgres_db
     async with postgres_db.begin() as conn:
         for partition in await partitions.list_partitions(conn):
@@ -79,7 +83,9 @@ async def test_the_migration_partitions_the_event_tables(partitioned: Database) 
         for table, _ in partitions.PARTITIONED:
             found = await partitions.list_partitions(conn, table)
             suffixes = [p.suffix(table) for p in found]
-            assert suffixes[0] == "_legacy" and found[0].low is None
+            # An empty table leaves no legacy partition (tests/storage/
+            # test_migrate_previous_release.py migrates one with data).
+            assert "_legacy" not in suffixes
             assert suffixes[-1] == "_default" and found[-1].default
             # Contiguous, each range starting where the one before ended.
             ranges = [p for p in found if not p.default]

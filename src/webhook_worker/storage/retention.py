@@ -236,6 +236,21 @@ class Retention:
                     await self._delete_rows(group, cutoff, result, partition)
             else:
                 await self._delete_rows(group, cutoff, result, None)
+        if result.events:
+            await self._vacuum_row_tables()
+
+    async def _vacuum_row_tables(self) -> None:
+        """VACUUM the tables that lose rows one by one rather than with partitions (the
+        delivery id keys, dead letters), so that their space is reused for new rows even where
+        autovacuum is off or slow to come round. It takes SHARE UPDATE EXCLUSIVE locks, which
+        writes go on beside; SKIP_LOCKED passes over a table another VACUUM holds. The events
+        row-deleted inside partitions are left to autovacuum: they are a short retention's,
+        and their partition is dropped in its turn."""
+        async with self._db.connect() as conn:
+            await conn.execution_options(isolation_level="AUTOCOMMIT")
+            await conn.execute(
+                text(f"VACUUM (SKIP_LOCKED) {c.TABLE_EVENT_KEYS}, {c.TABLE_DEAD_LETTERS}")
+            )
 
     async def _ensure(self, policy: Policy, now: float) -> int:
         width = partitions.width_for(policy.longest, self._interval)

@@ -11,10 +11,13 @@ by range of the event id (storage/partitions.py), so that retention drops whole 
    collation (byte order, the order of UUIDv7 text), which rebuilds the indexes on it; the
    foreign keys to ``events`` go (a partitioned table deletes its dependants itself).
 2. The partitioned table is created in its place, with the same columns and the index names
-   the code declares, and the legacy table is attached as its partition for everything before
-   the next UTC midnight (ATTACH scans it once to check the range; ``event_attempts_legacy``
-   gets the new primary key ``(event_id, id)`` built).
-3. A DEFAULT partition of each, and the partitions of the next two days, are created.
+   the code declares, and the legacy table, when it holds anything, is attached as its
+   partition for everything before the next whole minute (ATTACH scans it once to check the
+   range; ``event_attempts_legacy`` gets the new primary key ``(event_id, id)`` built); an
+   empty one is dropped.
+3. A DEFAULT partition of each is created. The partitions from then on are the workers' (they
+   create them at start, as wide as the retention asks: storage/partitions.py); until then,
+   events wait in the DEFAULT partition, and move to theirs when it is created.
 4. ``event_keys`` takes over the unique ``(tool_id, delivery_id)`` of events (a unique
    constraint on a partitioned table would have to include the partition key) and is filled
    from the existing events.
@@ -40,7 +43,7 @@ down_revision: str | None = "0003"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
-_DAY = 86_400
+_MINUTE = 60
 # (table, partition key, primary key of the partitioned table)
 _TABLES = (
     ("events", "id", "id"),
@@ -68,17 +71,15 @@ def _bound(at: float) -> str:
     return f"{digits[:8]}-{digits[8:]}-0000-0000-000000000000"
 
 
-def _partition_name(table: str, low: float) -> str:
-    return f"{table}_p{time.strftime('%Y%m%d_%H%M%S', time.gmtime(low))}"
-
-
 def upgrade() -> None:
     conn = op.get_bind()
     if conn.dialect.name != "postgresql":
         return
-    cutover = (math.floor(time.time() / _DAY) + 1) * _DAY
+    cutover = (math.floor(time.time() / _MINUTE) + 1) * _MINUTE
+    empty = conn.execute(text("SELECT NOT EXISTS (SELECT 1 FROM events)")).scalar()
+    for table, column, _key in _TABLES:
+        _make_legacy(conn, table, column)  # all three first: the foreign keys go
     for table, column, key in _TABLES:
-        _make_legacy(conn, table, column)
         conn.execute(
             text(
                 f"CREATE TABLE {table} (LIKE {table}_legacy INCLUDING DEFAULTS) "
@@ -88,24 +89,20 @@ def upgrade() -> None:
         conn.execute(text(f"ALTER TABLE {table} ADD CONSTRAINT pk_{table} PRIMARY KEY ({key})"))
         for statement in _INDEXES[table]:
             conn.execute(text(statement))
-        conn.execute(
-            text(
-                f"ALTER TABLE {table} ATTACH PARTITION {table}_legacy "
-                f"FOR VALUES FROM (MINVALUE) TO ('{_bound(cutover)}')"
-            )
-        )
-        conn.execute(text(f"CREATE TABLE {table}_default PARTITION OF {table} DEFAULT"))
-        for day in (0, 1):
-            low = cutover + day * _DAY
+        if table == "event_attempts":
+            # The sequence of attempt ids belongs to the column that becomes the legacy
+            # partition's: it would go when that partition is dropped.
+            conn.execute(text("ALTER SEQUENCE event_attempts_id_seq OWNED BY event_attempts.id"))
+        if empty:
+            conn.execute(text(f"DROP TABLE {table}_legacy"))
+        else:
             conn.execute(
                 text(
-                    f"CREATE TABLE {_partition_name(table, low)} PARTITION OF {table} "
-                    f"FOR VALUES FROM ('{_bound(low)}') TO ('{_bound(low + _DAY)}')"
+                    f"ALTER TABLE {table} ATTACH PARTITION {table}_legacy "
+                    f"FOR VALUES FROM (MINVALUE) TO ('{_bound(cutover)}')"
                 )
             )
-    # The sequence of attempt ids belonged to the column that is now the legacy partition's: it
-    # would go when that partition is dropped.
-    conn.execute(text("ALTER SEQUENCE event_attempts_id_seq OWNED BY event_attempts.id"))
+        conn.execute(text(f"CREATE TABLE {table}_default PARTITION OF {table} DEFAULT"))
     conn.execute(
         text(
             "CREATE TABLE event_keys (tool_id VARCHAR(128) NOT NULL, "
@@ -116,7 +113,7 @@ def upgrade() -> None:
     conn.execute(
         text(
             "INSERT INTO event_keys (tool_id, delivery_id, event_id) "
-            "SELECT tool_id, delivery_id, id FROM events_legacy"
+            "SELECT tool_id, delivery_id, id FROM events"
         )
     )
     conn.execute(text("CREATE INDEX ix_event_keys_event_id ON event_keys (event_id)"))
