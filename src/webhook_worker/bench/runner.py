@@ -345,8 +345,8 @@ async def _measure(
     samples.append(await observer.sample(since))
     lifecycle = soak.part(result) if soak is not None else None
     return {
-        "warmup": asdict(replace(warmup, timeline=None)),
-        "ingest": asdict(replace(result, timeline=None)),
+        "warmup": _phase_view(warmup),
+        "ingest": _phase_view(result),
         "end_to_end": end_to_end,
         "forward": forward,
         "samples": [asdict(sample) for sample in samples],
@@ -356,6 +356,13 @@ async def _measure(
         "profile": profile,
         "lifecycle": lifecycle,
     }
+
+
+def _phase_view(phase: Phase) -> dict[str, Any]:
+    """A phase for the report: its latencies by the second are summed up in ``lifecycle``."""
+    view = asdict(phase)
+    view.pop("timeline")
+    return view
 
 
 class _Soak:

@@ -172,7 +172,8 @@ async def watch(
         except TimeoutError:
             continue
     sweeps.update(await storage.metrics())
-    await _sample(storage, since, samples, sweeps)
+    if time.monotonic() > next_sample - every + 1:  # not just sampled
+        await _sample(storage, since, samples, sweeps)
 
 
 async def _sample(

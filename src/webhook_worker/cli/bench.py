@@ -178,7 +178,7 @@ def bench(
             "--pause-worker needs a separate worker process: --start postgres-redis or "
             "postgres, or --url with --worker-pid"
         )
-    soak = _soak(retention, retention_interval, storage_every, url)
+    retention_s, interval_s, every_s = _soak(retention, retention_interval, storage_every, url)
     if profile is not None:
         try:
             py_spy()
@@ -206,7 +206,9 @@ def bench(
         keep=keep,
         pids=pids,
         profile=profile,
-        **soak,
+        retention=retention_s,
+        retention_interval=interval_s,
+        storage_every=every_s,
     )
     try:
         result = run_async(runner.run(options, _progress))
@@ -235,30 +237,36 @@ def bench(
 
 def _soak(
     retention: str | None, interval: str, every: str, url: str | None
-) -> dict[str, float | None]:
-    """The soak's options in seconds (none without ``--retention``)."""
+) -> tuple[float | None, float, float]:
+    """The soak's options in seconds: retention (None without ``--retention``), sweep interval,
+    storage sampling interval."""
     if retention is None:
         for given, option in ((interval, "--retention-interval"), (every, "--storage-every")):
             if given != "30s":
                 fail(f"{option} is part of the retention soak: add --retention")
-        return {}
+        return None, 30.0, 30.0
     if url is not None:
         fail("--retention sets EVENTS_RETENTION of the processes the benchmark starts; give "
              "--start, not --url")  # fmt: skip
-    seconds: dict[str, float | None] = {}
-    for key, option, text in (
-        ("retention", "--retention", retention),
-        ("retention_interval", "--retention-interval", interval),
-        ("storage_every", "--storage-every", every),
-    ):
-        try:
-            value = parse_duration(text)
-        except ValueError as exc:
-            fail(f"{option}: {exc} (a duration such as 2m, 30s, 1h)")
-        if value <= 0:
-            fail(f"{option}: must be more than 0, got {text!r}")
-        seconds[key] = value
-    return seconds
+    retention_s, interval_s, every_s = (
+        _positive_duration(option, text)
+        for option, text in (
+            ("--retention", retention),
+            ("--retention-interval", interval),
+            ("--storage-every", every),
+        )
+    )
+    return retention_s, interval_s, every_s
+
+
+def _positive_duration(option: str, text: str) -> float:
+    try:
+        value = parse_duration(text)
+    except ValueError as exc:
+        fail(f"{option}: {exc} (a duration such as 2m, 30s, 1h)")
+    if value <= 0:
+        fail(f"{option}: must be more than 0, got {text!r}")
+    return value
 
 
 def _check_loopback(url: str, option: str) -> None:
