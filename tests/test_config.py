@@ -23,13 +23,15 @@ from webhook_worker.errors import ConfigError
         ("1h30m", 5400),
         ("1.5s", 1.5),
         ("30", 30),
+        ("30d", 30 * 86400),
+        ("1d12h", 36 * 3600),
     ],
 )
 def test_go_style_durations(text: str, seconds: float) -> None:
     assert parse_duration(text) == pytest.approx(seconds)
 
 
-@pytest.mark.parametrize("text", ["", "1d", "5 m", "m5", "-1s", "1s5", "abc"])
+@pytest.mark.parametrize("text", ["", "1w", "5 m", "m5", "-1s", "1s5", "abc"])
 def test_bad_durations_are_refused(text: str) -> None:
     with pytest.raises(ValueError):
         parse_duration(text)
@@ -82,7 +84,7 @@ def test_data_dir_places_the_sqlite_file(tmp_path: Path) -> None:
         ("REDIS_ADDR", "localhost"),
         ("API_ADDR", "8080"),
         ("DATABASE_PORT", "0"),
-        ("WORKER_IDEMPOTENCY_TTL", "1d"),
+        ("WORKER_IDEMPOTENCY_TTL", "1w"),
         ("RETRY_MULTIPLIER", "0.5"),
         ("MAX_PAYLOAD_BYTES", "lots"),
         ("LOG_LEVEL", "loud"),

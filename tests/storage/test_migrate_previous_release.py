@@ -171,6 +171,8 @@ async def test_migrate_keeps_everything_and_gives_forwards_to_default(
         assert f"from 0001 to revision {migrate.head_revision()}" in migrate_with_cli(
             previous_release
         )
+        # Statements this pool prepared are of the tables the migration replaced.
+        await db.engine.dispose()
         assert await migrate.current_revision(db) == migrate.head_revision()
         assert await snapshot(db) == before  # nothing lost, nothing changed
 
@@ -364,6 +366,7 @@ async def test_downgrade_gives_the_previous_data_back_and_says_what_it_drops(
     try:
         before = await snapshot(db)
         migrate_with_cli(previous_release)
+        await db.engine.dispose()  # as above: its statements are of the replaced tables
         # A second destination's dead letter, which the previous release has no place for.
         async with db.begin() as conn:
             await conn.execute(

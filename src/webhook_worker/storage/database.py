@@ -41,6 +41,10 @@ def _is_unavailable(exc: BaseException) -> bool:
     if isinstance(exc, WebhookWorkerError):
         return False
     if isinstance(exc, DBAPIError):
+        # A statement prepared before a migration changed its table: the driver has dropped
+        # its prepared statements, and the same statement succeeds when tried again.
+        if type(exc.orig).__name__ == "InvalidCachedStatementError":
+            return True
         return exc.connection_invalidated or isinstance(exc, (OperationalError, InterfaceError))
     return isinstance(exc, (OSError, ConnectionError, TimeoutError))
 

@@ -69,9 +69,10 @@ class Partition:
 
 
 def id_bound(at: float) -> str:
-    """The smallest UUIDv7 string made at or after ``at`` (epoch seconds): every id made
-    earlier sorts below it, every id made then or later at or above it."""
-    digits = f"{int(math.floor(at * 1000)):012x}"
+    """The smallest UUIDv7 string made in the millisecond ``at`` (epoch seconds) falls in, or
+    later: every id made earlier sorts below it, every id made then or later at or above it.
+    ``at`` is rounded to the millisecond, so that ``id_bound(bound_time(b)) == b``."""
+    digits = f"{round(at * 1000):012x}"
     return f"{digits[:8]}-{digits[8:]}-0000-0000-000000000000"
 
 
@@ -99,10 +100,10 @@ async def is_partitioned(conn: AsyncConnection) -> bool:
     if conn.dialect.name != "postgresql":
         return False
     kind = await conn.scalar(
-        text("SELECT relkind FROM pg_class WHERE oid = to_regclass(:table)"),
+        text("SELECT relkind::text FROM pg_class WHERE oid = to_regclass(:table)"),
         {"table": c.TABLE_EVENTS},
     )
-    return kind == "p"
+    return bool(kind == "p")
 
 
 async def list_partitions(conn: AsyncConnection, table: str = c.TABLE_EVENTS) -> list[Partition]:
@@ -129,9 +130,7 @@ async def list_partitions(conn: AsyncConnection, table: str = c.TABLE_EVENTS) ->
     return sorted(found, key=lambda p: (p.default, -math.inf if p.low is None else p.low))
 
 
-async def ensure(
-    conn: AsyncConnection, now: float, width: int, ahead: float
-) -> list[Partition]:
+async def ensure(conn: AsyncConnection, now: float, width: int, ahead: float) -> list[Partition]:
     """Create the partitions that cover ``[.., now + ahead)`` with no gap, each ``width``
     seconds wide on a multiple of it (a first one from the end of the newest to the next
     multiple fills any gap). Run it in its own transaction. Returns what it created."""
@@ -139,10 +138,17 @@ async def ensure(
     until = now + ahead
     if existing and existing[-1].high is None:
         return []  # covered up to MAXVALUE
-    start = existing[-1].high if existing else math.floor(now / width) * width
+    current = math.floor(now / width) * width
+    start = existing[-1].high if existing else current
     assert start is not None
     created: list[Partition] = []
     await conn.execute(text(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'"))
+    if start < current:
+        # No partition since `start` (no sweep ran for a while): one fills the gap (its rows,
+        # if any, are in the DEFAULT partition and move into it).
+        await create(conn, start, current)
+        created.append(Partition(partition_name(c.TABLE_EVENTS, start), start, current))
+        start = current
     while start < until:
         end = (math.floor(start / width) + 1) * width
         await create(conn, start, end)
@@ -161,8 +167,9 @@ async def create(conn: AsyncConnection, low: float, high: float) -> None:
         name = partition_name(table, low)
         default = f"{table}_default"
         await conn.execute(text(f"CREATE TABLE {name} (LIKE {table} INCLUDING DEFAULTS)"))
+        # The code's own table names; the bounds are parameters.
         moved = (
-            f"WITH moved AS (DELETE FROM {default} WHERE {column} >= :lower "
+            f"WITH moved AS (DELETE FROM {default} WHERE {column} >= :lower "  # noqa: S608
             f"AND {column} < :upper RETURNING *) INSERT INTO {name} SELECT * FROM moved"
         )
         await conn.execute(text(moved), {"lower": lower, "upper": upper})
@@ -195,7 +202,9 @@ def id_range(partition: Partition) -> tuple[str | None, str | None]:
 
 async def sizes(conn: AsyncConnection, partitions: Sequence[Partition]) -> int:
     """Bytes on disk of these partitions of the three tables, with their indexes and TOAST."""
-    names = [p.name.replace(c.TABLE_EVENTS, table, 1) for p in partitions for table, _ in PARTITIONED]
+    names = [
+        p.name.replace(c.TABLE_EVENTS, table, 1) for p in partitions for table, _ in PARTITIONED
+    ]
     if not names:
         return 0
     total = await conn.scalar(

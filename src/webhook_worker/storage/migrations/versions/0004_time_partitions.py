@@ -80,8 +80,10 @@ def upgrade() -> None:
     for table, column, key in _TABLES:
         _make_legacy(conn, table, column)
         conn.execute(
-            text(f"CREATE TABLE {table} (LIKE {table}_legacy INCLUDING DEFAULTS) "
-                 f"PARTITION BY RANGE ({column})")
+            text(
+                f"CREATE TABLE {table} (LIKE {table}_legacy INCLUDING DEFAULTS) "
+                f"PARTITION BY RANGE ({column})"
+            )
         )
         conn.execute(text(f"ALTER TABLE {table} ADD CONSTRAINT pk_{table} PRIMARY KEY ({key})"))
         for statement in _INDEXES[table]:
@@ -106,7 +108,7 @@ def upgrade() -> None:
     conn.execute(text("ALTER SEQUENCE event_attempts_id_seq OWNED BY event_attempts.id"))
     conn.execute(
         text(
-            'CREATE TABLE event_keys (tool_id VARCHAR(128) NOT NULL, '
+            "CREATE TABLE event_keys (tool_id VARCHAR(128) NOT NULL, "
             'delivery_id VARCHAR(255) NOT NULL, event_id VARCHAR(36) COLLATE "C" NOT NULL, '
             "CONSTRAINT pk_event_keys PRIMARY KEY (tool_id, delivery_id))"
         )
@@ -131,8 +133,10 @@ def _make_legacy(conn: Connection, table: str, column: str) -> None:
         ),
         {"table": table},
     ).all():
-        if kind == "f" or (kind == "u" and table == "events") or (
-            kind == "p" and table == "event_attempts"
+        if (
+            kind == "f"
+            or (kind == "u" and table == "events")
+            or (kind == "p" and table == "event_attempts")
         ):
             # Foreign keys to events; the unique delivery id (event_keys has it now); the
             # attempts' key (id), which the partitioned table widens to (event_id, id).
@@ -153,9 +157,7 @@ def _make_legacy(conn: Connection, table: str, column: str) -> None:
     ).all():
         renamed = name.replace(f"_{table}", f"_{legacy}", 1)
         conn.execute(text(f'ALTER INDEX "{name}" RENAME TO "{renamed}"'))
-    conn.execute(
-        text(f'ALTER TABLE {legacy} ALTER COLUMN {column} TYPE VARCHAR(36) COLLATE "C"')
-    )
+    conn.execute(text(f'ALTER TABLE {legacy} ALTER COLUMN {column} TYPE VARCHAR(36) COLLATE "C"'))
 
 
 def downgrade() -> None:
@@ -167,16 +169,14 @@ def downgrade() -> None:
     conn.execute(text("DROP TABLE event_keys"))
     for table, _column, _key in _TABLES:
         conn.execute(text(f"CREATE TABLE {table}_flat (LIKE {table} INCLUDING DEFAULTS)"))
-        conn.execute(text(f"INSERT INTO {table}_flat SELECT * FROM {table}"))
+        conn.execute(text(f"INSERT INTO {table}_flat SELECT * FROM {table}"))  # noqa: S608
     conn.execute(text("ALTER SEQUENCE event_attempts_id_seq OWNED BY NONE"))
     for table, _column, _key in reversed(_TABLES):
         conn.execute(text(f"DROP TABLE {table}"))
     for table, _column, key in _TABLES:
         conn.execute(text(f"ALTER TABLE {table}_flat RENAME TO {table}"))
         primary = "id" if table == "event_attempts" else key
-        conn.execute(
-            text(f"ALTER TABLE {table} ADD CONSTRAINT pk_{table} PRIMARY KEY ({primary})")
-        )
+        conn.execute(text(f"ALTER TABLE {table} ADD CONSTRAINT pk_{table} PRIMARY KEY ({primary})"))
         for statement in _INDEXES[table]:
             conn.execute(text(statement))
     conn.execute(text("ALTER SEQUENCE event_attempts_id_seq OWNED BY event_attempts.id"))
