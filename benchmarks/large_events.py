@@ -176,7 +176,7 @@ async def prepare_partitions(conn: AsyncConnection, now: float, days: float, wid
     for partition in legacy:
         await partitions.drop(conn, partition)
     existing = [p for p in existing if p.low is not None]
-    start = math.floor((now - days * DAY) / width) * width
+    start: float = math.floor((now - days * DAY) / width) * width
     first = existing[0].low if existing else None
     assert first is None or first >= start, "events older than --days already have partitions"
     end = first if first is not None else start

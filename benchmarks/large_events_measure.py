@@ -249,10 +249,16 @@ def main() -> None:
             (f"tool_id={chosen[-1]}, first page", EventFilter(tool_id=chosen[-1]), None),
         ]
         if "error" not in results["search, since 24 h ago"]:
-            since = now - timedelta(hours=24)
-            filters.append(("search, since 24 h ago", EventFilter(search=args.token, since=since)))
-            since = now - timedelta(hours=1)
-            filters.append(("search, a 1 h window", EventFilter(search=args.token, since=since)))
+            day, hour = now - timedelta(hours=24), now - timedelta(hours=1)
+            filters += [
+                ("search, since 24 h ago", EventFilter(search=args.token, since=day), None),
+                ("search, a 1 h window", EventFilter(search=args.token, since=hour), None),
+                (
+                    "search, since 24 h ago, no match",
+                    EventFilter(search="no-body-has-this", since=day),
+                    None,
+                ),
+            ]
         lines = asyncio.run(plans(filters))
         args.plans.parent.mkdir(parents=True, exist_ok=True)
         args.plans.write_text("\n".join(lines) + "\n")
