@@ -48,7 +48,7 @@ from webhook_worker.bench.observe import (
 )
 from webhook_worker.bench.payloads import payload
 from webhook_worker.bench.profile import Profiler
-from webhook_worker.config import Settings
+from webhook_worker.config import Settings, format_duration
 from webhook_worker.tools.model import Tool
 
 _COUNT_EVERY = 2.0
@@ -147,8 +147,8 @@ async def _deployment(
         base_env = dict(os.environ)
         if options.retention is not None:
             base_env |= {
-                "EVENTS_RETENTION": f"{options.retention:g}s",
-                "RETENTION_INTERVAL": f"{options.retention_interval:g}s",
+                "EVENTS_RETENTION": format_duration(options.retention),
+                "RETENTION_INTERVAL": format_duration(options.retention_interval),
             }
         async with started(
             options.start,
