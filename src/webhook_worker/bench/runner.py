@@ -51,6 +51,8 @@ from webhook_worker.bench.profile import Profiler
 from webhook_worker.config import Settings, format_duration
 from webhook_worker.tools.model import Tool
 
+_RESULT_LIMIT = 256 * 2**20
+"""Bytes a line of the load generator may have (asyncio's default is 64 KiB)."""
 _COUNT_EVERY = 2.0
 """Seconds between counts of the events table while the queue is not empty."""
 
@@ -240,6 +242,8 @@ async def _drive(
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
         stderr=log,
+        # The result line holds every latency with --retention (a few MB for a long soak).
+        limit=_RESULT_LIMIT,
     )
     assert process.stdin is not None and process.stdout is not None
     try:
