@@ -150,5 +150,8 @@ TABLE_METADATA: Final = "metadata"
 
 METADATA_TOOLS_REVISION: Final = "tools_revision"
 """Row in the metadata table bumped by every tool change; processes poll it to reload tools."""
+METADATA_RETENTION_LEASE: Final = "retention_lease"
+"""Row in the metadata table: epoch milliseconds until which one process holds the retention
+sweep (storage/retention.py); no other process sweeps before then."""
 
 EMBEDDED_DB_FILENAME: Final = "webhook-worker.db"

@@ -25,6 +25,7 @@ from webhook_worker.replay import Replayer
 from webhook_worker.storage import migrate
 from webhook_worker.storage.database import Database
 from webhook_worker.storage.events import EventStore
+from webhook_worker.storage.retention import Retention
 from webhook_worker.storage.tools import ToolStore
 from webhook_worker.tools.cache import ToolCache
 from webhook_worker.tools.secrets import SecretsAtRest
@@ -72,6 +73,8 @@ class Runtime:
             dlq_auto_retry_interval=s.dlq_auto_retry_interval,
             gate=self.gate,
             tools_refresh_interval=s.tools_refresh_interval,
+            retention=Retention(self.db, s.events_retention, s.retention_interval),
+            tools=self.tools.all,
         )
 
     def processor(self) -> Processor:

@@ -17,6 +17,7 @@ import pytest
 from cryptography.fernet import Fernet
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from tests.storage.support import event_id as time_ordered_id
 from tests.support import eventually, serving
 from webhook_worker.cli.send import sign_request
 from webhook_worker.config import Settings
@@ -345,7 +346,7 @@ def event_row(index: int, **fields: Any) -> dict[str, Any]:
     """An event whose id sorts by ``index`` (ids are UUIDv7: time-ordered)."""
     received = BASE_TIME + timedelta(minutes=index)
     row = {
-        "id": f"01900000-0000-7000-8000-{index:012d}",
+        "id": time_ordered_id(index),
         "tool_id": "demo",
         "event_type": "push",
         "delivery_id": f"delivery-{index}",

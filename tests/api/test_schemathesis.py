@@ -193,7 +193,7 @@ def run_schemathesis(base_url: str, seeded: Seeded) -> tuple[int, list[str]]:
     for result in schema.get_all_operations():
         assert isinstance(result, Ok), result.err()
         operations.append(result.ok())
-    assert len(operations) == 17, [op.label for op in operations]
+    assert len(operations) == 19, [op.label for op in operations]
 
     for operation in operations:
         path_names = [p.name for p in operation.path_parameters]

@@ -7,14 +7,17 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from webhook_worker.storage.database import Database
+from webhook_worker.storage.partitions import id_bound
 from webhook_worker.storage.schema import attempts, dead_letters, events
 
 BASE_TIME = datetime(2024, 1, 15, 10, 0, tzinfo=UTC)
 
 
 def event_id(index: int) -> str:
-    """Ids that sort by ``index``, as UUIDv7 ids sort by time."""
-    return f"01900000-0000-7000-8000-{index:012d}"
+    """The id of event ``index``: a UUIDv7 made when it was received (BASE_TIME + ``index``
+    minutes, as ingest makes them), so ids sort by ``index`` and time filters find them."""
+    made = id_bound((BASE_TIME + timedelta(minutes=index)).timestamp())
+    return f"{made[:13]}-7000-8000-{index:012d}"
 
 
 def letter_id(index: int) -> str:

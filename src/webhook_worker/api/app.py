@@ -46,6 +46,9 @@ def create_app(runtime: Runtime) -> Starlette:
         DeadLetterStore(runtime.db),
         runtime.replayer,
         refresh_interval=settings.tools_refresh_interval,
+        db=runtime.db,
+        queue=runtime.queue,
+        replay_keys=runtime.tools.replay_keys,
     )
     routes = [
         Route("/webhooks/{tool_id}", ingest.handle, methods=["POST"]),

@@ -18,16 +18,21 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from webhook_worker.api.cursor import decode_cursor
+from webhook_worker.api.export import export_response
 from webhook_worker.api.responses import JSONResponse
 from webhook_worker.api.views import dead_letter_view, event_view, page_view
 from webhook_worker.clock import parse_time
 from webhook_worker.errors import BadRequestError
+from webhook_worker.queue.base import Queue
 from webhook_worker.replay import Replayer
+from webhook_worker.storage import purge
+from webhook_worker.storage.database import Database
 from webhook_worker.storage.deadletters import (
     DeadLetterFilter,
     DeadLetterStore,
 )
-from webhook_worker.storage.events import EventFilter, EventStore
+from webhook_worker.storage.erase import Deleted, ReplayKeys
+from webhook_worker.storage.events import MAX_SEARCH, EventFilter, EventStore
 from webhook_worker.storage.rows import Page
 from webhook_worker.tools.service import ToolService, picked_up_after
 from webhook_worker.vocabulary import DeadLetterStatus, EventStatus
@@ -45,11 +50,19 @@ class ManagementAPI:
         replayer: Replayer,
         *,
         refresh_interval: float,
+        db: Database,
+        queue: Queue,
+        replay_keys: ReplayKeys | None = None,
     ) -> None:
+        """``replay_keys`` tells the replay keys ingest may keep for an event's body (the tool
+        cache's), so that a purge forgets them too."""
         self._tools = tools
         self._events = events
         self._dead_letters = dead_letters
         self._replayer = replayer
+        self._db = db
+        self._queue = queue
+        self._replay_keys = replay_keys
         # Every process re-reads its tools within TOOLS_REFRESH_INTERVAL: after this long, a
         # change of `paused` is what every worker acts on.
         self._picked_up = picked_up_after(refresh_interval)
@@ -75,7 +88,9 @@ class ManagementAPI:
                 methods=["POST"],
             ),
             Route("/events", self.list_events, methods=["GET"]),
+            Route("/events", self.purge_events, methods=["DELETE"]),
             Route("/events/replay", self.replay_events, methods=["POST"]),
+            Route("/events/export", self.export_events, methods=["GET"]),
             Route("/events/{event_id}", self.get_event, methods=["GET"]),
             Route("/events/{event_id}/replay", self.replay_event, methods=["POST"]),
             Route("/dlq", self.list_dead_letters, methods=["GET"]),
@@ -138,6 +153,35 @@ class ManagementAPI:
         query = request.query_params
         _refuse_unknown(query, (*_EVENT_FILTERS, *_PAGING))
         return await _page(self._events.list, event_view, _event_filter(query), query)
+
+    async def export_events(self, request: Request) -> Response:
+        """Every event matching the list's filters, oldest first, as NDJSON (api/export.py)."""
+        query = request.query_params
+        _refuse_unknown(query, _EVENT_FILTERS)
+        where = _event_filter(query).ending_by(datetime.now(UTC))
+        return await export_response(self._events, where)
+
+    async def purge_events(self, request: Request) -> Response:
+        """Delete every event matching the filters in the query string (at least one), with
+        its attempts, deliveries, dead letters and de-duplication key: a delivery id erased
+        is accepted as new when sent again. ``dry_run=true`` counts them instead."""
+        query = request.query_params
+        _refuse_unknown(query, (*_EVENT_FILTERS, "dry_run"))
+        dry_run = _query_flag(query, "dry_run")
+        where = _event_filter(query)
+        if where == EventFilter():
+            raise BadRequestError(
+                "give at least one filter (" + ", ".join(_EVENT_FILTERS) + "): deleting every "
+                "event at once is not offered"
+            )
+        if dry_run:
+            return JSONResponse({"matched": await purge.count(self._db, where)})
+
+        async def forget(chunk: Deleted) -> None:
+            await self._queue.forget_delivery_ids(chunk.keys, chunk.replay_keys)
+
+        deleted = await purge.purge(self._db, where, forget, self._replay_keys)
+        return JSONResponse({"deleted": deleted.events})
 
     async def get_event(self, request: Request) -> Response:
         return JSONResponse(event_view(await self._events.get(request.path_params["event_id"])))
@@ -232,6 +276,14 @@ def _string(raw: Mapping[str, Any], name: str) -> str | None:
     return value
 
 
+def _query_flag(query: Mapping[str, str], name: str) -> bool:
+    """A ``true``/``false`` query parameter (absent or empty: false)."""
+    value = query.get(name, "").strip().lower()
+    if value not in ("", "true", "false"):
+        raise BadRequestError(f"{name}: expected true or false", name)
+    return value == "true"
+
+
 def _flag(raw: Mapping[str, Any], name: str) -> bool:
     value = raw.get(name, False)
     if not isinstance(value, bool):
@@ -263,7 +315,7 @@ async def _json_object(request: Request) -> dict[str, Any]:
     return data
 
 
-_EVENT_FILTERS = ("tool_id", "event_type", "status", "since", "until")
+_EVENT_FILTERS = ("tool_id", "event_type", "status", "since", "until", "delivery_id", "search")
 _DLQ_FILTERS = (
     "tool_id",
     "event_type",
@@ -310,12 +362,21 @@ def _event_filter(raw: Mapping[str, Any]) -> EventFilter:
     status = values["status"]
     if status is not None and status not in tuple(EventStatus):
         raise BadRequestError(f"status: expected one of {', '.join(tuple(EventStatus))}", "status")
+    search = values["search"]
+    if search is not None and len(search) > MAX_SEARCH:
+        raise BadRequestError(
+            f"search: at most {MAX_SEARCH} characters (got {len(search)}); search for a "
+            "distinctive part of the body",
+            "search",
+        )
     return EventFilter(
         tool_id=values["tool_id"],
         event_type=values["event_type"],
         status=EventStatus(status) if status is not None else None,
         since=_time(values["since"], "since"),
         until=_time(values["until"], "until"),
+        delivery_id=values["delivery_id"],
+        search=search,
     )
 
 

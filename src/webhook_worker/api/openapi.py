@@ -8,6 +8,7 @@ from typing import Any
 from pydantic.json_schema import models_json_schema
 
 from webhook_worker import __version__
+from webhook_worker.storage.events import MAX_SEARCH
 from webhook_worker.tools.schema import ToolDefinition, ToolView
 from webhook_worker.vocabulary import DeadLetterStatus, DeliveryStatus, EventStatus
 
@@ -99,6 +100,28 @@ _PAGING = [
     _query("until", "ISO 8601 time, exclusive", _TIME_FILTER),
     _query("tool_id", "only this tool"),
     _query("event_type", "only this event type"),
+]
+_SEARCH = {"type": "string", "maxLength": MAX_SEARCH}
+# The filters events have beyond those of every list (since, until, tool_id, event_type).
+_EVENT_ONLY_FILTERS = [
+    _query(
+        "status",
+        "pending, processed, ignored, retrying or dead",
+        _status_filter(tuple(EventStatus)),
+    ),
+    _query("delivery_id", "only the event with this delivery id (of its tool)"),
+    _query(
+        "search",
+        "only events whose body contains this text: a substring of the body's bytes (the "
+        "text's UTF-8 encoding), case-sensitive, every character literal; it reads the body "
+        "of every event the other filters leave, so bound it with since/until",
+        _SEARCH,
+    ),
+]
+# The filters of the event list without its paging (the export, the purge).
+_EVENT_FILTER_PARAMETERS = [
+    *(p for p in _PAGING if p["name"] not in ("limit", "cursor")),
+    *_EVENT_ONLY_FILTERS,
 ]
 _COMMON = {
     "401": _error("missing or wrong ADMIN_TOKEN"),
@@ -257,6 +280,11 @@ def document() -> dict[str, Any]:
                         "status": {"enum": [*EventStatus, "", None]},
                         "since": {"anyOf": [_TIME_FILTER, {"type": "null"}]},
                         "until": {"anyOf": [_TIME_FILTER, {"type": "null"}]},
+                        "delivery_id": {"type": ["string", "null"]},
+                        "search": {
+                            "anyOf": [_SEARCH, {"type": "null"}],
+                            "description": "text the body contains (as in the list)",
+                        },
                         "destination_id": {
                             "type": ["string", "null"],
                             "description": "replay to this destination only (needs tool_id)",
@@ -267,6 +295,16 @@ def document() -> dict[str, Any]:
                         },
                     },
                     "additionalProperties": False,
+                },
+                "Purged": {
+                    "type": "object",
+                    "description": "deleted, or with dry_run, matched",
+                    "properties": {
+                        "deleted": {"type": "integer"},
+                        "matched": {"type": "integer"},
+                    },
+                    "minProperties": 1,
+                    "maxProperties": 1,
                 },
                 "Counted": {
                     "type": "object",
@@ -342,16 +380,56 @@ def document() -> dict[str, Any]:
             "/api/v1/events": {
                 "get": {
                     "summary": "List events, newest first",
+                    "parameters": [*_PAGING, *_EVENT_ONLY_FILTERS],
+                    "responses": {
+                        "200": _json(_page("Event"), "events"),
+                        "400": _error("bad filter"),
+                        **_COMMON,
+                    },
+                },
+                "delete": {
+                    "summary": "Delete every event matching the filters (at least one)",
+                    "description": "Erases each matching event with its attempts, deliveries, "
+                    "dead letters and de-duplication key (so its delivery id is accepted as new "
+                    "when sent again), in chunks of 500 events, one transaction each. Events "
+                    "received after the request began are left alone. `dry_run=true` counts "
+                    "the events instead; on the same data the count equals what is deleted. "
+                    "See docs/operations.md, Data lifecycle, for what remains elsewhere.",
                     "parameters": [
-                        *_PAGING,
+                        *_EVENT_FILTER_PARAMETERS,
                         _query(
-                            "status",
-                            "pending, processed, ignored, retrying or dead",
-                            _status_filter(tuple(EventStatus)),
+                            "dry_run",
+                            "true: count the matching events, delete nothing",
+                            {"type": "string", "enum": ["", "true", "false"]},
                         ),
                     ],
                     "responses": {
-                        "200": _json(_page("Event"), "events"),
+                        "200": _json(_ref("Purged"), "how many were deleted, or matched"),
+                        "400": _error("no filter, or a bad one"),
+                        "503": _error("database or queue unavailable"),
+                        **_COMMON,
+                    },
+                },
+            },
+            "/api/v1/events/export": {
+                "get": {
+                    "summary": "Every event matching the list's filters, oldest first, as NDJSON",
+                    "description": "One event per line, as GET /api/v1/events/{event_id} shows "
+                    "it, streamed in batches; events received after the export started are "
+                    "left out.",
+                    "parameters": _EVENT_FILTER_PARAMETERS,
+                    "responses": {
+                        "200": {
+                            "description": "one JSON event per line",
+                            "content": {
+                                "application/x-ndjson": {
+                                    "schema": {
+                                        "type": "string",
+                                        "description": "lines, each an Event",
+                                    }
+                                }
+                            },
+                        },
                         "400": _error("bad filter"),
                         **_COMMON,
                     },

@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from webhook_worker.errors import ToolConfigError
 from webhook_worker.vocabulary import AuthType
@@ -43,6 +43,16 @@ class Verifier(Protocol):
         delivery) returns the verified signature's bytes: they identify the signed body, so
         ingest uses them to recognise a captured request sent again under a new delivery id.
         Every other scheme returns None."""
+        ...
+
+
+@runtime_checkable
+class SignsBodyAlone(Protocol):
+    """A verifier whose :meth:`Verifier.verify` returns a replay key (it signs the body alone)."""
+
+    def replay_keys(self, body: bytes) -> tuple[str, ...]:
+        """Every replay key ingest may have remembered for a request with this body: one per
+        secret, since any of them may have signed it (hex, as ingest keeps them)."""
         ...
 
 

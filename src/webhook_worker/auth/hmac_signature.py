@@ -63,6 +63,13 @@ class HmacVerifier:
         # it equals the HMAC of the body under the secret that verified it.
         return signature
 
+    def replay_keys(self, body: bytes) -> tuple[str, ...]:
+        """What :meth:`verify` may have returned for ``body`` (hex), under each secret; none
+        when the timestamp is signed too (then verify returns no key)."""
+        if self._timestamp_header is not None:
+            return ()
+        return tuple(hmac.digest(key, body, self._digest).hex() for key in self._keys)
+
 
 def sign(
     secret: str,

@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from webhook_worker.cli import bench, destinations, dlq, events, send, serve, tools
+from webhook_worker.cli import bench, destinations, dlq, events, purge, send, serve, tools
 from webhook_worker.cli.common import fail
 from webhook_worker.errors import WebhookWorkerError
 
@@ -22,6 +22,7 @@ send.register(app)
 bench.register(app)
 tools.app.add_typer(destinations.app, name="destinations")
 app.add_typer(tools.app, name="tools")
+events.app.command()(purge.purge)
 app.add_typer(events.app, name="events")
 app.add_typer(dlq.app, name="dlq")
 

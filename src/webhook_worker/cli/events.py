@@ -1,17 +1,22 @@
-"""``webhook-worker events``: list, inspect and replay stored events, straight from the database.
+"""``webhook-worker events``: list, inspect, replay, purge and export stored events, straight
+from the database.
 
 Filters, pagination and rules are the management API's (``/api/v1/events``): newest first, and a
 cursor to continue where a page ended; a replay to one destination only to a destination the
-tool delivers to. ``replay`` puts events back on the queue, so it needs the queue as well as the
-database (Redis when REDIS_ADDR is set); ``replay --dry-run`` only counts, from the database.
+tool delivers to. ``replay`` puts events back on the queue, and ``purge`` makes the queue forget
+the deleted events' delivery ids, so both need the queue as well as the database (Redis when
+REDIS_ADDR is set); their ``--dry-run`` only counts, from the database. ``purge`` is in
+cli/purge.py, on these options and filters.
 """
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -22,6 +27,7 @@ from webhook_worker.api.views import event_view, page_view
 from webhook_worker.cli.common import (
     confirm,
     console,
+    errors,
     fail,
     load_settings,
     print_json,
@@ -33,17 +39,20 @@ from webhook_worker.cli.common import (
     with_database,
 )
 from webhook_worker.cli.display import delivered_summary, describe_event, event_status, short_time
+from webhook_worker.cli.export import export_events
 from webhook_worker.cli.plain import plain
 from webhook_worker.clock import parse_time
 from webhook_worker.config import Settings, parse_duration
 from webhook_worker.errors import BadRequestError, ConflictError, QueueUnavailableError
 from webhook_worker.runtime import StartupError, open_runtime
-from webhook_worker.storage.events import MAX_PAGE, EventFilter, EventStore
+from webhook_worker.storage.events import MAX_PAGE, MAX_SEARCH, EventFilter, EventStore
 from webhook_worker.storage.tools import ToolStore
 from webhook_worker.tools.service import ToolService
 from webhook_worker.vocabulary import EventStatus
 
-app = typer.Typer(help="List, inspect and replay stored events.", no_args_is_help=True)
+app = typer.Typer(
+    help="List, inspect, replay, purge and export stored events.", no_args_is_help=True
+)
 
 DESTINATION_OPTION = "--destination"
 
@@ -58,6 +67,17 @@ SinceOpt = Annotated[
 ]
 UntilOpt = Annotated[
     str | None, typer.Option("--until", help="Received before: ISO 8601 time, or e.g. 30m.")
+]
+DeliveryOpt = Annotated[
+    str | None, typer.Option("--delivery-id", help="Only the event with this delivery id.")
+]
+SearchOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--search",
+        help="Only events whose body contains this text (case-sensitive; reads every body "
+        "the other filters leave: narrow it with --tool, --since, --until).",
+    ),
 ]
 
 
@@ -102,6 +122,8 @@ def list_events(
     status: StatusOpt = None,
     since: SinceOpt = None,
     until: UntilOpt = None,
+    delivery_id: DeliveryOpt = None,
+    search: SearchOpt = None,
     limit: Annotated[
         int, typer.Option("--limit", min=1, max=MAX_PAGE, help="Events per page.")
     ] = 50,
@@ -111,7 +133,9 @@ def list_events(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
 ) -> None:
     """List events, newest first."""
-    where = event_filter(tool, event_type, status, since, until)
+    where = event_filter(
+        tool, event_type, status, since, until, delivery_id=delivery_id, search=search
+    )
     settings = load_settings(quiet_logs=True)
     page = read_page(settings, cursor, lambda db, after: EventStore(db).list(where, limit, after))
     if as_json:
@@ -140,6 +164,8 @@ def list_events(
             ("--status", status),
             ("--since", since),
             ("--until", until),
+            ("--delivery-id", delivery_id),
+            ("--search", shlex.quote(search) if search else None),
         ]
         print_next_page("webhook-worker events list", filters, limit, more)
 
@@ -182,6 +208,8 @@ def replay(
     status: StatusOpt = None,
     since: SinceOpt = None,
     until: UntilOpt = None,
+    delivery_id: DeliveryOpt = None,
+    search: SearchOpt = None,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Count the events a replay by filter would send.")
     ] = False,
@@ -199,7 +227,7 @@ def replay(
     since gets them. Example: webhook-worker events replay --tool github --status ignored
     --destination ci --yes
     """
-    filtered = any(value for value in (tool, event_type, status, since, until))
+    filtered = any(value for value in (tool, event_type, status, since, until, delivery_id, search))
     if event_id is not None:
         if filtered or dry_run or yes:
             fail(
@@ -212,12 +240,46 @@ def replay(
     if not tool:
         fail(
             "say what to replay: an event ID, or --tool with any of --type, --status, "
-            "--since, --until",
+            "--since, --until, --delivery-id, --search",
             2,
         )
-    where = event_filter(tool, event_type, status, since, until)
+    where = event_filter(
+        tool, event_type, status, since, until, delivery_id=delivery_id, search=search
+    )
     settings = load_settings(quiet_logs=True)
     _replay_matching(settings, tool, where, destination or None, dry_run=dry_run, yes=yes)
+
+
+@app.command()
+def export(
+    tool: ToolOpt = None,
+    event_type: TypeOpt = None,
+    status: StatusOpt = None,
+    since: SinceOpt = None,
+    until: UntilOpt = None,
+    delivery_id: DeliveryOpt = None,
+    search: SearchOpt = None,
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", dir_okay=False, help="Write to this file (else to stdout)."),
+    ] = None,
+) -> None:
+    """Write every event matching the filters to a file or stdout as NDJSON: one event per
+    line as `events show --json` shows it, oldest first, as GET /api/v1/events/export does.
+    Events received while it runs are left out.
+
+    Example: webhook-worker events export --tool github --since 24h --output github.jsonl
+    """
+    where = event_filter(
+        tool, event_type, status, since, until, delivery_id=delivery_id, search=search
+    ).ending_by(datetime.now(UTC))
+    settings = load_settings(quiet_logs=True)
+    try:
+        with user_errors():
+            exported = with_database(settings, lambda db: export_events(db, where, output))
+    except OSError as exc:
+        fail(f"cannot write {output or 'stdout'}: {exc.strerror or exc}", 1)
+    errors.print(plain(f"exported {event_count(exported)} to {output or 'stdout'}"), soft_wrap=True)
 
 
 def event_filter(
@@ -226,16 +288,23 @@ def event_filter(
     status: str | None,
     since: str | None,
     until: str | None,
+    *,
+    delivery_id: str | None = None,
+    search: str | None = None,
 ) -> EventFilter:
     """The filter the options name, or exit 2 with the line naming the bad option."""
     if status is not None and status not in tuple(EventStatus):
         fail(f"--status: expected one of {', '.join(tuple(EventStatus))}, got {status!r}", 2)
+    if search is not None and len(search) > MAX_SEARCH:
+        fail(f"--search: at most {MAX_SEARCH} characters (got {len(search)})", 2)
     return EventFilter(
         tool_id=tool or None,
         event_type=event_type or None,
         status=EventStatus(status) if status is not None else None,
         since=parse_when(since, "--since"),
         until=parse_when(until, "--until"),
+        delivery_id=delivery_id or None,
+        search=search or None,
     )
 
 
@@ -292,7 +361,7 @@ def _replay_matching(
                 ),
             )
         console.print(
-            plain(f"would replay {_events(matched)} ({described}); dry run: nothing changed"),
+            plain(f"would replay {event_count(matched)} ({described}); dry run: nothing changed"),
             soft_wrap=True,
         )
         return
@@ -304,8 +373,8 @@ def _replay_matching(
                 return 0
             if not yes:
                 confirm(
-                    f"Replay {_events(matched)} ({described})?",
-                    f"replaying {_events(matched)} ({described})",
+                    f"Replay {event_count(matched)} ({described})?",
+                    f"replaying {event_count(matched)} ({described})",
                 )
             return await runtime.replayer.replay_matching(where, destination)
 
@@ -317,7 +386,7 @@ def _replay_matching(
         console.print(f"requeued {requeued}", highlight=False)
 
 
-def _events(count: int) -> str:
+def event_count(count: int) -> str:
     return f"{count} event{'s' if count != 1 else ''}"
 
 
@@ -330,6 +399,8 @@ def _event_summary(where: EventFilter, destination: str | None) -> str:
             ("status", where.status),
             ("since", where.since.isoformat() if where.since else None),
             ("until", where.until.isoformat() if where.until else None),
+            ("delivery id", where.delivery_id),
+            ("body containing", repr(where.search) if where.search else None),
         )
         if value
     ]

@@ -23,7 +23,7 @@ from webhook_worker.api import listener
 from webhook_worker.api.app import create_app, health_app
 from webhook_worker.cli.common import console, load_settings, run_async
 from webhook_worker.cli.plain import plain
-from webhook_worker.config import Settings
+from webhook_worker.config import Settings, format_duration
 from webhook_worker.observability import tracing
 from webhook_worker.runtime import apply_migrations, open_runtime
 
@@ -148,6 +148,18 @@ def _on_signals(callback: Callable[[], None]) -> None:
     loop.add_signal_handler(signal.SIGUSR1, _log_tasks)
 
 
+def describe_retention(settings: Settings) -> str:
+    """How long events are kept, for the start-up lines."""
+    interval = format_duration(settings.retention_interval)
+    if settings.events_retention <= 0:
+        return (
+            f"kept forever (EVENTS_RETENTION=0; a tool's own retention still applies), "
+            f"swept every {interval}"
+        )
+    kept = format_duration(settings.events_retention)
+    return f"kept {kept} (EVENTS_RETENTION; a tool's own retention wins), swept every {interval}"
+
+
 def _log_tasks() -> None:
     """SIGUSR1: log where every asyncio task is waiting (for a process that seems stuck)."""
     for task in asyncio.all_tasks():
@@ -168,7 +180,8 @@ async def _announce(
     console.print(  # paths and addresses as given: plain text (see cli/plain.py)
         plain(
             f"webhook-worker {roles} listening on http://{shown}:{port}\n"
-            f"  database: {settings.describe_database()}\n  queue:    {queue}"
+            f"  database: {settings.describe_database()}\n  queue:    {queue}\n"
+            f"  events:   {describe_retention(settings)}"
         ),
         soft_wrap=True,
     )

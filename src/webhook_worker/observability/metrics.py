@@ -156,6 +156,51 @@ MEMORY_LIMIT = Gauge(
     "webhook_memory_limit_bytes",
     "The process's memory limit (cgroup memory.max; 0 when there is none).",
 )
+RETENTION_DELETED_EVENTS = Counter(
+    "webhook_retention_deleted_events_total",
+    "Events the retention sweep deleted, row by row or with their partition (for a dropped "
+    "partition, the planner's estimate of its rows once it has been analyzed).",
+)
+RETENTION_DELETED_BYTES = Counter(
+    "webhook_retention_deleted_bytes_total",
+    "Bytes the retention sweep deleted: the stored size of the events deleted one by one plus "
+    "the size on disk of the partitions dropped.",
+)
+RETENTION_PARTITIONS_DROPPED = Counter(
+    "webhook_retention_partitions_dropped_total",
+    "Time partitions of the event tables dropped by the retention sweep (PostgreSQL).",
+)
+RETENTION_SWEEP_DURATION = Histogram(
+    "webhook_retention_sweep_duration_seconds",
+    "Time one retention sweep took (only the process holding the sweep's lease sweeps).",
+    buckets=(0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600),
+)
+RETENTION_SWEEP_FAILURES = Counter(
+    "webhook_retention_sweep_failures_total",
+    "Retention sweeps that failed (the database away, an error); the next interval tries again.",
+)
+RETENTION_LAST_SWEEP = Gauge(
+    "webhook_retention_last_sweep_timestamp_seconds",
+    "When this process last finished a retention sweep successfully (epoch seconds; 0: not "
+    "yet). Take the largest over the processes: one of them sweeps each interval.",
+)
+RETENTION_LONGEST = Gauge(
+    "webhook_retention_seconds",
+    "The longest retention in effect: EVENTS_RETENTION or a tool's own, 0 when some tool keeps "
+    "its events forever.",
+)
+RETENTION_INTERVAL = Gauge(
+    "webhook_retention_interval_seconds", "How often the retention sweep runs (RETENTION_INTERVAL)."
+)
+OLDEST_EVENT_AGE = Gauge(
+    "webhook_oldest_event_age_seconds",
+    "Age of the oldest stored event (0 when there is none); events still waiting are kept "
+    "whatever their age.",
+)
+DATABASE_SIZE = Gauge(
+    "webhook_database_size_bytes",
+    "Size of the database: pg_database_size on PostgreSQL, the file and its WAL on SQLite.",
+)
 
 # The per-delivery series, looked up through Children (see above).
 FORWARD_DURATION_OF = Children(FORWARD_DURATION)

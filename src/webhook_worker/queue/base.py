@@ -153,6 +153,14 @@ class Queue(Protocol):
         """Periodic clean-up (called by workers): forget delivery ids past their TTL."""
         ...
 
+    async def forget_delivery_ids(
+        self, keys: Sequence[tuple[str, str]], replay_keys: Sequence[tuple[str, str]] = ()
+    ) -> None:
+        """Forget these ``(tool id, delivery id)`` and ``(tool id, replay key)`` before their
+        TTL, so that each is accepted as a new event when sent again (their events were
+        erased). Unknown keys are no error."""
+        ...
+
     async def ping(self) -> None:
         """Raise QueueUnavailableError when the backend does not answer."""
         ...

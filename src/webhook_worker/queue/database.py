@@ -378,6 +378,22 @@ class DatabaseQueue:
         """Forget delivery ids past WORKER_IDEMPOTENCY_TTL (Redis expires its keys itself)."""
         await self.purge_expired_delivery_ids()
 
+    async def forget_delivery_ids(
+        self, keys: Sequence[tuple[str, str]], replay_keys: Sequence[tuple[str, str]] = ()
+    ) -> None:
+        """Delete their ``delivery_ids`` rows (a replay key's is its prefixed key), a thousand
+        per statement, in one transaction."""
+        keys = [*keys, *((tool, DELIVERY_REPLAY_PREFIX + key) for tool, key in replay_keys)]
+        if not keys:
+            return
+        d = delivery_ids
+        with _unavailable("forget delivery ids"):
+            async with self._db.begin() as conn:
+                for chunk in _chunks(sorted(set(keys))):
+                    await conn.execute(
+                        delete(d).where(tuple_(d.c.tool_id, d.c.delivery_id).in_(list(chunk)))
+                    )
+
     async def purge_expired_delivery_ids(self, chunk: int = _CHUNK_ROWS) -> int:
         """Forget delivery ids past their TTL, ``chunk`` rows per transaction so no lock is held
         for long. Returns how many were deleted. For a housekeeping loop."""

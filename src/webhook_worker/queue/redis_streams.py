@@ -56,6 +56,9 @@ logger = logging.getLogger(__name__)
 
 _ORDERING_TTL_MS = round(ORDERING_IDLE_TTL * 1000)
 
+_FORGET_CHUNK = 1000
+"""Keys per UNLINK when forgetting delivery ids: one command never blocks Redis for long."""
+
 MALFORMED_MAXLEN = 10_000
 """Approximate cap of the malformed stream: nothing there is pending, and a producer bug must not
 fill Redis with copies."""
@@ -320,6 +323,16 @@ class RedisStreamsQueue:
 
     async def housekeeping(self) -> None:
         """Nothing to do: delivery-id keys expire by TTL and acknowledged entries are deleted."""
+
+    async def forget_delivery_ids(
+        self, keys: Sequence[tuple[str, str]], replay_keys: Sequence[tuple[str, str]] = ()
+    ) -> None:
+        """UNLINK the delivery-id and replay keys, a thousand per command."""
+        names = [self._keys.dedupe(tool_id, delivery_id) for tool_id, delivery_id in keys]
+        names += [self._keys.replay(tool_id, key) for tool_id, key in replay_keys]
+        with self._unavailable("forget delivery ids"):
+            for start in range(0, len(names), _FORGET_CHUNK):
+                await self._client.unlink(*names[start : start + _FORGET_CHUNK])
 
     async def ping(self) -> None:
         """Raise QueueUnavailableError unless Redis answers a PING."""

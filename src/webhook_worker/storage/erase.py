@@ -11,7 +11,7 @@ still in the queue, logs, backups) is the caller's business: docs/operations.md 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from sqlalchemy import Text, cast, delete, func, select, tuple_
@@ -32,11 +32,20 @@ class Deleted:
     """The stored size of the events' bodies, headers and payloads (the bulk of what they take)."""
     keys: list[tuple[str, str]] = field(default_factory=list)
     """The ``(tool_id, delivery_id)`` of each deleted event."""
+    replay_keys: list[tuple[str, str]] = field(default_factory=list)
+    """The ``(tool_id, replay key)`` ingest may have remembered for each deleted event's body,
+    when :func:`delete_events` was given ``replay_keys``."""
 
     def add(self, other: Deleted) -> None:
         self.events += other.events
         self.bytes += other.bytes
         self.keys.extend(other.keys)
+        self.replay_keys.extend(other.replay_keys)
+
+
+ReplayKeys = Callable[[str, bytes], Sequence[str]]
+"""``(tool_id, body)`` -> the replay keys ingest may have remembered for it (see
+auth.base.SignsBodyAlone): for an erasure to reach the copies of a signed body."""
 
 
 _SIZE = (
@@ -46,18 +55,18 @@ _SIZE = (
 )
 
 
-async def delete_events(conn: AsyncConnection, event_ids: Sequence[str]) -> Deleted:
-    """Delete these events and every row about them, in the caller's transaction."""
+async def delete_events(
+    conn: AsyncConnection, event_ids: Sequence[str], replay_keys: ReplayKeys | None = None
+) -> Deleted:
+    """Delete these events and every row about them, in the caller's transaction. With
+    ``replay_keys``, the bodies are read first to tell each event's replay keys."""
     if not event_ids:
         return Deleted()
     ids = list(event_ids)
-    rows = (
-        await conn.execute(
-            select(events.c.tool_id, events.c.delivery_id, _SIZE.label("size")).where(
-                events.c.id.in_(ids)
-            )
-        )
-    ).all()
+    columns = [events.c.tool_id, events.c.delivery_id, _SIZE.label("size")]
+    if replay_keys is not None:
+        columns.append(events.c.body)
+    rows = (await conn.execute(select(*columns).where(events.c.id.in_(ids)))).all()
     if not rows:
         return Deleted()
     await conn.execute(delete(attempts).where(attempts.c.event_id.in_(ids)))
@@ -71,4 +80,9 @@ async def delete_events(conn: AsyncConnection, event_ids: Sequence[str]) -> Dele
             )
         )
     await conn.execute(delete(events).where(events.c.id.in_(ids)))
-    return Deleted(len(rows), sum(int(row.size or 0) for row in rows), keys)
+    replayed = []
+    if replay_keys is not None:
+        replayed = [
+            (row.tool_id, key) for row in rows for key in replay_keys(row.tool_id, bytes(row.body))
+        ]
+    return Deleted(len(rows), sum(int(row.size or 0) for row in rows), keys, replayed)

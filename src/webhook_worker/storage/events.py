@@ -3,18 +3,34 @@ behind ``/api/v1/events`` and ``webhook-worker events``."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncGenerator, Sequence
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Insert, RowMapping, Select, Table, bindparam, func, select, update
+from sqlalchemy import (
+    Insert,
+    Integer,
+    LargeBinary,
+    RowMapping,
+    Select,
+    Table,
+    bindparam,
+    func,
+    literal,
+    select,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.functions import FunctionElement
 
 from webhook_worker.errors import NotFoundError
 from webhook_worker.storage.database import Database, json_text
 from webhook_worker.storage.deliveries import deliveries_of, delivery_states
+from webhook_worker.storage.partitions import id_bound
 from webhook_worker.storage.records import (
     AttemptRecord,
     EventRecord,
@@ -28,6 +44,8 @@ from webhook_worker.storage.schema import attempts, events
 from webhook_worker.vocabulary import EventStatus
 
 MAX_PAGE = 500
+MAX_SEARCH = 256
+"""The longest ``search`` text (characters) a filter takes."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,10 +57,22 @@ class EventFilter:
     until: datetime | None = None
     delivery_id: str | None = None
     search: str | None = None
-    """Text the body contains (a substring, case-sensitive)."""
+    """Text the body contains: a substring of its bytes (the text's UTF-8 encoding),
+    case-sensitive, every character literal."""
+
+    def ending_by(self, now: datetime) -> EventFilter:
+        """This filter, ending at ``now`` at the latest: what a long read (an export, a bulk
+        replay) works through, leaving out events received while it runs."""
+        return self if self.until is not None and self.until <= now else replace(self, until=now)
 
     def apply(self, query: Select[Any]) -> Select[Any]:
-        """``query`` narrowed to the events this filter matches (an unset field matches all)."""
+        """``query`` narrowed to the events this filter matches (an unset field matches all).
+
+        ``since``/``until`` also bound the event id: ids are UUIDv7 made at ingest together
+        with ``received_at`` (api/ingest.py), so the id range holds every match, and on
+        PostgreSQL, whose event tables are partitioned by id (storage/partitions.py), the
+        partitions outside it are not read at all. :data:`ID_MARGIN` widens it, and the
+        ``received_at`` condition keeps the result exact."""
         e = events.c
         for column, value in (
             (e.tool_id, self.tool_id),
@@ -53,10 +83,55 @@ class EventFilter:
             if value:
                 query = query.where(column == value)
         if self.since:
-            query = query.where(e.received_at >= self.since)
+            query = query.where(
+                e.received_at >= self.since,
+                e.id >= _id_at(self.since.timestamp() - ID_MARGIN),
+            )
         if self.until:
-            query = query.where(e.received_at < self.until)
+            query = query.where(
+                e.received_at < self.until,
+                e.id < _id_at(self.until.timestamp() + ID_MARGIN),
+            )
+        if self.search:
+            needle = literal(self.search.encode(), LargeBinary)
+            query = query.where(_Position(e.body, needle) > 0)
         return query
+
+
+ID_MARGIN = 60.0
+"""Seconds the event id range of a time filter reaches beyond it: an event's id and its
+``received_at`` are read from the same clock microseconds apart, so this covers a clock step
+between the two, at the cost of reading a minute more of events at each end (from their
+``received_at`` index)."""
+
+_LATEST_ID_TIME = (2**48 - 1) / 1000  # the 48 bits of milliseconds a UUIDv7 id has
+
+
+def _id_at(at: float) -> str:
+    """:func:`partitions.id_bound` for any time a filter may name (before 1970 is 0)."""
+    return id_bound(min(max(at, 0.0), _LATEST_ID_TIME))
+
+
+class _Position(FunctionElement[int]):
+    """Where ``needle`` (bytes) first occurs in ``haystack`` (bytes), counting from 1; 0 when
+    it does not. Byte-wise: no collation, no pattern characters, and a body that is not valid
+    UTF-8 is searched like any other."""
+
+    type = Integer()
+    name = "position"
+    inherit_cache = True
+
+
+@compiles(_Position, "postgresql")
+def _position_postgresql(element: _Position, compiler: SQLCompiler, **kw: Any) -> str:
+    haystack, needle = (compiler.process(clause, **kw) for clause in element.clauses)
+    return f"position({needle} IN {haystack})"
+
+
+@compiles(_Position)
+def _position_sqlite(element: _Position, compiler: SQLCompiler, **kw: Any) -> str:
+    # instr() compares BLOBs byte by byte (text would be compared as characters).
+    return f"instr({compiler.process(element.clauses, **kw)})"
 
 
 def insert_ignoring_conflicts(dialect: str, table: Table) -> Insert:
@@ -182,13 +257,20 @@ class EventStore:
         self._db = db
 
     async def list(
-        self, where: EventFilter, limit: int = 50, after: str | None = None
+        self,
+        where: EventFilter,
+        limit: int = 50,
+        after: str | None = None,
+        *,
+        oldest_first: bool = False,
     ) -> Page[EventRow]:
-        """A page of events, newest first, starting after the event id ``after``."""
+        """A page of events, newest first (or oldest first), starting after the event id
+        ``after``."""
         limit = max(1, min(limit, MAX_PAGE))
-        query = where.apply(select(events)).order_by(events.c.id.desc()).limit(limit + 1)
+        order = events.c.id.asc() if oldest_first else events.c.id.desc()
+        query = where.apply(select(events)).order_by(order).limit(limit + 1)
         if after:
-            query = query.where(events.c.id < after)
+            query = query.where(events.c.id > after if oldest_first else events.c.id < after)
         async with self._db.connect() as conn:
             rows = list((await conn.execute(query)).mappings())
             more = len(rows) > limit
@@ -200,6 +282,21 @@ class EventStore:
             _event_row(row, by_event.get(row["id"], ()), sent.get(row["id"], ())) for row in rows
         ]
         return Page(items, items[-1].id if more else None)
+
+    async def batches(
+        self, where: EventFilter, size: int = MAX_PAGE
+    ) -> AsyncGenerator[Sequence[EventRow], None]:
+        """Every event matching ``where``, oldest first, ``size`` at a time (an export): only
+        one batch is in memory, and each is read in a short transaction of its own, so a long
+        export holds no lock between batches that would keep the retention sweep waiting."""
+        after: str | None = None
+        while True:
+            page = await self.list(where, size, after, oldest_first=True)
+            if page.items:
+                yield page.items
+            if page.after is None:
+                return
+            after = page.after
 
     async def get(self, event_id: str) -> EventRow:
         """The event with its attempts; NotFoundError when there is none."""

@@ -48,7 +48,8 @@ WIDTHS: Final = (86_400, 3_600, 600, 60, 10, 1)
 
 LOCK_TIMEOUT: Final = "1s"
 """How long creating or dropping a partition waits for its table lock before giving up until the
-next sweep (a long export holds a lock that DROP waits for, and queries queue behind DROP)."""
+next sweep (a long query on the event tables holds a lock that DROP waits for, and queries
+queue behind DROP)."""
 
 _BOUND = re.compile(r"FROM \((MINVALUE|'([0-9a-f-]+)')\) TO \((MAXVALUE|'([0-9a-f-]+)')\)")
 

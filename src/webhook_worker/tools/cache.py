@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass
 
 from webhook_worker.auth import Verifier, build_verifier
+from webhook_worker.auth.base import SignsBodyAlone
 from webhook_worker.errors import ToolConfigError
 from webhook_worker.storage.tools import ToolStore
 from webhook_worker.tools.model import Tool, parse_tool
@@ -48,6 +49,15 @@ class ToolCache:
     def get(self, tool_id: str) -> LiveTool | None:
         return self._tools.get(tool_id)
 
+    def replay_keys(self, tool_id: str, body: bytes) -> tuple[str, ...]:
+        """The replay keys ingest may have remembered for ``body`` sent to this tool
+        (:class:`~webhook_worker.auth.base.SignsBodyAlone`); none for a scheme that signs more
+        than the body, or a tool this cache does not hold."""
+        live = self._tools.get(tool_id)
+        if live is None or not isinstance(live.verifier, SignsBodyAlone):
+            return ()
+        return live.verifier.replay_keys(body)
+
     async def find(self, tool_id: str) -> LiveTool | None:
         """Like :meth:`get`, but a miss checks the database for a newer revision first (at most
         every MISS_RELOAD_INTERVAL), so a tool added a moment ago by another process or the CLI
@@ -79,6 +89,10 @@ class ToolCache:
             if self._checked_at <= when:
                 await self.load()
         return self._tools.get(tool_id)
+
+    def all(self) -> list[Tool]:
+        """Every tool served (the retention sweep reads each one's ``retention``)."""
+        return [live.tool for live in self._tools.values()]
 
     def __len__(self) -> int:
         return len(self._tools)

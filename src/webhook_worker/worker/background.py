@@ -5,7 +5,10 @@
 - promote: move retries that are due back into the queue;
 - dead-letter auto retry: requeue retryable dead letters (DLQ_AUTO_RETRY_*);
 - housekeeping: the queue depth metric and the queue's own clean-up;
-- shed: send back to the queue what slow tools hold in line beyond their share.
+- shed: send back to the queue what slow tools hold in line beyond their share;
+- retention: create the event partitions ahead, then every RETENTION_INTERVAL delete what has
+  expired (one process of the deployment at a time, storage/retention.py) and report the oldest
+  event's age and the database's size.
 
 Every loop but lease renewal ends when the worker is asked to stop. The loops watch the stop
 event rather than relying on cancellation alone: a cancel that lands inside a Redis or database
@@ -20,13 +23,15 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime, timedelta
 
 from webhook_worker.errors import QueueUnavailableError, UnavailableError
 from webhook_worker.observability import metrics
 from webhook_worker.queue.base import Delivery, Queue
 from webhook_worker.replay import Replayer
+from webhook_worker.storage.retention import Retention
+from webhook_worker.tools.model import Tool
 from webhook_worker.worker.backoff import pause
 from webhook_worker.worker.holding import Holding
 
@@ -62,10 +67,13 @@ class Background:
         dlq_auto_retry_interval: float,
         paused: Callable[[str, str], bool] = lambda tool_id, destination_id: False,
         tools_refresh_interval: float = 2.0,
+        retention: Retention | None = None,
+        tools: Callable[[], Iterable[Tool]] = tuple,
     ) -> None:
         """``take`` is how reclaimed messages join the worker; ``shed()`` defers what slow
         tools hold beyond their share; ``paused(tool_id, destination_id)``: is it paused in
-        the tools as this process knows them (refreshed every ``tools_refresh_interval``)."""
+        the tools as this process knows them (refreshed every ``tools_refresh_interval``);
+        ``retention`` sweeps (None: no sweep) with the retention of each of ``tools()``."""
         self._queue = queue
         self._holding = holding
         self._stopping = stopping
@@ -78,6 +86,8 @@ class Background:
         self._dlq_auto_retry_interval = dlq_auto_retry_interval
         self._paused = paused
         self._tools_refresh_interval = tools_refresh_interval
+        self._retention = retention
+        self._tools = tools
         self._loops: tuple[asyncio.Task[None], ...] = ()
         self._renewer: asyncio.Task[None] | None = None
 
@@ -90,6 +100,7 @@ class Background:
             asyncio.create_task(self._retry_dead_letters_forever(), name="worker-dlq-retry"),
             asyncio.create_task(self._shed_forever(), name="worker-shed-slow-lanes"),
             asyncio.create_task(self._release_unpaused_forever(), name="worker-release-unpaused"),
+            asyncio.create_task(self._retention_forever(), name="worker-retention"),
         )
         self._renewer = asyncio.create_task(self._renew_forever(), name="worker-renew-leases")
 
@@ -198,6 +209,38 @@ class Background:
                     released,
                 )
 
+    async def _retention_forever(self) -> None:
+        """Partitions ahead at start, then a sweep every interval (skipped when another process
+        holds it) and the storage gauges. A failure is logged and counted, and the next
+        interval tries again: nothing here may stop the worker."""
+        retention = self._retention
+        if retention is None:
+            return
+        metrics.RETENTION_INTERVAL.set(retention.interval)
+        try:
+            created = await retention.prepare(self._tools())
+        except Exception as exc:
+            _sweep_failed("creating partitions", exc)
+        else:
+            if created:
+                log.info("created %d partitions of the event tables ahead", created)
+        while not self._stopping.is_set():
+            try:
+                result = await retention.sweep(self._tools(), rest=retention.interval)
+                await retention.observe()
+            except Exception as exc:
+                _sweep_failed("the retention sweep", exc)
+            else:
+                if result.events or result.partitions_dropped:
+                    log.info(
+                        "retention: deleted %d events (%d bytes, %d partitions) in %.2fs",
+                        result.events,
+                        result.bytes,
+                        result.partitions_dropped,
+                        result.duration,
+                    )
+            await pause(self._stopping, retention.interval)
+
     async def _housekeeping_forever(self) -> None:
         while not self._stopping.is_set():
             with contextlib.suppress(QueueUnavailableError):
@@ -209,3 +252,11 @@ class Background:
         while not self._stopping.is_set():
             self._shed()
             await pause(self._stopping, _SHED_INTERVAL)
+
+
+def _sweep_failed(what: str, exc: Exception) -> None:
+    metrics.RETENTION_SWEEP_FAILURES.inc()
+    if isinstance(exc, UnavailableError):
+        log.warning("%s failed, trying again next interval: %s", what, exc)
+    else:
+        log.error("%s failed, trying again next interval", what, exc_info=exc)

@@ -24,12 +24,15 @@ import asyncio
 import logging
 import random
 import time
+from collections.abc import Callable, Iterable
 
 from webhook_worker.control.base import Gate
 from webhook_worker.errors import DatabaseUnavailableError, QueueUnavailableError
 from webhook_worker.observability import metrics
 from webhook_worker.queue.base import Delivery, Queue
 from webhook_worker.replay import Replayer
+from webhook_worker.storage.retention import Retention
+from webhook_worker.tools.model import Tool
 from webhook_worker.vocabulary import ErrorClass
 from webhook_worker.worker.background import Background, Read
 from webhook_worker.worker.backoff import BACKOFF_CAP, BACKOFF_START, pause, with_backoff
@@ -76,6 +79,8 @@ class Worker:
         dlq_auto_retry_interval: float = 300.0,
         gate: Gate | None = None,
         tools_refresh_interval: float = 2.0,
+        retention: Retention | None = None,
+        tools: Callable[[], Iterable[Tool]] = tuple,
     ) -> None:
         """``concurrency``: events held at once (received, not yet settled). ``tool_concurrency``:
         deliveries in flight per tool, at most a quarter of ``concurrency``, shared equally by
@@ -83,7 +88,8 @@ class Worker:
         ``lease_renewal``:
         how often held messages are renewed in the queue (well under the reclaim idle time).
         ``gate``: the delivery control shared by every worker (the runtime always gives one;
-        None only in tests of the rest)."""
+        None only in tests of the rest). ``retention``: the retention sweep, with the retention
+        of each of ``tools()`` (None: no sweep)."""
         self._queue = queue
         self._processor = processor
         self._batch_size = batch_size
@@ -122,6 +128,8 @@ class Worker:
             dlq_auto_retry_interval=dlq_auto_retry_interval,
             paused=processor.destination_paused,
             tools_refresh_interval=tools_refresh_interval,
+            retention=retention,
+            tools=tools,
         )
         self.processed = 0
         """Events this worker stored for the first time (for start-up messages and tests)."""

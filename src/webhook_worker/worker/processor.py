@@ -501,6 +501,14 @@ class Processor:
         )
         async with self._db.begin(durable=False) as conn:
             before = await lock_events(conn, touched)
+            if len(before) < len(set(touched)):
+                # Purged while this worker held them (DELETE /api/v1/events): nothing is written
+                # about an event that is gone, or its rows would outlive it.
+                records = [r for r in records if r.event_id in before]
+                outcomes = [o for o in outcomes if o.event_id in before]
+                attempts = [a for a in attempts if a.event_id in before]
+                letters = [d for d in letters if d.event_id in before]
+                recovered = [r for r in recovered if r[0] in before]
             recorded = await delivery_states(conn, list({r.event_id for r in records}))
             # A delivery another worker recorded as delivered meanwhile (it took this message
             # over when its lease ran out) stays delivered: this late outcome is history only,
