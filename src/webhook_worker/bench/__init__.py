@@ -11,6 +11,8 @@ One module per part of a run:
 - ``deployment``: starting ``api`` and ``worker`` (or ``run``) as processes, or attaching to a
   running deployment, and stopping and cleaning up again.
 - ``observe``: what is read while the load runs (stored count, queue depth, RSS).
+- ``storage``: the retention soak (``--retention``): database size and events stored over time,
+  the sweeps seen in the worker's metrics, ingest latency during and between them.
 - ``runner``: one benchmark from start to report; ``report``: the table and the JSON.
 """
 

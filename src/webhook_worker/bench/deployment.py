@@ -84,6 +84,9 @@ class Deployment:
     pids: dict[str, int] = field(default_factory=dict)
     """``{"api": pid, "worker": pid}``; the same pid twice for ``run``."""
     children: list[Child] = field(default_factory=list)
+    metrics_url: str | None = None
+    """The worker's ``/metrics`` (the ``run`` process's on the API port when embedded); None
+    for a deployment already running."""
 
     @property
     def port(self) -> int:
@@ -249,6 +252,7 @@ async def started(
             run = _spawn("run", env | {"API_ADDR": f"127.0.0.1:{api_port}"}, logs)
             deployment.children.append(run)
             deployment.pids = {"api": run.pid, "worker": run.pid}
+            deployment.metrics_url = f"{api_url}/metrics"
         else:
             api = _spawn("api", env | {"API_ADDR": f"127.0.0.1:{api_port}"}, logs)
             deployment.children.append(api)
@@ -261,6 +265,7 @@ async def started(
             deployment.children.append(worker)
             deployment.pids = {"api": api.pid, "worker": worker.pid}
             ready.append(f"http://127.0.0.1:{health_port}/health/live")
+            deployment.metrics_url = f"http://127.0.0.1:{health_port}/metrics"
         await wait_ready(ready, deployment.children)
         yield deployment
     finally:

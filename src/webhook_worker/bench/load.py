@@ -65,6 +65,8 @@ class LoadPlan:
     delivery_header: str | None = None
     extra_headers: tuple[tuple[str, str], ...] = ()
     host: str = HOST
+    timeline: bool = False
+    """Also report every latency by the second the request was due (``Phase.timeline``)."""
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -148,11 +150,16 @@ class Phase:
     latency_ms: dict[str, float] = field(default_factory=dict)
     client_cpu_s: float = 0.0
     """CPU time (user + system) this process spent during the phase."""
+    timeline: list[list[float]] | None = None
+    """With ``LoadPlan.timeline``: ``timeline[i]`` holds the latencies (ms) of the requests due
+    in second ``i`` after ``started_at``."""
 
 
 class _Tally:
-    def __init__(self, events: int | None) -> None:
+    def __init__(self, events: int | None, timeline: bool = False) -> None:
         self.latencies: list[float] = []
+        self.timeline: list[list[float]] | None = [] if timeline else None
+        self.started = 0.0
         self.statuses: Counter[int] = Counter()
         self.errors: Counter[str] = Counter()
         self.first_accept: float | None = None
@@ -168,8 +175,13 @@ class _Tally:
         self.tickets -= 1
         return True
 
-    def answered(self, status: int, latency: float) -> None:
+    def answered(self, status: int, begun: float, latency: float) -> None:
         self.latencies.append(latency)
+        if self.timeline is not None:
+            second = max(0, int(begun - self.started))
+            while len(self.timeline) <= second:
+                self.timeline.append([])
+            self.timeline[second].append(round(latency * 1000, 2))
         self.statuses[status] += 1
         if status == 202:
             now = time.time()
@@ -258,7 +270,7 @@ async def _connection(
             async with asyncio.timeout(plan.timeout):
                 status = await _exchange(*streams, data)
         except _Answered as answered:
-            tally.answered(answered.status, time.perf_counter() - begun)
+            tally.answered(answered.status, begun, time.perf_counter() - begun)
             _closed(streams)
             streams = None
         except _FAILURES as exc:
@@ -268,7 +280,7 @@ async def _connection(
             if isinstance(exc, OSError):
                 await asyncio.sleep(0.05)  # the server is away: do not spin
         else:
-            tally.answered(status, time.perf_counter() - begun)
+            tally.answered(status, begun, time.perf_counter() - begun)
     _closed(streams)
 
 
@@ -308,13 +320,13 @@ async def run_phase(
     if plan.host != HOST:
         raise ValueError(f"the load generator only sends to {HOST}, not {plan.host!r}")
     builder = RequestBuilder(plan)
-    tally = _Tally(events)
+    tally = _Tally(events, plan.timeline)
     connections = await asyncio.gather(
         *(asyncio.open_connection(plan.host, plan.port) for _ in range(plan.connections))
     )
     cpu_before = _cpu()
     started_at = time.time()
-    started = time.perf_counter()
+    started = tally.started = time.perf_counter()
     deadline = started + duration if duration is not None else None
     await asyncio.gather(
         *(
@@ -336,6 +348,7 @@ async def run_phase(
         requests_per_s=round(count / elapsed, 1) if elapsed > 0 else 0.0,
         latency_ms=_percentiles(tally.latencies),
         client_cpu_s=round(_cpu() - cpu_before, 3),
+        timeline=tally.timeline,
     )
 
 

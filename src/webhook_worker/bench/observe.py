@@ -14,7 +14,9 @@ own engine begins every transaction as a writer.
 from __future__ import annotations
 
 import asyncio
+import math
 import os
+import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -69,8 +71,13 @@ class Forwarded:
 
 
 class Observer:
-    def __init__(self, deployment: Deployment, sink: Child | None = None) -> None:
+    def __init__(
+        self, deployment: Deployment, sink: Child | None = None, *, by_metrics: bool = False
+    ) -> None:
         self._tool_id = deployment.tool.id
+        # With retention on, stored events leave the table again: count what the worker says
+        # it finished instead.
+        self._metrics_url = deployment.metrics_url if by_metrics else None
         self._sink_url = sink.url if sink is not None else None
         self._destinations = deployment.destinations
         self._pids = dict(deployment.pids)
@@ -99,7 +106,14 @@ class Observer:
 
     async def stored(self) -> int:
         """Events of the tool in the events table (any status). A count over a table that grows
-        by thousands of rows a second is not free: call it when the queue is empty, or seldom."""
+        by thousands of rows a second is not free: call it when the queue is empty, or seldom.
+        With ``by_metrics``: the events the worker finished (``webhook_events_processed_total``
+        of the tool), as its ``/metrics`` says."""
+        if self._metrics_url is not None:
+            page = await self._http.get(self._metrics_url)
+            page.raise_for_status()
+            finished = parse_metrics(page.text, tool_id=self._tool_id)
+            return int(finished.get("webhook_events_processed_total", 0))
         query = select(func.count()).select_from(events).where(events.c.tool_id == self._tool_id)
         return int(await self._scalar(query) or 0)
 
@@ -212,3 +226,28 @@ async def sample_until(
 
 def _epoch(value: datetime) -> float:
     return (value if value.tzinfo else value.replace(tzinfo=UTC)).timestamp()
+
+
+_LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+
+
+def parse_metrics(body: str, **labels: str) -> dict[str, float]:
+    """The samples of a Prometheus text page by name, summed over the series whose labels
+    include ``labels``."""
+    values: dict[str, float] = {}
+    for line in body.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        name_part, _, value = line.rpartition(" ")
+        name, _, label_text = name_part.partition("{")
+        if labels:
+            found = dict(_LABEL.findall(label_text))
+            if any(found.get(key) != wanted for key, wanted in labels.items()):
+                continue
+        try:
+            number = float(value)
+        except ValueError:
+            continue
+        if math.isfinite(number):
+            values[name] = values.get(name, 0.0) + number
+    return values

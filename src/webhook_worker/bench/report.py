@@ -89,6 +89,7 @@ def assemble(
         },
         "warmup": measured["warmup"],
         "profile": measured["profile"],
+        "lifecycle": measured.get("lifecycle"),
     }
 
 
@@ -174,6 +175,9 @@ def table(report: dict[str, Any]) -> Table:
     out.add_row("CPU per event (µs)", _cpu(report["cpu_us_per_event"]))
     if report["cpu_us_per_delivery"] is not None:
         out.add_row("CPU per delivery (µs)", _cpu(report["cpu_us_per_delivery"]))
+    lifecycle = report.get("lifecycle")
+    if lifecycle:
+        _lifecycle_rows(out, lifecycle)
     out.add_section()
     client = report["client"]["ingest"]
     out.add_row(
@@ -205,6 +209,42 @@ def _fan_out_rows(out: Table, part: dict[str, Any]) -> None:
             f"{dest} {counts['delivered']}" + (f" (+{repeated} repeats)" if repeated else "")
         )
     out.add_row("per destination", ", ".join(shown))
+
+
+def _lifecycle_rows(out: Table, part: dict[str, Any]) -> None:
+    """The soak: retention, the size series, and ingest latency during and between sweeps."""
+    out.add_section()
+    out.add_row(
+        "retention",
+        f"{part['retention_s']:g} s, sweep every {part['retention_interval_s']:g} s; "
+        f"{len(part['sweeps'])} sweeps seen",
+    )
+    series = ", ".join(
+        f"{sample['t']:.0f}s {sample['bytes'] / 2**20:,.0f}" for sample in part["storage"]
+    )
+    out.add_row("database size (MiB)", series or "-")
+    size = part["size"]
+    if size["growth_after_settle"] is not None:
+        out.add_row(
+            f"size after {size['settle_s']:g} s",
+            f"{size['settled_bytes'] / 2**20:,.0f} MiB then, {size['last_bytes'] / 2**20:,.0f} "
+            f"at the end, {size['max_bytes'] / 2**20:,.0f} at most "
+            f"({100 * size['growth_after_settle']:+.1f}%)",
+        )
+    events = ", ".join(f"{sample['t']:.0f}s {sample['events']:,}" for sample in part["storage"])
+    out.add_row("events stored", events or "-")
+    latency = part["latency_ms"]
+    for key, label in (("during_sweeps", "during sweeps"), ("between_sweeps", "between sweeps")):
+        window = latency[key]
+        shown = (
+            f"p50 {window['p50']:.1f} / p99 {window['p99']:.1f} ms ({window['requests']:,} "
+            f"requests, {window['seconds']} s)"
+            if window["requests"]
+            else "no requests"
+        )
+        out.add_row(f"ingest latency {label}", shown)
+    if latency["p99_ratio"] is not None:
+        out.add_row("p99 during / between sweeps", f"{latency['p99_ratio']:.2f}")
 
 
 def _cpu(per_one: dict[str, float | None]) -> str:

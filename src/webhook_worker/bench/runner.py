@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from webhook_worker.bench import BenchError, report
+from webhook_worker.bench import BenchError, report, storage
 from webhook_worker.bench.deployment import (
     Child,
     Deployment,
@@ -48,9 +48,11 @@ from webhook_worker.bench.observe import (
 )
 from webhook_worker.bench.payloads import payload
 from webhook_worker.bench.profile import Profiler
-from webhook_worker.config import Settings
+from webhook_worker.config import Settings, format_duration
 from webhook_worker.tools.model import Tool
 
+_RESULT_LIMIT = 256 * 2**20
+"""Bytes a line of the load generator may have (asyncio's default is 64 KiB)."""
 _COUNT_EVERY = 2.0
 """Seconds between counts of the events table while the queue is not empty."""
 
@@ -82,6 +84,11 @@ class Options:
     keep: bool = False
     pids: tuple[tuple[str, int], ...] = ()
     profile: Path | None = None
+    retention: float | None = None
+    """The soak: EVENTS_RETENTION (seconds) of the started processes; storage is sampled every
+    ``storage_every`` seconds and ingest latency compared during and between sweeps."""
+    retention_interval: float = 30.0
+    storage_every: float = 30.0
 
 
 async def run(
@@ -104,7 +111,7 @@ async def run(
                 _deployment(options, workdir, sink.url if sink else None)
             )
             on_progress(f"deployment ready: {deployment.mode} at {deployment.api_url}")
-            observer = Observer(deployment, sink)
+            observer = Observer(deployment, sink, by_metrics=options.retention is not None)
             stack.push_async_callback(observer.close)
             plan = _plan(deployment.tool, deployment.port, options)
             ceiling = None
@@ -139,9 +146,16 @@ async def _deployment(
     options: Options, workdir: Path, sink_url: str | None
 ) -> AsyncIterator[Deployment]:
     if options.start is not None:
+        base_env = dict(os.environ)
+        if options.retention is not None:
+            base_env |= {
+                "EVENTS_RETENTION": format_duration(options.retention),
+                "RETENTION_INTERVAL": format_duration(options.retention_interval),
+            }
         async with started(
             options.start,
             workdir,
+            base_env=base_env,
             database_url=options.database_url,
             redis_addr=options.redis_addr,
             sink_url=sink_url,
@@ -210,6 +224,7 @@ def _plan(tool: Tool, port: int, options: Options) -> LoadPlan:
         event_header=tool.event_type.header,
         delivery_header=tool.delivery_id.header,
         extra_headers=extra,
+        timeline=options.retention is not None,
     )
 
 
@@ -227,6 +242,8 @@ async def _drive(
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
         stderr=log,
+        # The result line holds every latency with --retention (a few MB for a long soak).
+        limit=_RESULT_LIMIT,
     )
     assert process.stdin is not None and process.stdout is not None
     try:
@@ -280,6 +297,7 @@ async def _measure(
     profiler = Profiler(options.profile, deployment.pids)
     sampler: asyncio.Task[None] | None = None
     since = time.time()
+    soak = _Soak(deployment, options) if options.retention is not None else None
     cpu_before: dict[str, float | None] = {}
 
     async def warmed(warmup: Phase) -> None:
@@ -291,6 +309,8 @@ async def _measure(
             os.kill(deployment.pids["worker"], signal.SIGSTOP)
         since = time.time()
         sampler = asyncio.create_task(sample_until(observer, since, done, samples))
+        if soak is not None:
+            soak.start(since, done)
 
     try:
         try:
@@ -309,6 +329,8 @@ async def _measure(
         done.set()
         if sampler is not None:
             await sampler
+        if soak is not None:
+            await soak.stop()
         # The profile covers the load and the drain: the worker's share is mostly the drain.
         profile = await profiler.stop()
     last_stored = await observer.last_stored_at()
@@ -325,9 +347,10 @@ async def _measure(
         deliveries = result.accepted * len(forward["destinations"])
         cpu_per_delivery = _cpu_per(cpu_before, cpu_after, deliveries)
     samples.append(await observer.sample(since))
+    lifecycle = soak.part(result) if soak is not None else None
     return {
-        "warmup": asdict(warmup),
-        "ingest": asdict(result),
+        "warmup": _phase_view(warmup),
+        "ingest": _phase_view(result),
         "end_to_end": end_to_end,
         "forward": forward,
         "samples": [asdict(sample) for sample in samples],
@@ -335,7 +358,51 @@ async def _measure(
         "cpu_us_per_event": _cpu_per(cpu_before, cpu_after, result.accepted),
         "cpu_us_per_delivery": cpu_per_delivery,
         "profile": profile,
+        "lifecycle": lifecycle,
     }
+
+
+def _phase_view(phase: Phase) -> dict[str, Any]:
+    """A phase for the report: its latencies by the second are summed up in ``lifecycle``."""
+    view = asdict(phase)
+    view.pop("timeline")
+    return view
+
+
+class _Soak:
+    """The retention soak's watchers (bench/storage.py) over the measured load."""
+
+    def __init__(self, deployment: Deployment, options: Options) -> None:
+        self._options = options
+        self._storage = storage.StorageWatch(deployment)
+        self._sweeps = storage.SweepWatch()
+        self._samples: list[storage.StorageSample] = []
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self, since: float, done: asyncio.Event) -> None:
+        self._task = asyncio.create_task(
+            storage.watch(
+                self._storage, since, done, self._samples, self._sweeps, self._options.storage_every
+            )
+        )
+
+    async def stop(self) -> None:
+        try:
+            if self._task is not None:
+                await self._task
+        finally:
+            await self._storage.close()
+
+    def part(self, result: Phase) -> dict[str, Any]:
+        assert self._options.retention is not None
+        split = storage.latency_split(result.timeline or [], result.started_at, self._sweeps.sweeps)
+        return storage.part(
+            self._options.retention,
+            self._options.retention_interval,
+            self._samples,
+            self._sweeps,
+            split,
+        )
 
 
 def forward_part(result: Phase, expected: int, forwarded: Forwarded) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from webhook_worker.bench.payloads import NAMES
 from webhook_worker.bench.profile import py_spy
 from webhook_worker.cli.common import console, errors, fail, load_settings, print_table, run_async
 from webhook_worker.cli.plain import plain, printable
+from webhook_worker.config import parse_duration
 
 
 def register(app: typer.Typer) -> None:
@@ -126,6 +127,29 @@ def bench(
         bool,
         typer.Option("--keep", help="Keep the logs, data, tool and events of a started run."),
     ] = False,
+    retention: Annotated[
+        str | None,
+        typer.Option(
+            "--retention",
+            metavar="DURATION",
+            help="The retention soak: EVENTS_RETENTION of the started processes (e.g. 2m); "
+            "samples the database size and compares ingest latency during and between sweeps.",
+        ),
+    ] = None,
+    retention_interval: Annotated[
+        str,
+        typer.Option(
+            "--retention-interval", metavar="DURATION", help="With --retention: RETENTION_INTERVAL."
+        ),
+    ] = "30s",
+    storage_every: Annotated[
+        str,
+        typer.Option(
+            "--storage-every",
+            metavar="DURATION",
+            help="With --retention: how often to sample the database size.",
+        ),
+    ] = "30s",
 ) -> None:
     """Run one benchmark; exit 1 when it could not run or an accepted event was not stored."""
     if payload not in NAMES:
@@ -154,6 +178,7 @@ def bench(
             "--pause-worker needs a separate worker process: --start postgres-redis or "
             "postgres, or --url with --worker-pid"
         )
+    retention_s, interval_s, every_s = _soak(retention, retention_interval, storage_every, url)
     if profile is not None:
         try:
             py_spy()
@@ -181,6 +206,9 @@ def bench(
         keep=keep,
         pids=pids,
         profile=profile,
+        retention=retention_s,
+        retention_interval=interval_s,
+        storage_every=every_s,
     )
     try:
         result = run_async(runner.run(options, _progress))
@@ -205,6 +233,40 @@ def bench(
     forwarded = result["forward"]
     if forwarded is not None and not forwarded["all_forwarded"]:
         fail(report.undelivered(forwarded, drain_timeout), 1)
+
+
+def _soak(
+    retention: str | None, interval: str, every: str, url: str | None
+) -> tuple[float | None, float, float]:
+    """The soak's options in seconds: retention (None without ``--retention``), sweep interval,
+    storage sampling interval."""
+    if retention is None:
+        for given, option in ((interval, "--retention-interval"), (every, "--storage-every")):
+            if given != "30s":
+                fail(f"{option} is part of the retention soak: add --retention")
+        return None, 30.0, 30.0
+    if url is not None:
+        fail("--retention sets EVENTS_RETENTION of the processes the benchmark starts; give "
+             "--start, not --url")  # fmt: skip
+    retention_s, interval_s, every_s = (
+        _positive_duration(option, text)
+        for option, text in (
+            ("--retention", retention),
+            ("--retention-interval", interval),
+            ("--storage-every", every),
+        )
+    )
+    return retention_s, interval_s, every_s
+
+
+def _positive_duration(option: str, text: str) -> float:
+    try:
+        value = parse_duration(text)
+    except ValueError as exc:
+        fail(f"{option}: {exc} (a duration such as 2m, 30s, 1h)")
+    if value <= 0:
+        fail(f"{option}: must be more than 0, got {text!r}")
+    return value
 
 
 def _check_loopback(url: str, option: str) -> None:
