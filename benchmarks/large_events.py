@@ -169,8 +169,8 @@ def _statement(token: str) -> tuple[str, str]:
 
 async def prepare_partitions(conn: AsyncConnection, now: float, days: float, width: int) -> None:
     """Partitions of ``width`` seconds over ``[now - days, now + 1 day)``, with no catch-all
-    range: the empty ``*_legacy`` partitions of a fresh migration (MINVALUE up to the next
-    midnight) are dropped first."""
+    range: ``*_legacy`` partitions (MINVALUE up to the migration's minute, when it migrated
+    events) are dropped first."""
     existing = [p for p in await partitions.list_partitions(conn) if not p.default]
     legacy = [p for p in existing if p.low is None]
     for partition in legacy:
@@ -179,7 +179,8 @@ async def prepare_partitions(conn: AsyncConnection, now: float, days: float, wid
     start: float = math.floor((now - days * DAY) / width) * width
     first = existing[0].low if existing else None
     assert first is None or first >= start, "events older than --days already have partitions"
-    end = first if first is not None else start
+    # Up to the first partition there is, or (none yet) to the one `ensure` starts with.
+    end = first if first is not None else math.floor(now / width) * width
     while start < end:
         high = min(start + width, end)
         await partitions.create(conn, start, high)

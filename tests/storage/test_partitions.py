@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 import pytest
 from sqlalchemy import func, select, text
 
+from webhook_worker.errors import DatabaseUnavailableError
 from webhook_worker.storage import partitions
 from webhook_worker.storage.database import Database
 from webhook_worker.storage.erase import delete_events
@@ -180,3 +181,27 @@ async def test_a_delivery_id_is_stored_once_across_partitions(partitioned: Datab
     assert (deleted.events, deleted.keys) == (1, [("demo", "d-1")])
     async with partitioned.begin() as conn:
         assert await insert_events(conn, [record(again, "d-1")]) == {again}
+
+
+async def test_a_row_routed_to_the_default_during_an_attach_is_retried_not_refused(
+    partitioned: Database,
+) -> None:
+    # While a partition is attached (writes go on), an insert that routed its row with the
+    # partitions of a moment before reaches the DEFAULT partition and fails its constraint. That
+    # must read as "try again" (the worker retries the batch), never as bad data (it would
+    # dead-letter the event). Writing straight into the DEFAULT partition fails the same way.
+    async with partitioned.connect() as conn:
+        covered = (await partitions.list_partitions(conn))[-2]
+    assert covered.low is not None
+    row = record(id_at(covered.low + 1), "raced")
+    with pytest.raises(DatabaseUnavailableError, match="violates partition constraint"):
+        async with partitioned.begin() as conn:
+            await conn.execute(text("SET LOCAL lock_timeout = '5s'"))
+            await conn.execute(
+                text(
+                    "INSERT INTO events_default (id, tool_id, event_type, delivery_id, status, "
+                    "received_at, headers, body, attempt_count) VALUES (:id, 'demo', 'push', "
+                    "'raced', 'processed', :at, '{}', '\\x00', 1)"
+                ),
+                {"id": row.id, "at": row.received_at},
+            )

@@ -45,6 +45,11 @@ def _is_unavailable(exc: BaseException) -> bool:
         # its prepared statements, and the same statement succeeds when tried again.
         if type(exc.orig).__name__ == "InvalidCachedStatementError":
             return True
+        # A row routed to the DEFAULT partition while a partition for its range was being
+        # attached (storage/partitions.py; ATTACH lets writes go on): tried again, it goes to
+        # the new partition. Not bad data: the event must not be dead-lettered for it.
+        if "violates partition constraint" in str(exc.orig):
+            return True
         return exc.connection_invalidated or isinstance(exc, (OperationalError, InterfaceError))
     return isinstance(exc, (OSError, ConnectionError, TimeoutError))
 
