@@ -67,8 +67,7 @@ class Replayer:
         """Replay every event matching ``where`` (to ``destination_id`` only, when given), in
         chunks of ``chunk`` events, oldest first; returns how many were requeued. With
         ``dry_run``, only counts them. Events that arrive while it runs are left out."""
-        if where.until is None or where.until > datetime.now(UTC):
-            where = replace(where, until=datetime.now(UTC))
+        where = where.ending_by(datetime.now(UTC))
         if dry_run:
             return await EventStore(self._db).count(where)
         requeued = 0

@@ -25,10 +25,11 @@ from pathlib import Path
 from typing import Any, Final
 
 import httpx
-from sqlalchemy import func, select, text
+from sqlalchemy import func, select
 
 from webhook_worker.bench.deployment import Deployment
 from webhook_worker.bench.observe import parse_metrics
+from webhook_worker.storage import footprint
 from webhook_worker.storage.database import Database
 from webhook_worker.storage.schema import events
 
@@ -108,14 +109,9 @@ class StorageWatch:
 
     async def size(self) -> int:
         if self._sqlite is not None:
-            return sum(
-                path.stat().st_size
-                for path in (self._sqlite, *(Path(f"{self._sqlite}{s}") for s in ("-wal", "-shm")))
-                if path.exists()
-            )
+            return footprint.sqlite_size(self._sqlite)
         assert self._db is not None
-        async with self._db.connect() as conn:
-            return int(await conn.scalar(text("SELECT pg_database_size(current_database())")))
+        return await footprint.database_size(self._db)
 
     async def stored(self) -> int:
         if self._count is not None:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import shlex
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated
@@ -343,9 +342,7 @@ def _replay_matching(
     meanwhile are left alone. The queue is opened before anyone is asked anything, so an
     unreachable one is reported first; a dry run needs only the database."""
     described = _event_summary(where, destination)
-    now = datetime.now(UTC)
-    if where.until is None or where.until > now:
-        where = replace(where, until=now)
+    where = where.ending_by(datetime.now(UTC))
 
     async def count(tools: ToolService, events: EventStore) -> int:
         if destination is not None:

@@ -3,7 +3,6 @@ about them, after showing how many (registered on the ``events`` app by cli/__in
 
 from __future__ import annotations
 
-from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Annotated
 
@@ -87,9 +86,7 @@ def _purge_matching(settings: Settings, where: EventFilter, described: str, yes:
     an end time (now, unless --until is earlier), so what is deleted is what was confirmed:
     events received meanwhile are left alone. The queue (which forgets the delivery ids) is
     opened before anyone is asked anything, so an unreachable one is reported first."""
-    now = datetime.now(UTC)
-    if where.until is None or where.until > now:
-        where = replace(where, until=now)
+    where = where.ending_by(datetime.now(UTC))
     progress = Progress(
         TextColumn("deleting"),
         BarColumn(),

@@ -199,7 +199,7 @@ OLDEST_EVENT_AGE = Gauge(
 )
 DATABASE_SIZE = Gauge(
     "webhook_database_size_bytes",
-    "Size of the database: pg_database_size on PostgreSQL, the file and its WAL on SQLite.",
+    "Size of the database: pg_database_size on PostgreSQL; on SQLite the file, -wal and -shm.",
 )
 
 # The per-delivery series, looked up through Children (see above).

@@ -3,7 +3,7 @@
 Both are cheap enough to read every RETENTION_INTERVAL in every worker: on PostgreSQL the
 smallest event id is the first entry of the oldest partition's primary key (ids are UUIDv7, so
 the smallest is the oldest), and ``pg_database_size`` adds up file sizes; on SQLite,
-``min(received_at)`` reads one entry of its index, and the size is the file's and its WAL's.
+``min(received_at)`` reads one entry of its index, and the size is the file's, -wal's and -shm's.
 """
 
 from __future__ import annotations
@@ -35,19 +35,18 @@ async def oldest_event_age(db: Database, now: float | None = None) -> float:
 async def database_size(db: Database) -> int:
     """Bytes the database takes on disk."""
     if db.is_sqlite:
-        return _sqlite_size(db)
+        path = db.engine.url.database
+        return 0 if not path or path == ":memory:" else sqlite_size(path)
     async with db.connect() as conn:
         return int(await conn.scalar(text("SELECT pg_database_size(current_database())")) or 0)
 
 
-def _sqlite_size(db: Database) -> int:
-    path = db.engine.url.database
-    if not path or path == ":memory:":
-        return 0
+def sqlite_size(path: str | os.PathLike[str]) -> int:
+    """Bytes of the SQLite file at ``path`` with its WAL and shared-memory files."""
     total = 0
-    for suffix in ("", "-wal"):
+    for suffix in ("", "-wal", "-shm"):
         try:
-            total += os.stat(path + suffix).st_size
+            total += os.stat(f"{os.fspath(path)}{suffix}").st_size
         except FileNotFoundError:
             continue
     return total

@@ -90,5 +90,5 @@ def _check_narrows(where: EventFilter) -> None:
             replace(where, **{field.name: None}).apply(select(events.c.id))
         ):
             raise BadRequestError(
-                f"{field.name}: this filter cannot be used to delete events (yet)", field.name
+                f"{field.name}: this filter cannot be used to delete events", field.name
             )

@@ -53,7 +53,6 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from webhook_worker import constants as c
-from webhook_worker.config import Settings
 from webhook_worker.errors import DatabaseUnavailableError
 from webhook_worker.observability import metrics
 from webhook_worker.storage import erase, footprint, partitions
@@ -390,15 +389,6 @@ class Retention:
         metrics.OLDEST_EVENT_AGE.set(age)
         metrics.DATABASE_SIZE.set(size)
         return age, size
-
-
-async def sweep(
-    db: Database, tools: Iterable[Tool], settings: Settings, now: float | None = None
-) -> SweepResult:
-    """One sweep of ``db`` at ``now`` with the settings' EVENTS_RETENTION and
-    RETENTION_INTERVAL (see :meth:`Retention.sweep`)."""
-    retention = Retention(db, settings.events_retention, settings.retention_interval)
-    return await retention.sweep(tools, now)
 
 
 def _id_range(

@@ -218,12 +218,9 @@ class Background:
             return
         metrics.RETENTION_INTERVAL.set(retention.interval)
         try:
-            created = await retention.prepare(self._tools())
+            await retention.prepare(self._tools())  # logs what it creates
         except Exception as exc:
             _sweep_failed("creating partitions", exc)
-        else:
-            if created:
-                log.info("created %d partitions of the event tables ahead", created)
         while not self._stopping.is_set():
             try:
                 result = await retention.sweep(self._tools(), rest=retention.interval)
