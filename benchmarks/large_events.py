@@ -183,7 +183,8 @@ async def prepare_partitions(conn: AsyncConnection, now: float, days: float, wid
     end = first if first is not None else math.floor(now / width) * width
     while start < end:
         high = min(start + width, end)
-        await partitions.create(conn, start, high)
+        name = partitions.partition_name(c.TABLE_EVENTS, start)
+        await partitions.create(conn, partitions.Partition(name, start, high))
         start = high
     await partitions.ensure(conn, now, width, DAY)
 

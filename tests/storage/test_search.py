@@ -138,8 +138,7 @@ async def test_a_time_filter_reads_only_the_partitions_of_its_range(
     ]
     async with postgres_db.begin() as conn:
         for partition in created:
-            assert partition.low is not None and partition.high is not None
-            await partitions.create(conn, partition.low, partition.high)
+            await partitions.create(conn, partition)
     try:
         middle = datetime.fromtimestamp(start + day, UTC)
         where = EventFilter(
@@ -176,7 +175,7 @@ async def test_a_filtered_search_finds_events_in_a_partition_of_their_own(
     name = partitions.partition_name(events.name, start)
     partition = partitions.Partition(name, start, start + day)
     async with postgres_db.begin() as conn:
-        await partitions.create(conn, start, start + day)
+        await partitions.create(conn, partition)
     try:
         received = datetime.fromtimestamp(start + 3600, UTC)
         made = partitions.id_bound(received.timestamp())

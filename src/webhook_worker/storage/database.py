@@ -10,15 +10,18 @@ retrying it would not help.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import ssl
 import stat
 import time
 from collections.abc import AsyncIterator, Sequence
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
+from contextvars import ContextVar
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
+from weakref import WeakKeyDictionary
 
 import orjson
 from sqlalchemy import Insert, Table, event, text
@@ -33,6 +36,8 @@ from webhook_worker.errors import ConfigError, DatabaseUnavailableError, Webhook
 
 _DURABLE = "webhook_worker_durable"
 """Execution option (and connection info key): whether commits wait for the disk."""
+SQLITE_BUSY_TIMEOUT: Final = 30.0
+"""Seconds a transaction on SQLite waits for the file before it is "unavailable"."""
 
 
 def _is_unavailable(exc: BaseException) -> bool:
@@ -62,16 +67,73 @@ def _unavailable(exc: BaseException) -> DatabaseUnavailableError:
 
 @asynccontextmanager
 async def _translated(
-    opening: AbstractAsyncContextManager[AsyncConnection],
+    opening: AbstractAsyncContextManager[AsyncConnection], turns: Turns | None = None
 ) -> AsyncIterator[AsyncConnection]:
-    """``opening`` (an engine's connect() or begin()), with driver errors translated."""
-    try:
-        async with opening as conn:
-            yield conn
-    except Exception as exc:
-        if _is_unavailable(exc):
-            raise _unavailable(exc) from exc
-        raise
+    """``opening`` (an engine's connect() or begin()), with driver errors translated; on
+    SQLite, in this process's turn (``turns``)."""
+    async with turns.turn() if turns is not None else nullcontext():
+        try:
+            async with opening as conn:
+                yield conn
+        except Exception as exc:
+            if _is_unavailable(exc):
+                raise _unavailable(exc) from exc
+            raise
+
+
+_HOLDING: ContextVar[frozenset[int]] = ContextVar(
+    "webhook_worker_sqlite_turns", default=frozenset()
+)
+"""The :class:`Turns` (by id) whose turn the current task holds, or the task that started it."""
+
+
+class Turns:
+    """The transactions of one process on one SQLite file, one at a time, in the order they
+    began.
+
+    SQLite lets one transaction at a time use the file (every one here begins IMMEDIATE, reads
+    too: see :func:`_configure_sqlite`). A connection that finds the file taken waits in
+    SQLite's busy handler, which sleeps 1 to 100 ms between its tries and so misses the moment
+    the file is free: a writer that begins its transactions back to back (the retention sweep's
+    chunks, a busy worker) could keep the API's queue writes waiting for hundreds of
+    milliseconds. Here they queue on an asyncio lock instead (first come, first served), and
+    each is woken the moment the previous one ends. Other processes on the same file still meet
+    in the busy handler.
+
+    A task that holds the turn (or one it started meanwhile) opening another connection does
+    not wait for itself: that connection meets the first in SQLite, as it would without this.
+    """
+
+    def __init__(self, timeout: float = SQLITE_BUSY_TIMEOUT) -> None:
+        self._timeout = timeout
+        self._locks: WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
+            WeakKeyDictionary()
+        )
+
+    @asynccontextmanager
+    async def turn(self) -> AsyncIterator[None]:
+        holding = _HOLDING.get()
+        if id(self) in holding:
+            yield
+            return
+        loop = asyncio.get_running_loop()
+        lock = self._locks.get(loop)
+        if lock is None:
+            lock = self._locks[loop] = asyncio.Lock()
+        try:
+            async with asyncio.timeout(self._timeout):
+                await lock.acquire()
+        except TimeoutError:
+            raise DatabaseUnavailableError(
+                f"the database is unavailable: the SQLite file stayed busy for "
+                f"{self._timeout:.0f} s (this process's other transactions held it)"
+            ) from None
+        token = _HOLDING.set(holding | {id(self)})
+        try:
+            yield
+        finally:
+            _HOLDING.reset(token)
+            lock.release()
 
 
 class Database:
@@ -84,6 +146,7 @@ class Database:
         """Set when the queue lives in this SQLite database (embedded mode): then
         ``begin(durable=False)`` commits without waiting for the disk. See :meth:`begin`."""
         self._relaxed = engine.execution_options(**{_DURABLE: False})
+        self._turns = Turns() if self.dialect == "sqlite" else None
         self.file_warning: str | None = None
         """For an SQLite file: what is wrong with the permissions around it (a directory open
         to other users), for the process to log at start. See :func:`_private_files`."""
@@ -141,7 +204,13 @@ class Database:
         return self.dialect == "sqlite"
 
     def connect(self) -> AbstractAsyncContextManager[AsyncConnection]:
-        """``async with db.connect() as conn`` (no transaction)."""
+        """``async with db.connect() as conn`` (no transaction until a statement runs; on
+        SQLite the connection waits for this process's other transactions: :class:`Turns`)."""
+        return _translated(self.engine.connect(), self._turns)
+
+    def connect_aside(self) -> AbstractAsyncContextManager[AsyncConnection]:
+        """A connection that does not take a turn on SQLite (:class:`Turns`), for what runs
+        beside the transactions rather than as one: a WAL checkpoint."""
         return _translated(self.engine.connect())
 
     def begin(self, durable: bool = True) -> AbstractAsyncContextManager[AsyncConnection]:
@@ -155,8 +224,8 @@ class Database:
         before it. What rolls back is done again: the message comes back with it.
         """
         if durable or not self.relaxed_commits:
-            return _translated(self.engine.begin())
-        return _translated(self._relaxed.begin())
+            return _translated(self.engine.begin(), self._turns)
+        return _translated(self._relaxed.begin(), self._turns)
 
     async def ping(self) -> float:
         """Round-trip a trivial query; returns its duration in milliseconds."""
@@ -221,8 +290,9 @@ def _private_files(path: Path) -> str | None:
 
 
 def _configure_sqlite(engine: AsyncEngine) -> None:
-    """WAL for concurrent readers; BEGIN IMMEDIATE so writers queue on busy_timeout instead of
-    failing with "database is locked" when a read transaction tries to upgrade."""
+    """WAL; every transaction BEGIN IMMEDIATE, so that one that reads and then writes never
+    fails with "database is locked" when it tries to upgrade (transactions queue instead: on
+    :class:`Turns` within the process, on busy_timeout between processes)."""
 
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
@@ -233,7 +303,7 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
         cursor.execute("PRAGMA auto_vacuum=INCREMENTAL")
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=FULL")
-        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute(f"PRAGMA busy_timeout={int(SQLITE_BUSY_TIMEOUT * 1000)}")
         # Measured with `webhook-worker bench --start embedded` (docs/performance.md): a larger
         # page cache and memory-mapped reads, and WAL checkpoints every ~40 MB rather than 4 MB.
         cursor.execute("PRAGMA cache_size=-16384")

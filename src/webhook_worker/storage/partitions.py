@@ -132,40 +132,47 @@ async def list_partitions(conn: AsyncConnection, table: str = c.TABLE_EVENTS) ->
 
 
 async def ensure(conn: AsyncConnection, now: float, width: int, ahead: float) -> list[Partition]:
-    """Create the partitions that cover ``[.., now + ahead)`` with no gap, each ``width``
-    seconds wide on a multiple of it (a first one from the end of the newest to the next
-    multiple fills any gap). Run it in its own transaction. Returns what it created."""
-    existing = [p for p in await list_partitions(conn) if not p.default]
+    """Create the partitions that cover ``[.., now + ahead)`` with no gap (:func:`missing`),
+    all in this transaction. Returns what it created."""
+    wanted = missing(await list_partitions(conn), now, width, ahead)
+    await conn.execute(text(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'"))
+    for partition in wanted:
+        await create(conn, partition)
+    return wanted
+
+
+def missing(existing: Sequence[Partition], now: float, width: int, ahead: float) -> list[Partition]:
+    """The partitions to create so that ``existing`` covers ``[.., now + ahead)`` with no gap,
+    each ``width`` seconds wide on a multiple of it (a first one from the end of the newest to
+    the current multiple fills any gap: no sweep ran for a while, and the rows of that time,
+    if any, are in the DEFAULT partition), oldest first."""
+    regular = [p for p in existing if not p.default]
     until = now + ahead
-    if existing and existing[-1].high is None:
+    if regular and regular[-1].high is None:
         return []  # covered up to MAXVALUE
     current = math.floor(now / width) * width
-    start = existing[-1].high if existing else current
+    start = regular[-1].high if regular else current
     assert start is not None
-    created: list[Partition] = []
-    await conn.execute(text(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'"))
+    wanted: list[Partition] = []
     if start < current:
-        # No partition since `start` (no sweep ran for a while): one fills the gap (its rows,
-        # if any, are in the DEFAULT partition and move into it).
-        await create(conn, start, current)
-        created.append(Partition(partition_name(c.TABLE_EVENTS, start), start, current))
+        wanted.append(Partition(partition_name(c.TABLE_EVENTS, start), start, current))
         start = current
     while start < until:
         end = (math.floor(start / width) + 1) * width
-        await create(conn, start, end)
-        created.append(Partition(partition_name(c.TABLE_EVENTS, start), start, end))
+        wanted.append(Partition(partition_name(c.TABLE_EVENTS, start), start, end))
         start = end
-    return created
+    return wanted
 
 
-async def create(conn: AsyncConnection, low: float, high: float) -> None:
-    """Create the partitions ``[low, high)`` of the three tables: each as a table first, with
+async def create(conn: AsyncConnection, partition: Partition) -> None:
+    """Create ``partition`` (a regular one) of the three tables: each as a table first, with
     the rows of its range moved from the DEFAULT partition, then attached (which takes a SHARE
     UPDATE EXCLUSIVE lock on the table, so writes go on; ``CREATE TABLE .. PARTITION OF``
     would take ACCESS EXCLUSIVE)."""
-    lower, upper = id_bound(low), id_bound(high)
+    lower, upper = id_range(partition)
+    assert lower is not None and upper is not None
     for table, column in PARTITIONED:
-        name = partition_name(table, low)
+        name = partition.name.replace(c.TABLE_EVENTS, table, 1)
         default = f"{table}_default"
         await conn.execute(text(f"CREATE TABLE {name} (LIKE {table} INCLUDING DEFAULTS)"))
         # The code's own table names; the bounds are parameters.

@@ -26,11 +26,11 @@ per chunk.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
 import time
 from collections.abc import Iterable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Final
@@ -58,6 +58,7 @@ from webhook_worker.observability import metrics
 from webhook_worker.storage import erase, footprint, partitions
 from webhook_worker.storage.database import Database
 from webhook_worker.storage.lease import Lease
+from webhook_worker.storage.pace import paced
 from webhook_worker.storage.partitions import Partition
 from webhook_worker.storage.schema import dead_letters, event_keys, events
 from webhook_worker.storage.vacuum import Vacuum
@@ -66,9 +67,9 @@ from webhook_worker.vocabulary import DeadLetterStatus, EventStatus
 
 log = logging.getLogger(__name__)
 
-SQLITE_CHUNK: Final = 200
-"""Events deleted per transaction on SQLite, where one writer at a time holds the file: small,
-so that the worker's next batch waits milliseconds behind a sweep, not seconds."""
+SQLITE_CHUNK: Final = 100
+"""Events deleted per transaction on SQLite, where one transaction at a time holds the file:
+small, so that ingest's next write waits a few milliseconds behind one (storage/pace.py)."""
 LEASE: Final = 60.0
 """How long the lease is held before it must be renewed (a process that dies while sweeping
 holds up the next sweep at most this long)."""
@@ -160,6 +161,7 @@ class Retention:
         self._interval = interval
         self._lease = Lease(db, c.METADATA_RETENTION_LEASE, LEASE)
         self._vacuum = Vacuum(db)
+        self._started = 0.0
 
     @property
     def interval(self) -> float:
@@ -183,7 +185,7 @@ class Retention:
         """Delete what has expired at ``now`` (epoch seconds; default: the clock), if no other
         process is sweeping. ``rest``: seconds from the start during which no process sweeps
         again (the worker's loop passes RETENTION_INTERVAL). Updates the metrics."""
-        started = time.monotonic()
+        started = self._started = time.monotonic()
         wall = time.time()
         now = wall if now is None else now
         if not await self._lease.acquire():
@@ -199,7 +201,7 @@ class Retention:
             else:
                 for group in policy.groups():
                     await self._delete_rows(group, now - group.retention, result, None)
-                await self._vacuum.reclaim(self._lease.keep)
+                await self._vacuum.reclaim(self._lease.keep, self._paced)
             done = True
         finally:
             try:
@@ -238,6 +240,13 @@ class Retention:
         if result.events:
             await self._vacuum_row_tables()
 
+    def _paced(self) -> AbstractAsyncContextManager[None]:
+        """``async with self._paced(): <one transaction>`` (storage/pace.py), resting only in
+        the first half of the interval: a sweep that still has work then goes on flat out, so
+        that its rests never make it fall behind."""
+        resting = time.monotonic() - self._started < self._interval / 2
+        return paced() if resting else paced(rest=0.0)
+
     async def _vacuum_row_tables(self) -> None:
         """VACUUM the tables that lose rows one by one rather than with partitions (the
         delivery id keys, dead letters), so that their space is reused for new rows even where
@@ -245,31 +254,40 @@ class Retention:
         writes go on beside; SKIP_LOCKED passes over a table another VACUUM holds. The events
         row-deleted inside partitions are left to autovacuum: they are a short retention's,
         and their partition is dropped in its turn."""
-        async with self._db.connect() as conn:
+        async with self._paced(), self._db.connect() as conn:
             await conn.execution_options(isolation_level="AUTOCOMMIT")
             await conn.execute(
                 text(f"VACUUM (SKIP_LOCKED) {c.TABLE_EVENT_KEYS}, {c.TABLE_DEAD_LETTERS}")
             )
 
     async def _ensure(self, policy: Policy, now: float) -> int:
+        """Create the partitions ahead, one transaction (paced) each; returns how many."""
         width = partitions.width_for(policy.longest, self._interval)
         ahead = max(2 * self._interval, 3 * width, 86_400 if width >= 86_400 else 0)
-        try:
-            async with self._db.begin() as conn:
-                created = await partitions.ensure(conn, now, width, ahead)
-        except Exception as exc:
-            if not _lock_busy(exc):
-                raise
-            log.warning("creating partitions waited too long for a lock; next sweep: %s", exc)
-            return 0
+        async with self._db.connect() as conn:
+            wanted = partitions.missing(await partitions.list_partitions(conn), now, width, ahead)
+        created = 0
+        for partition in wanted:
+            try:
+                async with self._paced(), self._db.begin() as conn:
+                    await conn.execute(
+                        text(f"SET LOCAL lock_timeout = '{partitions.LOCK_TIMEOUT}'")
+                    )
+                    await partitions.create(conn, partition)
+            except Exception as exc:
+                if not _lock_busy(exc):
+                    raise
+                log.warning("creating partitions waited too long for a lock; next sweep: %s", exc)
+                break
+            created += 1
         if created:
             log.info(
                 "created %d partitions of %ds up to %s",
-                len(created),
+                created,
                 width,
-                datetime.fromtimestamp(created[-1].high or now, UTC).isoformat(),
+                datetime.fromtimestamp(wanted[created - 1].high or now, UTC).isoformat(),
             )
-        return len(created)
+        return created
 
     async def _retire(self, partition: Partition, result: SweepResult) -> bool:
         """Drop an expired partition, or, when something in it waits, delete what has settled
@@ -316,7 +334,7 @@ class Retention:
         self, partition: Partition, letters: ColumnElement[bool], keys: ColumnElement[bool]
     ) -> tuple[bool, int, int]:
         """Drop ``partition`` unless something in it waits: ``(waiting, bytes, rows)``."""
-        async with self._db.begin() as conn:
+        async with self._paced(), self._db.begin() as conn:
             # Locked first, so that nothing can start waiting between the check and the drop.
             await conn.execute(text(f"SET LOCAL lock_timeout = '{partitions.LOCK_TIMEOUT}'"))
             parents = ", ".join(name for name, _ in partitions.PARTITIONED)
@@ -336,12 +354,11 @@ class Retention:
     ) -> None:
         while True:
             await self._lease.keep()
-            async with self._db.begin(durable=False) as conn:
+            async with self._paced(), self._db.begin(durable=False) as conn:
                 chosen = select(key).where(where).limit(erase.CHUNK).scalar_subquery()
                 deleted = await conn.execute(delete(table).where(key.in_(chosen)))
             if deleted.rowcount < erase.CHUNK:
                 return
-            await asyncio.sleep(0)
 
     async def _delete_rows(
         self,
@@ -370,14 +387,13 @@ class Retention:
         query = select(e.id).where(*conditions).limit(chunk)
         while True:
             await self._lease.keep()
-            async with self._db.begin(durable=False) as conn:
+            async with self._paced(), self._db.begin(durable=False) as conn:
                 ids = list((await conn.execute(query)).scalars())
                 deleted = await erase.delete_events(conn, ids)
             result.events += deleted.events
             result.bytes += deleted.bytes
             if len(ids) < chunk:
                 return
-            await asyncio.sleep(0)  # let the worker's writes in between
 
     # -- what the metrics show ---------------------------------------------------------------
 

@@ -10,20 +10,21 @@ shrinking, and the operator is told once how to convert it while the service is 
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from typing import Final
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from webhook_worker.storage.database import Database
+from webhook_worker.storage.pace import paced
 
 log = logging.getLogger(__name__)
 
-PAGES: Final = 2_000
-"""Free pages given back per transaction: a write transaction of milliseconds."""
+PAGES: Final = 500
+"""Free pages given back per transaction: a write transaction of a few milliseconds."""
 _INCREMENTAL: Final = 2
 """``PRAGMA auto_vacuum``'s answer for INCREMENTAL."""
 
@@ -35,11 +36,16 @@ class Vacuum:
         self._db = db
         self._told = False
 
-    async def reclaim(self, between: Callable[[], Awaitable[None]]) -> int:
-        """Give free pages back, :data:`PAGES` per transaction, calling ``between()`` before
-        each (the sweep renews its lease there); then checkpoint the WAL, so that it starts
-        over from its beginning rather than growing up to the next automatic checkpoint.
-        Returns the pages given back."""
+    async def reclaim(
+        self,
+        between: Callable[[], Awaitable[None]],
+        pace: Callable[[], AbstractAsyncContextManager[None]] = paced,
+    ) -> int:
+        """Give free pages back, :data:`PAGES` per transaction, each in ``pace()``
+        (storage/pace.py), calling ``between()`` before each (the sweep renews its lease
+        there); then checkpoint
+        the WAL, so that it starts over from its beginning rather than growing up to the next
+        automatic checkpoint. Returns the pages given back."""
         async with self._db.connect() as conn:
             mode = int(await conn.scalar(text("PRAGMA auto_vacuum")) or 0)
             free = int(await conn.scalar(text("PRAGMA freelist_count")) or 0)
@@ -49,17 +55,18 @@ class Vacuum:
             free = 0
         while free > 0:
             await between()
-            async with self._db.begin(durable=False) as conn:
+            async with pace(), self._db.begin(durable=False) as conn:
                 await _script(conn, f"PRAGMA incremental_vacuum({PAGES});")
                 left = int(await conn.scalar(text("PRAGMA freelist_count")) or 0)
             if left >= free:
                 break
             given += free - left
             free = left
-            await asyncio.sleep(0)  # let the worker's writes in between
-        async with self._db.connect() as conn:
-            # Outside a transaction (a checkpoint cannot run inside one). PASSIVE: it never
-            # waits for a reader or holds up a writer; what it cannot copy waits for the next.
+        async with self._db.connect_aside() as conn:
+            # Outside a transaction (a checkpoint cannot run inside one), and beside this
+            # process's transactions rather than in their turn (storage/database.Turns).
+            # PASSIVE: it never waits for a reader or holds up a writer; what it cannot copy
+            # waits for the next.
             await _script(conn, "PRAGMA wal_checkpoint(PASSIVE);")
         return given
 
