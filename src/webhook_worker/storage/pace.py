@@ -4,10 +4,10 @@ never wait long behind it."""
 
 from __future__ import annotations
 
-import asyncio
-import time
+from asyncio import sleep
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from time import monotonic
 from typing import Final
 
 REST: Final = 2.0
@@ -20,6 +20,18 @@ and what else runs keeps two thirds of every stretch of it."""
 async def paced(rest: float = REST) -> AsyncIterator[None]:
     """``async with paced(): <one transaction>``: afterwards, rest ``rest`` times as long as it
     took (not after an error, which ends the sweep)."""
-    started = time.monotonic()
+    started = monotonic()
     yield
-    await asyncio.sleep(rest * (time.monotonic() - started))
+    await sleep(rest * (monotonic() - started))
+
+
+class Pace:
+    """One sweep's pacing: :func:`paced` until ``budget`` seconds after it was made, then no
+    rest (a sweep that still has work half way through its interval goes on flat out, so that
+    its rests never make it fall behind)."""
+
+    def __init__(self, budget: float) -> None:
+        self._until = monotonic() + budget
+
+    def __call__(self) -> AbstractAsyncContextManager[None]:
+        return paced(REST if monotonic() < self._until else 0.0)

@@ -30,7 +30,6 @@ import logging
 import math
 import time
 from collections.abc import Iterable
-from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Final
@@ -58,7 +57,7 @@ from webhook_worker.observability import metrics
 from webhook_worker.storage import erase, footprint, partitions
 from webhook_worker.storage.database import Database
 from webhook_worker.storage.lease import Lease
-from webhook_worker.storage.pace import paced
+from webhook_worker.storage.pace import Pace
 from webhook_worker.storage.partitions import Partition
 from webhook_worker.storage.schema import dead_letters, event_keys, events
 from webhook_worker.storage.vacuum import Vacuum
@@ -161,7 +160,9 @@ class Retention:
         self._interval = interval
         self._lease = Lease(db, c.METADATA_RETENTION_LEASE, LEASE)
         self._vacuum = Vacuum(db)
-        self._started = 0.0
+        self._pace = Pace(0.0)
+        """The running sweep's pacing (storage/pace.py): resting in the first half of the
+        interval. Partitions created as a worker starts are not paced."""
 
     @property
     def interval(self) -> float:
@@ -185,7 +186,8 @@ class Retention:
         """Delete what has expired at ``now`` (epoch seconds; default: the clock), if no other
         process is sweeping. ``rest``: seconds from the start during which no process sweeps
         again (the worker's loop passes RETENTION_INTERVAL). Updates the metrics."""
-        started = self._started = time.monotonic()
+        started = time.monotonic()
+        self._pace = Pace(self._interval / 2)
         wall = time.time()
         now = wall if now is None else now
         if not await self._lease.acquire():
@@ -201,7 +203,7 @@ class Retention:
             else:
                 for group in policy.groups():
                     await self._delete_rows(group, now - group.retention, result, None)
-                await self._vacuum.reclaim(self._lease.keep, self._paced)
+                await self._vacuum.reclaim(self._lease.keep, self._pace)
             done = True
         finally:
             try:
@@ -240,13 +242,6 @@ class Retention:
         if result.events:
             await self._vacuum_row_tables()
 
-    def _paced(self) -> AbstractAsyncContextManager[None]:
-        """``async with self._paced(): <one transaction>`` (storage/pace.py), resting only in
-        the first half of the interval: a sweep that still has work then goes on flat out, so
-        that its rests never make it fall behind."""
-        resting = time.monotonic() - self._started < self._interval / 2
-        return paced() if resting else paced(rest=0.0)
-
     async def _vacuum_row_tables(self) -> None:
         """VACUUM the tables that lose rows one by one rather than with partitions (the
         delivery id keys, dead letters), so that their space is reused for new rows even where
@@ -254,7 +249,7 @@ class Retention:
         writes go on beside; SKIP_LOCKED passes over a table another VACUUM holds. The events
         row-deleted inside partitions are left to autovacuum: they are a short retention's,
         and their partition is dropped in its turn."""
-        async with self._paced(), self._db.connect() as conn:
+        async with self._pace(), self._db.connect() as conn:
             await conn.execution_options(isolation_level="AUTOCOMMIT")
             await conn.execute(
                 text(f"VACUUM (SKIP_LOCKED) {c.TABLE_EVENT_KEYS}, {c.TABLE_DEAD_LETTERS}")
@@ -269,7 +264,7 @@ class Retention:
         created = 0
         for partition in wanted:
             try:
-                async with self._paced(), self._db.begin() as conn:
+                async with self._pace(), self._db.begin() as conn:
                     await conn.execute(
                         text(f"SET LOCAL lock_timeout = '{partitions.LOCK_TIMEOUT}'")
                     )
@@ -334,7 +329,7 @@ class Retention:
         self, partition: Partition, letters: ColumnElement[bool], keys: ColumnElement[bool]
     ) -> tuple[bool, int, int]:
         """Drop ``partition`` unless something in it waits: ``(waiting, bytes, rows)``."""
-        async with self._paced(), self._db.begin() as conn:
+        async with self._pace(), self._db.begin() as conn:
             # Locked first, so that nothing can start waiting between the check and the drop.
             await conn.execute(text(f"SET LOCAL lock_timeout = '{partitions.LOCK_TIMEOUT}'"))
             parents = ", ".join(name for name, _ in partitions.PARTITIONED)
@@ -354,7 +349,7 @@ class Retention:
     ) -> None:
         while True:
             await self._lease.keep()
-            async with self._paced(), self._db.begin(durable=False) as conn:
+            async with self._pace(), self._db.begin(durable=False) as conn:
                 chosen = select(key).where(where).limit(erase.CHUNK).scalar_subquery()
                 deleted = await conn.execute(delete(table).where(key.in_(chosen)))
             if deleted.rowcount < erase.CHUNK:
@@ -387,7 +382,7 @@ class Retention:
         query = select(e.id).where(*conditions).limit(chunk)
         while True:
             await self._lease.keep()
-            async with self._paced(), self._db.begin(durable=False) as conn:
+            async with self._pace(), self._db.begin(durable=False) as conn:
                 ids = list((await conn.execute(query)).scalars())
                 deleted = await erase.delete_events(conn, ids)
             result.events += deleted.events
