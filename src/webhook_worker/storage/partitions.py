@@ -135,7 +135,6 @@ async def ensure(conn: AsyncConnection, now: float, width: int, ahead: float) ->
     """Create the partitions that cover ``[.., now + ahead)`` with no gap (:func:`missing`),
     all in this transaction. Returns what it created."""
     wanted = missing(await list_partitions(conn), now, width, ahead)
-    await conn.execute(text(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'"))
     for partition in wanted:
         await create(conn, partition)
     return wanted
@@ -168,9 +167,10 @@ async def create(conn: AsyncConnection, partition: Partition) -> None:
     """Create ``partition`` (a regular one) of the three tables: each as a table first, with
     the rows of its range moved from the DEFAULT partition, then attached (which takes a SHARE
     UPDATE EXCLUSIVE lock on the table, so writes go on; ``CREATE TABLE .. PARTITION OF``
-    would take ACCESS EXCLUSIVE)."""
+    would take ACCESS EXCLUSIVE), waiting at most :data:`LOCK_TIMEOUT` for a lock."""
     lower, upper = id_range(partition)
     assert lower is not None and upper is not None
+    await conn.execute(text(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'"))
     for table, column in PARTITIONED:
         name = partition.name.replace(c.TABLE_EVENTS, table, 1)
         default = f"{table}_default"

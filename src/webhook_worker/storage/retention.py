@@ -265,9 +265,6 @@ class Retention:
         for partition in wanted:
             try:
                 async with self._pace(), self._db.begin() as conn:
-                    await conn.execute(
-                        text(f"SET LOCAL lock_timeout = '{partitions.LOCK_TIMEOUT}'")
-                    )
                     await partitions.create(conn, partition)
             except Exception as exc:
                 if not _lock_busy(exc):

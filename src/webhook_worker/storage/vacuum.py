@@ -19,7 +19,6 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from webhook_worker.storage.database import Database
-from webhook_worker.storage.pace import paced
 
 log = logging.getLogger(__name__)
 
@@ -39,13 +38,12 @@ class Vacuum:
     async def reclaim(
         self,
         between: Callable[[], Awaitable[None]],
-        pace: Callable[[], AbstractAsyncContextManager[None]] = paced,
+        pace: Callable[[], AbstractAsyncContextManager[None]],
     ) -> int:
-        """Give free pages back, :data:`PAGES` per transaction, each in ``pace()``
-        (storage/pace.py), calling ``between()`` before each (the sweep renews its lease
-        there); then checkpoint
-        the WAL, so that it starts over from its beginning rather than growing up to the next
-        automatic checkpoint. Returns the pages given back."""
+        """Give free pages back, :data:`PAGES` per transaction, each in ``pace()`` (the
+        sweep's pacing, storage/pace.py), calling ``between()`` before each (the sweep renews
+        its lease there); then checkpoint the WAL, so that it starts over from its beginning
+        rather than growing up to the next automatic checkpoint. Returns the pages given back."""
         async with self._db.connect() as conn:
             mode = int(await conn.scalar(text("PRAGMA auto_vacuum")) or 0)
             free = int(await conn.scalar(text("PRAGMA freelist_count")) or 0)
